@@ -38,7 +38,7 @@ class OptimConfig:
     lr_min: float = 1e-6
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = 1e-3
-    schedule: Literal["warmup_cosine", "step"] = "warmup_cosine"
+    schedule: Literal["warmup_cosine", "step", "constant"] = "warmup_cosine"  # see valor_core.schedule
     warmup_epochs: int = 10
     step_size: int = 10  # "step" schedule (2020 HAN): StepLR(step_size, gamma)
     gamma: float = 0.1

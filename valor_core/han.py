@@ -1,0 +1,125 @@
+"""Hybrid Attention Network (Tian et al., ECCV 2020) with attentive MMIL pooling, as trained in VALOR.
+
+Shapes (B = batch, T = 10 segments, C = 25 classes, d = hidden):
+    audio  (B, T, Da)        VGGish 128 | CLAP embeddings (VALOR++)
+    frames (B, T*S, Df)      ResNet-152 2048 at S=8 steps per segment | CLIP 768 at S=1 (VALOR++); optional
+    clips  (B, T, Dc)        R(2+1)D-18 512; optional (absent for VALOR++)
+  -> HANOutput: segment_logits / segment_prob (B, T, 2, C) with modality 0 = audio, 1 = visual; global_prob,
+     audio_prob, visual_prob (B, C); temporal_att, modality_att (B, T, 2, C) for inspection.
+
+Architecture (METHOD-NOTES "HAN as trained in VALOR", VALOR Table 7):
+- input projections: audio Linear(Da, d); frames Linear(Df, d) then average-pooled over the S steps of each segment;
+  clips Linear(Dc, d); with both visual streams, concat and fuse with Linear(2d, d).
+  Implementation note: Linear(mean(x)) == mean(Linear(x)) exactly (an affine map commutes with an average), so the
+  frame steps are averaged *before* the projection -- the same function at 1/S of the cost.
+- L HAN layers; each layer is ONE module applied to both modalities (shared weights, as in the official code), post-norm:
+  q = LN(q + CrossAtt(q, other) + SelfAtt(q)); q = LN(q + FFN(q)); audio is updated first and the visual stream then
+  attends to the *updated* audio.
+- heads: segment logits Linear(d, C); MMIL pooling with softmax over time of Linear(d, C) and softmax over the two
+  modalities of Linear(d, C): global p = sum_t sum_m beta * alpha * p_t^m (Eq. 4), p^m = sum_t alpha * p_t^m (Eq. 3).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from valor_core.config import HANConfig
+
+
+class HANOutput(NamedTuple):
+    segment_logits: Tensor  # (B, T, 2, C) pre-sigmoid, modality 0 = audio, 1 = visual
+    segment_prob: Tensor  # (B, T, 2, C) sigmoid(segment_logits)
+    global_prob: Tensor  # (B, C) MMIL-pooled video-level probability (Eq. 4)
+    audio_prob: Tensor  # (B, C) audio video-level probability (Eq. 3)
+    visual_prob: Tensor  # (B, C) visual video-level probability (Eq. 3)
+    temporal_att: Tensor  # (B, T, 2, C) alpha: softmax over T
+    modality_att: Tensor  # (B, T, 2, C) beta: softmax over the 2 modalities
+
+
+class HANLayer(nn.Module):
+    """One post-norm hybrid-attention layer; the same instance updates audio and visual (Eq. 1, 2)."""
+
+    def __init__(self, d: int, heads: int, ff: int, dropout: float):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.linear1 = nn.Linear(d, ff)
+        self.linear2 = nn.Linear(ff, d)
+        self.norm1 = nn.LayerNorm(d)
+        self.norm2 = nn.LayerNorm(d)
+        self.drop_cross = nn.Dropout(dropout)
+        self.drop_self = nn.Dropout(dropout)
+        self.drop_ff = nn.Dropout(dropout)
+        self.drop_out = nn.Dropout(dropout)
+
+    def forward(self, q: Tensor, other: Tensor) -> Tensor:
+        cross = self.cross_attn(q, other, other, need_weights=False)[0]
+        self_ = self.self_attn(q, q, q, need_weights=False)[0]
+        q = self.norm1(q + self.drop_cross(cross) + self.drop_self(self_))
+        ff = self.linear2(self.drop_ff(F.relu(self.linear1(q))))
+        return self.norm2(q + self.drop_out(ff))
+
+
+class HAN(nn.Module):
+    def __init__(self, cfg: HANConfig = HANConfig()):
+        super().__init__()
+        if cfg.frame_dim <= 0 and cfg.clip_dim <= 0:
+            raise ValueError("HANConfig needs at least one visual stream (frame_dim > 0 or clip_dim > 0)")
+        if cfg.hidden % cfg.heads:
+            raise ValueError(f"hidden size {cfg.hidden} is not divisible by {cfg.heads} heads")
+        if cfg.frame_steps < 1:
+            raise ValueError(f"frame_steps must be >= 1, got {cfg.frame_steps}")
+        self.cfg = cfg
+        d, c = cfg.hidden, cfg.num_classes
+        self.fc_audio = nn.Linear(cfg.audio_dim, d)
+        self.fc_frames = nn.Linear(cfg.frame_dim, d) if cfg.frame_dim > 0 else None
+        self.fc_clips = nn.Linear(cfg.clip_dim, d) if cfg.clip_dim > 0 else None
+        self.fc_fusion = nn.Linear(2 * d, d) if (cfg.frame_dim > 0 and cfg.clip_dim > 0) else None
+        self.layers = nn.ModuleList(HANLayer(d, cfg.heads, cfg.ff, cfg.dropout) for _ in range(cfg.layers))
+        self.fc_prob = nn.Linear(d, c)
+        self.fc_frame_att = nn.Linear(d, c)
+        self.fc_av_att = nn.Linear(d, c)
+
+    def _visual(self, frames: Optional[Tensor], clips: Optional[Tensor], batch: int, steps: int) -> Tensor:
+        streams = []
+        if self.fc_frames is not None:
+            if frames is None:
+                raise ValueError("this HAN has a frame stream (frame_dim > 0) but no frames were given")
+            s = self.cfg.frame_steps
+            if frames.shape[1] != steps * s:
+                raise ValueError(f"frames have {frames.shape[1]} steps, expected {steps} segments x {s} = {steps * s}")
+            if s > 1:  # average-pool S steps per segment; done before the (affine) projection, see module doc
+                frames = frames.reshape(batch, steps, s, frames.shape[-1]).mean(dim=2)
+            streams.append(self.fc_frames(frames))
+        if self.fc_clips is not None:
+            if clips is None:
+                raise ValueError("this HAN has a clip stream (clip_dim > 0) but no clips were given")
+            streams.append(self.fc_clips(clips))
+        if self.fc_fusion is not None:
+            return self.fc_fusion(torch.cat(streams, dim=-1))
+        return streams[0]
+
+    def forward(self, audio: Tensor, frames: Optional[Tensor] = None, clips: Optional[Tensor] = None) -> HANOutput:
+        batch, steps = audio.shape[0], audio.shape[1]
+        x_a = self.fc_audio(audio)
+        x_v = self._visual(frames, clips, batch, steps)
+        for layer in self.layers:
+            x_a = layer(x_a, x_v)  # audio first ...
+            x_v = layer(x_v, x_a)  # ... then visual attends to the updated audio
+        x = torch.stack((x_a, x_v), dim=2)  # (B, T, 2, d)
+        logits = self.fc_prob(x)
+        prob = torch.sigmoid(logits)
+        temporal_att = torch.softmax(self.fc_frame_att(x), dim=1)  # Eq. 3: softmax over time
+        modality_att = torch.softmax(self.fc_av_att(x), dim=2)  # Eq. 4: softmax over modalities
+        temporal_prob = temporal_att * prob
+        global_prob = (temporal_prob * modality_att).sum(dim=(1, 2))  # Eq. 4
+        audio_prob = temporal_prob[:, :, 0].sum(dim=1)  # Eq. 3, m = a
+        visual_prob = temporal_prob[:, :, 1].sum(dim=1)  # Eq. 3, m = v
+        return HANOutput(logits, prob, global_prob, audio_prob, visual_prob, temporal_att, modality_att)
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
