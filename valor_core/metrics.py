@@ -1,0 +1,254 @@
+"""The official AVVP evaluation (Tian et al. 2020, `utils/eval_metrics.py`), vectorised over videos, and VALOR's label
+fidelity (Table 3).
+
+All inputs are 0/1 arrays shaped `(N, T, C)` (videos, segments, classes; T = 10, C = 25 on LLP), segment-major like
+everything in valor. Any integer/bool dtype works; values must be 0 or 1.
+
+Definitions (METHOD-NOTES, matched line by line against the reference implementation in tests/test_metrics.py):
+
+* Segment level, per video and class: TP/FP/FN summed over the T segments; F_c = 2TP / (2TP + FP + FN). Only classes
+  with TP+FP > 0 or TP+FN > 0 (present in the prediction or the GT) are scored; the video's F is the mean over scored
+  classes, or 1.0 when none is ("all true negatives"). The reported number is the mean over videos, in percent.
+* Event level: each class row is split into events = maximal runs of 1s. A predicted event is a TP if *some* GT event of
+  the class has IoU >= 0.5 with it (counted in segments: 3 * inter >= len_p + len_g, which is exactly the official
+  `inter >= 0.5 * union`), else an FP; a GT event no predicted event reaches is an FN. Not one-to-one: two predicted
+  events can both be TPs on one GT event, and a predicted event that matches counts once however many GT events it hits.
+* Audio-visual: prediction and GT are the element-wise products A*V.  Type@AV = mean of the audio, visual and
+  audio-visual scores.  Event@AV = per-video F with the audio and visual per-class counts added (TP_a+TP_v, ...).
+* Label fidelity (VALOR Table 3) = a global micro F: TP/FP/FN pooled over all videos, segments and classes.
+
+Hot path: no per-video Python loops. Segment counts are sums; event counts encode each 10-segment class row as an
+integer, look up its runs in a 2^T table and compare all run pairs of all rows at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+__all__ = [
+    "AVVPScores",
+    "segment_counts",
+    "event_counts",
+    "f_from_counts",
+    "segment_f_score",
+    "event_f_score",
+    "segment_f_score_pooled",
+    "event_f_score_pooled",
+    "evaluate",
+    "label_fidelity",
+    "micro_f",
+    "SCORE_KEYS",
+]
+
+SCORE_KEYS = ("audio", "visual", "av", "type", "event")  # the order papers report them in
+
+
+def _as01(x: np.ndarray, name: str) -> np.ndarray:
+    """`x` as a (N, T, C) bool array; (T, C) is taken as one video. Raises on values other than 0/1."""
+    x = np.asarray(x)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise ValueError(f"{name}: expected a (N, T, C) 0/1 array, got shape {x.shape}")
+    if x.dtype == np.bool_:
+        return x
+    if x.size and not np.isin(x, (0, 1)).all():
+        raise ValueError(f"{name}: values must be 0 or 1 (threshold probabilities before scoring)")
+    return x.astype(bool)
+
+
+def _pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p, g = _as01(pred, "pred"), _as01(gt, "gt")
+    if p.shape != g.shape:
+        raise ValueError(f"pred and gt shapes differ: {p.shape} vs {g.shape}")
+    return p, g
+
+
+# --- per-class counts ----------------------------------------------------------------------------------------------
+
+
+def segment_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Segment-level TP, FP, FN per video and class, each (N, C) int64."""
+    p, g = _pair(pred, gt)
+    tp = np.count_nonzero(p & g, axis=1)
+    fp = np.count_nonzero(p & ~g, axis=1)
+    fn = np.count_nonzero(~p & g, axis=1)
+    return tp, fp, fn
+
+
+_RUN_CACHE: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def _run_table(t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For every T-bit row code (bit s = segment s): run starts, ends (exclusive), validity mask, run count."""
+    if t not in _RUN_CACHE:
+        if t > 16:
+            raise ValueError(f"event-level scoring supports up to 16 segments per video, got {t}")
+        max_runs = (t + 1) // 2
+        codes = np.arange(1 << t)
+        bits = (codes[:, None] >> np.arange(t)) & 1  # (2^T, T)
+        padded = np.pad(bits, ((0, 0), (1, 1)))
+        starts = (padded[:, 1:-1] == 1) & (padded[:, :-2] == 0)
+        ends = (padded[:, 1:-1] == 1) & (padded[:, 2:] == 0)
+        rs = np.zeros((1 << t, max_runs), np.int8)
+        re = np.zeros((1 << t, max_runs), np.int8)
+        rank = np.cumsum(starts, axis=1) - 1
+        r, s = np.nonzero(starts)
+        rs[r, rank[r, s]] = s
+        r, e = np.nonzero(ends)
+        re[r, (np.cumsum(ends, axis=1) - 1)[r, e]] = e + 1
+        n = starts.sum(1)
+        valid = np.arange(max_runs)[None, :] < n[:, None]
+        _RUN_CACHE[t] = (rs, re, valid, n.astype(np.int64))
+    return _RUN_CACHE[t]
+
+
+def _row_codes(x: np.ndarray) -> np.ndarray:
+    """(N, T, C) bool -> (N, C) integer code of each class row, bit s = segment s."""
+    weights = (1 << np.arange(x.shape[1], dtype=np.int64))
+    return np.tensordot(x.astype(np.int64, copy=False), weights, axes=([1], [0])) if x.size else \
+        np.zeros((x.shape[0], x.shape[2]), np.int64)
+
+
+def event_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Event-level TP, FP, FN per video and class, each (N, C) int64 (official `event_wise_metric`)."""
+    p, g = _pair(pred, gt)
+    n, t, c = p.shape
+    rs, re, valid, nruns = _run_table(t)
+    cp, cg = _row_codes(p).ravel(), _row_codes(g).ravel()
+    tp = np.zeros(n * c, np.int64)
+    fp = nruns[cp].copy()  # rows where one side is empty: every predicted event is an FP ...
+    fn = nruns[cg].copy()  # ... every GT event an FN
+    both = np.flatnonzero((cp != 0) & (cg != 0))
+    if both.size:
+        a, b = cp[both], cg[both]
+        sp, ep, vp = rs[a][:, :, None], re[a][:, :, None], valid[a][:, :, None]
+        sg, eg, vg = rs[b][:, None, :], re[b][:, None, :], valid[b][:, None, :]
+        inter = np.clip(np.minimum(ep, eg) - np.maximum(sp, sg), 0, None)
+        # IoU >= 0.5  <=>  inter >= 0.5 * (len_p + len_g - inter)  <=>  3 inter >= len_p + len_g  (exact in integers)
+        match = (3 * inter >= (ep - sp) + (eg - sg)) & vp & vg & (inter > 0)
+        hit_p = match.any(axis=2).sum(axis=1)
+        hit_g = match.any(axis=1).sum(axis=1)
+        tp[both] = hit_p
+        fp[both] -= hit_p
+        fn[both] -= hit_g
+    shape = (n, c)
+    return tp.reshape(shape), fp.reshape(shape), fn.reshape(shape)
+
+
+# --- per-video F -----------------------------------------------------------------------------------------------------
+
+
+def f_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """Per-video F (N,) from per-class counts (N, C): mean of 2TP/(2TP+FP+FN) over classes present in prediction or GT;
+    1.0 for a video where no class is present (the official "all true negatives" rule)."""
+    tp, fp, fn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, fn))
+    scored = (tp + fp > 0) | (tp + fn > 0)
+    denom = 2 * tp + fp + fn
+    f = np.divide(2 * tp, denom, out=np.zeros_like(denom), where=scored)
+    k = scored.sum(axis=1)
+    return np.where(k > 0, f.sum(axis=1) / np.maximum(k, 1), 1.0)
+
+
+def segment_f_score(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Official segment-level F per video, (N,) in [0, 1]."""
+    return f_from_counts(*segment_counts(pred, gt))
+
+
+def event_f_score(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Official event-level F per video, (N,) in [0, 1]."""
+    return f_from_counts(*event_counts(pred, gt))
+
+
+def _pooled(counts_a, counts_v) -> np.ndarray:
+    return f_from_counts(*(x + y for x, y in zip(counts_a, counts_v)))
+
+
+def segment_f_score_pooled(pred_audio, pred_visual, gt_audio, gt_visual) -> np.ndarray:
+    """Segment-level Event@AV per video: F with audio and visual per-class counts added together."""
+    return _pooled(segment_counts(pred_audio, gt_audio), segment_counts(pred_visual, gt_visual))
+
+
+def event_f_score_pooled(pred_audio, pred_visual, gt_audio, gt_visual) -> np.ndarray:
+    """Event-level Event@AV per video: F with audio and visual per-class event counts added together."""
+    return _pooled(event_counts(pred_audio, gt_audio), event_counts(pred_visual, gt_visual))
+
+
+# --- the ten numbers ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AVVPScores:
+    """The ten numbers of an AVVP table, in percent: `segment[k]` and `event[k]` for k in audio, visual, av, type, event.
+
+    `per_video` (optional) holds the per-video F arrays in [0, 1] under keys like "segment.audio"."""
+
+    segment: dict[str, float]
+    event: dict[str, float]
+    videos: int = 0
+    per_video: Optional[dict[str, np.ndarray]] = field(default=None, repr=False, compare=False)
+
+    def get(self, key: str) -> float:
+        """A number by dotted key, e.g. "segment.type" (TrainConfig.select_metric)."""
+        level, _, name = key.partition(".")
+        table = {"segment": self.segment, "event": self.event}.get(level)
+        if table is None or name not in table:
+            raise KeyError(f"unknown score {key!r}; expected segment.<k> or event.<k> with k in {SCORE_KEYS}")
+        return table[name]
+
+    def flat(self) -> dict[str, float]:
+        """{"segment.audio": ..., ..., "event.event": ...} (MLflow-friendly)."""
+        return {f"{lvl}.{k}": v for lvl, tab in (("segment", self.segment), ("event", self.event)) for k, v in tab.items()}
+
+    def as_dict(self, decimals: Optional[int] = None) -> dict[str, dict[str, float]]:
+        r = (lambda v: round(float(v), decimals)) if decimals is not None else float
+        return {"segment": {k: r(self.segment[k]) for k in SCORE_KEYS}, "event": {k: r(self.event[k]) for k in SCORE_KEYS}}
+
+
+def evaluate(pred_audio: np.ndarray, pred_visual: np.ndarray, gt_audio: np.ndarray, gt_visual: np.ndarray,
+             keep_per_video: bool = False) -> AVVPScores:
+    """All ten official numbers (percent) for 0/1 predictions and GT, each (N, T, C)."""
+    pa, ga = _pair(pred_audio, gt_audio)
+    pv, gv = _pair(pred_visual, gt_visual)
+    if pa.shape != pv.shape:
+        raise ValueError(f"audio and visual shapes differ: {pa.shape} vs {pv.shape}")
+    pav, gav = pa & pv, ga & gv
+    per_video: dict[str, np.ndarray] = {}
+    for level, counter in (("segment", segment_counts), ("event", event_counts)):
+        ca, cv, cav = counter(pa, ga), counter(pv, gv), counter(pav, gav)
+        per_video[f"{level}.audio"] = f_from_counts(*ca)
+        per_video[f"{level}.visual"] = f_from_counts(*cv)
+        per_video[f"{level}.av"] = f_from_counts(*cav)
+        per_video[f"{level}.event"] = _pooled(ca, cv)
+    n = pa.shape[0]
+    tables: dict[str, dict[str, float]] = {}
+    for level in ("segment", "event"):
+        means = {k: 100.0 * float(np.mean(per_video[f"{level}.{k}"])) if n else float("nan")
+                 for k in ("audio", "visual", "av", "event")}
+        tables[level] = {"audio": means["audio"], "visual": means["visual"], "av": means["av"],
+                         "type": (means["audio"] + means["visual"] + means["av"]) / 3.0, "event": means["event"]}
+    return AVVPScores(segment=tables["segment"], event=tables["event"], videos=n,
+                      per_video=per_video if keep_per_video else None)
+
+
+# --- label fidelity (VALOR Table 3) ---------------------------------------------------------------------------------
+
+
+def micro_f(tp: float, fp: float, fn: float) -> float:
+    """2TP / (2TP + FP + FN) in percent; 100.0 when there is nothing to find and nothing was predicted."""
+    denom = 2 * tp + fp + fn
+    return 100.0 if denom == 0 else 100.0 * 2 * tp / denom
+
+
+def label_fidelity(pred: np.ndarray, gt: np.ndarray) -> float:
+    """VALOR Table 3: global micro F (percent) of 0/1 labels against GT, TP/FP/FN pooled over videos, segments and
+    classes. Any shape works as long as pred and gt match (e.g. (N, 10, 25) for one modality)."""
+    p, g = np.asarray(pred).astype(bool), np.asarray(gt).astype(bool)
+    if p.shape != g.shape:
+        raise ValueError(f"pred and gt shapes differ: {p.shape} vs {g.shape}")
+    tp = int(np.count_nonzero(p & g))
+    fp = int(np.count_nonzero(p & ~g))
+    fn = int(np.count_nonzero(~p & g))
+    return micro_f(tp, fp, fn)
