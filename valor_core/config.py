@@ -144,3 +144,266 @@ def replace(cfg: Any, **overrides: Any) -> Any:
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain, JSON/YAML-able dict of a config dataclass (tuples become lists)."""
     return dataclasses.asdict(cfg)
+
+
+# --- pipeline: one YAML names everything (issue: one pipeline, two homes) -----------------------------------------
+# `configs/*.yaml` deserialise into PipelineConfig through `load_config(path, overrides)`. Relative local paths are kept as
+# written here; `workflows.pipeline` resolves them against the working directory when it runs.
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where the data is and where the outputs go. Every field is a local path or an `s3://bucket/prefix` URI."""
+
+    videos: str = "runs/demo/videos"  # video root (<video_id>.mp4 files), local dir or s3://
+    manifest: Optional[str] = None  # videos to process: LLP-style CSV (filename, event_labels[, split]); None = <videos>/manifest.csv
+    annotations: str = "runs/demo/videos"  # dir with AVVP_eval_audio.csv / AVVP_eval_visual.csv (dense val/test GT)
+    output: str = "runs/local"  # stage outputs: features/, labels/, thresholds.json, train/, eval.json, config.yaml
+    work: str = "runs/cache"  # local scratch: tiny teachers, HF caches (never on S3)
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """The generated demo corpus (real mp4 files with LLP-style labels) used when no real videos are at hand."""
+
+    generate: bool = False  # create it at paths.videos on first use (reused after: a marker records how it was made)
+    videos: int = 24
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How the pipeline reaches Ray. address None = `ray.init()` in-process (or the cluster of a `ray job submit`)."""
+
+    address: Optional[str] = None  # "auto", "ray://host:10001", or None
+    num_cpus: Optional[int] = None  # in-process mode only: CPUs the local Ray may use (None = all)
+    num_gpus: Optional[int] = None  # in-process mode only
+    namespace: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow. uri None = a sqlite store beside the local outputs (`<work>/mlflow.db` when outputs are on S3)."""
+
+    uri: Optional[str] = None
+    experiment: str = "valor"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The LLP-sim science demo run after the stages (`valor demo`); local mode only by default."""
+
+    enabled: bool = False
+    out: Optional[str] = None  # pictures dir; None = <output>/demo (local outputs) or <work>/demo
+    args: tuple[str, ...] = ()  # extra `valor demo` arguments
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the typed configuration; the message says where and why."""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any, where: str, current: Any = None) -> Any:
+    """Turn a YAML value into the declared type `tp`, or raise ConfigError naming `where`."""
+    import types
+    import typing
+
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+        return build(tp, value, where=where, base=current if isinstance(current, tp) else None)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{where}: may not be null")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where, current)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {_type_name(tp)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if args and len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value))) if args else tuple(value)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        if not args:
+            return dict(value)
+        return {_coerce(args[0], k, f"{where}.{k}"): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r} (quote it in YAML)")
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{where}: cannot read {value!r} as {_type_name(tp)}")
+
+
+def _base_instance(cls: type, data: dict[str, Any]) -> Any:
+    """The instance a YAML mapping is applied on: the class defaults, or for a training section its preset."""
+    if cls is TrainConfig and "preset" in data:
+        from valor_core.presets import get_preset  # presets imports this module
+
+        try:
+            return get_preset(data["preset"])
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    return cls()
+
+
+def _join(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def build(cls: type, data: dict[str, Any], *, where: str = "", base: Any = None) -> Any:
+    """Build the dataclass `cls` from a plain mapping, applied on `base` (default: `cls()` or the named preset).
+
+    Unknown keys, wrong types and values outside a Literal raise ConfigError with the dotted key and the known keys."""
+    import typing
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'top level'}: expected a mapping for {cls.__name__}, got {data!r}")
+    if base is None or (cls is TrainConfig and "preset" in data):
+        base = _base_instance(cls, data)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(repr(_join(where, k)) for k in unknown)} "
+            f"({cls.__name__} has: {', '.join(names)})"
+        )
+    values = {k: _coerce(hints[k], v, _join(where, k), getattr(base, k)) for k, v in data.items()}
+    return dataclasses.replace(base, **values)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b.c=value` -> ("a.b.c", YAML-typed value): `x=3` is an int, `x=[0.1, 0.2]` a list, `x=null` / `x=` None."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: expected key=value with a dotted key, e.g. train.optim.epochs=2")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from None
+    return key, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each dotted `key=value` into a (copied) plain mapping, creating intermediate mappings as needed."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for text in overrides:
+        key, value = parse_override(text)
+        node = data
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(parts[: i + 1])} is {child!r}, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: Optional[str], overrides: Optional[list[str]] = None) -> "PipelineConfig":
+    """Read a pipeline YAML (None = all defaults), apply `key=value` overrides, and type-check it into PipelineConfig."""
+    import yaml
+
+    data: Any = {}
+    if path is not None:
+        try:
+            with open(path) as fh:
+                data = yaml.safe_load(fh) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path!r} not found") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        return build(PipelineConfig, data)
+    except ConfigError as err:
+        source = path if path is not None else "built-in defaults"
+        raise ConfigError(f"{source}{' + overrides' if overrides else ''}: {err}") from None
+
+
+SECRET_KEYS = ("access_key", "secret_key", "token", "password")
+
+
+def redacted(cfg: Any) -> dict[str, Any]:
+    """to_dict with credentials replaced by '***' (what gets saved with the outputs and logged to MLflow)."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: ("***" if k in SECRET_KEYS and v else walk(v)) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(to_dict(cfg))
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything `valor run` needs: configs/local.yaml and configs/llp.yaml are instances of this."""
+
+    name: str = "valor"
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    teachers: TeacherConfig = field(default_factory=TeacherConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
+    thresholds: LabelConfig = field(default_factory=LabelConfig)  # harvest: which thresholds are applied, filter
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
