@@ -117,6 +117,28 @@ class StorageConfig:
     bucket: str = "valor"
 
 
+@dataclass(frozen=True)
+class ExtractConfig:
+    """`valor extract`: Ray Data decode -> CLIP actors -> CLAP actors -> Parquet (workflows/extract.py).
+
+    Actor pools are `ActorPoolStrategy(min_size, max_size)` ranges so the pool scales with the cluster; each actor takes
+    `num_gpus` when the cluster has GPUs (0 on a CPU-only cluster, whatever is set here) and `actor_num_cpus` CPUs.
+    """
+
+    out: str = "runs/local/features"  # output dataset URI (local dir or s3://bucket/prefix); failures in <out>/_failures
+    decode_batch_size: int = 2  # videos per decode task call (CPU tasks; frames are resized there)
+    decode_num_cpus: float = 1.0
+    clip_batch_size: int = 16  # videos per CLIP actor call (x segments frames per forward, chunked by teachers.batch_size)
+    clap_batch_size: int = 16  # videos per CLAP actor call
+    clip_actors: tuple[int, int] = (1, 2)  # ActorPoolStrategy(min_size, max_size)
+    clap_actors: tuple[int, int] = (1, 2)
+    num_gpus: float = 1.0  # per teacher actor when GPUs exist (fractions share a GPU)
+    actor_num_cpus: float = 1.0  # per teacher actor on a CPU-only cluster (with GPUs: 1 CPU for host work)
+    rows_per_file: int = 256  # videos per Parquet file (the last file of a run may hold fewer)
+    dense: bool = False  # also store CLIP embeddings of the 8-fps frame stack (clip_dense_emb, (80, d) per video)
+    retry_failed: bool = False  # re-run videos that have a row in <out>/_failures (default: they count as skipped)
+
+
 # --- pipeline ------------------------------------------------------------------------------------------------------
 
 
@@ -401,6 +423,7 @@ class PipelineConfig:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
     teachers: TeacherConfig = field(default_factory=TeacherConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     thresholds: LabelConfig = field(default_factory=LabelConfig)  # harvest: which thresholds are applied, filter
