@@ -300,3 +300,79 @@ def test_label_fidelity_is_global_micro_f():
     a[0, :, :5] = b[0, :, :5] = 1  # 50 TPs
     a[1, 0, 9] = 1  # 1 FP
     assert M.label_fidelity(a, b) == pytest.approx(100 * 100 / 101)
+
+
+# --- valor evaluate (CLI) against the reference -------------------------------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+LLP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "llp"
+needs_llp = pytest.mark.skipif(not LLP.is_dir(), reason="LLP annotations not found at ../shared/data/llp")
+
+
+def ref_micro(p, g):
+    tp, fp, fn = int((p * g).sum()), int((p * (1 - g)).sum()), int(((1 - p) * g).sum())
+    return 100 * 2 * tp / (2 * tp + fp + fn)
+
+
+@needs_llp
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_cli_naive_matches_reference(split, capsys):
+    import json
+
+    from tests.test_llp import official_gt
+    from valor_core.llp import load_weak_csv
+    from workflows.cli import main
+
+    assert main(["evaluate", "--annotations", str(LLP), "--split", split, "--predictions", "naive", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ids, weak = load_weak_csv(LLP / {"val": "AVVP_val_pd.csv", "test": "AVVP_test_pd.csv"}[split])
+    ga, gv = official_gt(LLP / "AVVP_eval_audio.csv", ids), official_gt(LLP / "AVVP_eval_visual.csv", ids)
+    naive = np.repeat(weak[:, None, :], 10, axis=1)
+    ref, _ = ref_evaluate(naive, naive, ga, gv)
+    assert out["split"] == split and out["videos"] == len(ids)
+    assert set(out) == {"split", "videos", "segment", "event", "fidelity"}
+    for level in ("segment", "event"):
+        assert list(out[level]) == list(M.SCORE_KEYS)
+        for k in M.SCORE_KEYS:
+            assert out[level][k] == round(ref[level][k], 2), (level, k)
+    assert out["fidelity"] == {"audio": round(ref_micro(naive, ga), 2), "visual": round(ref_micro(naive, gv), 2),
+                               "av": round(ref_micro(naive, ga * gv), 2)}
+
+
+@needs_llp
+def test_cli_npz_predictions(tmp_path, capsys):
+    import json
+
+    from valor_core.llp import load_split
+    from workflows.cli import main
+
+    val = load_split(LLP, "val")
+    rng = np.random.default_rng(0)
+    a = (rng.random((len(val), 10, 25)) < 0.05).astype(np.uint8)
+    v = (rng.random((len(val), 10, 25)) < 0.05).astype(np.uint8)
+    order = rng.permutation(len(val))  # any order, plus extra ids
+    f = tmp_path / "pred.npz"
+    np.savez(f, video_ids=np.concatenate([val.video_ids[order], ["extra_1", "extra_2"]]),
+             audio=np.concatenate([a[order], np.zeros((2, 10, 25), np.uint8)]),
+             visual=np.concatenate([v[order], np.zeros((2, 10, 25), np.uint8)]))
+    assert main(["evaluate", "--annotations", str(LLP), "--split", "val", "--predictions", str(f), "--json"]) == 0
+    cap = capsys.readouterr()
+    out = json.loads(cap.out)
+    assert "warning" in cap.err and "extra_1" in cap.err and "2 video id(s)" in cap.err
+    ref, _ = ref_evaluate(a, v, val.audio_gt, val.visual_gt)
+    for level in ("segment", "event"):
+        for k in M.SCORE_KEYS:
+            assert out[level][k] == round(ref[level][k], 2)
+    # missing split videos: an error naming them
+    np.savez(f, video_ids=val.video_ids[2:], audio=a[2:], visual=v[2:])
+    assert main(["evaluate", "--annotations", str(LLP), "--split", "val", "--predictions", str(f)]) == 1
+    err = capsys.readouterr().err
+    assert "2 video(s) of the split missing" in err and val.video_ids[0] in err and val.video_ids[1] in err
+    # a malformed file
+    np.savez(f, video_ids=val.video_ids, audio=a)
+    assert main(["evaluate", "--annotations", str(LLP), "--split", "val", "--predictions", str(f)]) == 1
+    assert "missing array(s) visual" in capsys.readouterr().err
+    # human-readable table without --json
+    assert main(["evaluate", "--annotations", str(LLP), "--split", "val", "--predictions", "naive"]) == 0
+    assert "Type@AV" in capsys.readouterr().out

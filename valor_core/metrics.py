@@ -46,7 +46,8 @@ SCORE_KEYS = ("audio", "visual", "av", "type", "event")  # the order papers repo
 
 
 def _as01(x: np.ndarray, name: str) -> np.ndarray:
-    """`x` as a (N, T, C) bool array; (T, C) is taken as one video. Raises on values other than 0/1."""
+    """`x` as a (N, T, C) bool array (a zero-copy view for bool/uint8/int8); (T, C) is taken as one video.
+    Raises on values other than 0/1."""
     x = np.asarray(x)
     if x.ndim == 2:
         x = x[None]
@@ -54,9 +55,13 @@ def _as01(x: np.ndarray, name: str) -> np.ndarray:
         raise ValueError(f"{name}: expected a (N, T, C) 0/1 array, got shape {x.shape}")
     if x.dtype == np.bool_:
         return x
-    if x.size and not np.isin(x, (0, 1)).all():
-        raise ValueError(f"{name}: values must be 0 or 1 (threshold probabilities before scoring)")
-    return x.astype(bool)
+    if x.size:
+        ok = x.max() <= 1 if x.dtype.kind == "u" else bool(((x == 0) | (x == 1)).all())
+        if not ok:
+            raise ValueError(f"{name}: values must be 0 or 1 (threshold probabilities before scoring)")
+    if x.dtype.itemsize == 1 and x.dtype.kind in "ui":
+        return x.view(np.bool_)
+    return x != 0
 
 
 def _pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -66,16 +71,50 @@ def _pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return p, g
 
 
+# --- row codes: each (video, class) row of T segments as one integer, bit s = segment s ---------------------------------
+
+MAX_SEGMENTS = 16
+
+
+def _row_codes(x: np.ndarray) -> np.ndarray:
+    """(N, T, C) bool -> (N, C) uint16 code of each class row, bit s = segment s."""
+    n, t, c = x.shape
+    if t > MAX_SEGMENTS:
+        raise ValueError(f"at most {MAX_SEGMENTS} segments per video are supported, got {t}")
+    b = np.packbits(x, axis=1, bitorder="little")  # (N, ceil(T/8), C) uint8
+    codes = b[:, 0].astype(np.uint16)
+    if b.shape[1] > 1:
+        codes |= b[:, 1].astype(np.uint16) << 8
+    return codes
+
+
+_POPCOUNT = np.unpackbits(np.arange(1 << MAX_SEGMENTS, dtype=">u2").view(np.uint8)).reshape(-1, 16).sum(1, dtype=np.int64)
+
+
+class _Rows:
+    """Row codes of a (pred, gt) pair; `T` is the number of segments."""
+
+    __slots__ = ("p", "g", "t")
+
+    def __init__(self, p: np.ndarray, g: np.ndarray, t: int):
+        self.p, self.g, self.t = p, g, t
+
+
+def _codes(pred: np.ndarray, gt: np.ndarray) -> _Rows:
+    p, g = _pair(pred, gt)
+    return _Rows(_row_codes(p), _row_codes(g), p.shape[1])
+
+
 # --- per-class counts ----------------------------------------------------------------------------------------------
+
+
+def _segment_counts(r: _Rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return _POPCOUNT[r.p & r.g], _POPCOUNT[r.p & ~r.g], _POPCOUNT[~r.p & r.g]
 
 
 def segment_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Segment-level TP, FP, FN per video and class, each (N, C) int64."""
-    p, g = _pair(pred, gt)
-    tp = np.count_nonzero(p & g, axis=1)
-    fp = np.count_nonzero(p & ~g, axis=1)
-    fn = np.count_nonzero(~p & g, axis=1)
-    return tp, fp, fn
+    return _segment_counts(_codes(pred, gt))
 
 
 _RUN_CACHE: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -84,8 +123,8 @@ _RUN_CACHE: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {
 def _run_table(t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """For every T-bit row code (bit s = segment s): run starts, ends (exclusive), validity mask, run count."""
     if t not in _RUN_CACHE:
-        if t > 16:
-            raise ValueError(f"event-level scoring supports up to 16 segments per video, got {t}")
+        if t > MAX_SEGMENTS:
+            raise ValueError(f"at most {MAX_SEGMENTS} segments per video are supported, got {t}")
         max_runs = (t + 1) // 2
         codes = np.arange(1 << t)
         bits = (codes[:, None] >> np.arange(t)) & 1  # (2^T, T)
@@ -94,9 +133,8 @@ def _run_table(t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         ends = (padded[:, 1:-1] == 1) & (padded[:, 2:] == 0)
         rs = np.zeros((1 << t, max_runs), np.int8)
         re = np.zeros((1 << t, max_runs), np.int8)
-        rank = np.cumsum(starts, axis=1) - 1
         r, s = np.nonzero(starts)
-        rs[r, rank[r, s]] = s
+        rs[r, (np.cumsum(starts, axis=1) - 1)[r, s]] = s
         r, e = np.nonzero(ends)
         re[r, (np.cumsum(ends, axis=1) - 1)[r, e]] = e + 1
         n = starts.sum(1)
@@ -105,37 +143,32 @@ def _run_table(t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return _RUN_CACHE[t]
 
 
-def _row_codes(x: np.ndarray) -> np.ndarray:
-    """(N, T, C) bool -> (N, C) integer code of each class row, bit s = segment s."""
-    weights = (1 << np.arange(x.shape[1], dtype=np.int64))
-    return np.tensordot(x.astype(np.int64, copy=False), weights, axes=([1], [0])) if x.size else \
-        np.zeros((x.shape[0], x.shape[2]), np.int64)
-
-
-def event_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Event-level TP, FP, FN per video and class, each (N, C) int64 (official `event_wise_metric`)."""
-    p, g = _pair(pred, gt)
-    n, t, c = p.shape
-    rs, re, valid, nruns = _run_table(t)
-    cp, cg = _row_codes(p).ravel(), _row_codes(g).ravel()
-    tp = np.zeros(n * c, np.int64)
-    fp = nruns[cp].copy()  # rows where one side is empty: every predicted event is an FP ...
-    fn = nruns[cg].copy()  # ... every GT event an FN
-    both = np.flatnonzero((cp != 0) & (cg != 0))
+def _event_counts(r: _Rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rs, re, valid, nruns = _run_table(r.t)
+    cp, cg = r.p.ravel(), r.g.ravel()
+    tp = np.zeros(cp.shape, np.int64)
+    fp = nruns[cp]  # rows where one side is empty: every predicted event is an FP ...
+    fn = nruns[cg]  # ... and every GT event an FN
+    both = np.flatnonzero(cp & cg)  # only rows whose prediction and GT overlap can hold a match
     if both.size:
         a, b = cp[both], cg[both]
         sp, ep, vp = rs[a][:, :, None], re[a][:, :, None], valid[a][:, :, None]
         sg, eg, vg = rs[b][:, None, :], re[b][:, None, :], valid[b][:, None, :]
-        inter = np.clip(np.minimum(ep, eg) - np.maximum(sp, sg), 0, None)
+        inter = np.minimum(ep, eg) - np.maximum(sp, sg)
         # IoU >= 0.5  <=>  inter >= 0.5 * (len_p + len_g - inter)  <=>  3 inter >= len_p + len_g  (exact in integers)
-        match = (3 * inter >= (ep - sp) + (eg - sg)) & vp & vg & (inter > 0)
+        match = (inter > 0) & (3 * inter >= (ep - sp) + (eg - sg)) & vp & vg
         hit_p = match.any(axis=2).sum(axis=1)
         hit_g = match.any(axis=1).sum(axis=1)
         tp[both] = hit_p
         fp[both] -= hit_p
         fn[both] -= hit_g
-    shape = (n, c)
+    shape = r.p.shape
     return tp.reshape(shape), fp.reshape(shape), fn.reshape(shape)
+
+
+def event_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Event-level TP, FP, FN per video and class, each (N, C) int64 (official `event_wise_metric`)."""
+    return _event_counts(_codes(pred, gt))
 
 
 # --- per-video F -----------------------------------------------------------------------------------------------------
@@ -144,11 +177,11 @@ def event_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def f_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
     """Per-video F (N,) from per-class counts (N, C): mean of 2TP/(2TP+FP+FN) over classes present in prediction or GT;
     1.0 for a video where no class is present (the official "all true negatives" rule)."""
-    tp, fp, fn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, fn))
-    scored = (tp + fp > 0) | (tp + fn > 0)
-    denom = 2 * tp + fp + fn
-    f = np.divide(2 * tp, denom, out=np.zeros_like(denom), where=scored)
-    k = scored.sum(axis=1)
+    tp2 = 2 * np.asarray(tp, dtype=np.float64)
+    denom = tp2 + fp + fn
+    scored = denom > 0  # = (TP+FP > 0) or (TP+FN > 0) for non-negative counts
+    f = np.divide(tp2, denom, out=np.zeros_like(denom), where=scored)
+    k = np.count_nonzero(scored, axis=1)
     return np.where(k > 0, f.sum(axis=1) / np.maximum(k, 1), 1.0)
 
 
@@ -210,19 +243,18 @@ class AVVPScores:
 def evaluate(pred_audio: np.ndarray, pred_visual: np.ndarray, gt_audio: np.ndarray, gt_visual: np.ndarray,
              keep_per_video: bool = False) -> AVVPScores:
     """All ten official numbers (percent) for 0/1 predictions and GT, each (N, T, C)."""
-    pa, ga = _pair(pred_audio, gt_audio)
-    pv, gv = _pair(pred_visual, gt_visual)
-    if pa.shape != pv.shape:
-        raise ValueError(f"audio and visual shapes differ: {pa.shape} vs {pv.shape}")
-    pav, gav = pa & pv, ga & gv
+    ra, rv = _codes(pred_audio, gt_audio), _codes(pred_visual, gt_visual)
+    if ra.p.shape != rv.p.shape or ra.t != rv.t:
+        raise ValueError(f"audio and visual shapes differ: {np.shape(pred_audio)} vs {np.shape(pred_visual)}")
+    rav = _Rows(ra.p & rv.p, ra.g & rv.g, ra.t)  # A*V of 0/1 rows = bitwise AND of their codes
     per_video: dict[str, np.ndarray] = {}
-    for level, counter in (("segment", segment_counts), ("event", event_counts)):
-        ca, cv, cav = counter(pa, ga), counter(pv, gv), counter(pav, gav)
+    for level, counter in (("segment", _segment_counts), ("event", _event_counts)):
+        ca, cv, cav = counter(ra), counter(rv), counter(rav)
         per_video[f"{level}.audio"] = f_from_counts(*ca)
         per_video[f"{level}.visual"] = f_from_counts(*cv)
         per_video[f"{level}.av"] = f_from_counts(*cav)
         per_video[f"{level}.event"] = _pooled(ca, cv)
-    n = pa.shape[0]
+    n = ra.p.shape[0]
     tables: dict[str, dict[str, float]] = {}
     for level in ("segment", "event"):
         means = {k: 100.0 * float(np.mean(per_video[f"{level}.{k}"])) if n else float("nan")

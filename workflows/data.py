@@ -1,0 +1,81 @@
+"""`valor data stats`: what is in an LLP split.
+
+    valor data stats --annotations DIR --split {train,val,test,full} [--audio-file F] [--json]
+
+Reports the number of videos, the histogram of labels per video, per-class video counts (weak labels), and for splits
+with dense GT (val/test): `segment_events` = segment-level events (video, segment, class) active in audio or visual,
+each counted once, and `non_aligned` = how many of those are active in exactly one modality (null for train/full).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import numpy as np
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("data", help="LLP annotation utilities (stats)")
+    sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    s = sub.add_parser("stats", help="videos, label histogram, per-class counts, segment-level events of a split",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--annotations", required=True, metavar="DIR", help="directory with the LLP annotation CSVs")
+    s.add_argument("--split", required=True, choices=("train", "val", "test", "full"))
+    s.add_argument("--audio-file", default="AVVP_eval_audio.csv", metavar="F",
+                   help="dense audio annotation file, relative to DIR (default: %(default)s)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=run_stats)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def split_stats(split) -> dict[str, Any]:
+    from valor_core.classes import CLASSES
+
+    weak = split.weak.astype(np.int64)
+    k = weak.sum(axis=1)
+    hist = {str(int(v)): int(c) for v, c in zip(*np.unique(k, return_counts=True))}
+    out: dict[str, Any] = {
+        "split": split.name,
+        "videos": int(len(split)),
+        "label_count_histogram": hist,
+        "class_counts": {name: int(n) for name, n in zip(CLASSES, weak.sum(axis=0))},
+        "segment_events": None,
+        "non_aligned": None,
+    }
+    if split.audio_gt is not None:
+        a, v = split.audio_gt.astype(bool), split.visual_gt.astype(bool)
+        out["segment_events"] = int(np.count_nonzero(a | v))
+        out["non_aligned"] = int(np.count_nonzero(a ^ v))
+        out["audio_segment_events"] = int(np.count_nonzero(a))
+        out["visual_segment_events"] = int(np.count_nonzero(v))
+        out["av_segment_events"] = int(np.count_nonzero(a & v))
+    return out
+
+
+def format_stats(s: dict[str, Any]) -> str:
+    lines = [f"LLP {s['split']}: {s['videos']} videos",
+             "labels per video: " + ", ".join(f"{k}: {n}" for k, n in s["label_count_histogram"].items())]
+    if s["segment_events"] is not None:
+        frac = 100.0 * s["non_aligned"] / max(s["segment_events"], 1)
+        lines.append(f"segment-level events (audio or visual): {s['segment_events']}  "
+                     f"(audio {s['audio_segment_events']}, visual {s['visual_segment_events']}, "
+                     f"both {s['av_segment_events']}); non-aligned (one modality only): {s['non_aligned']} ({frac:.1f}%)")
+    lines.append("videos per class:")
+    width = max(len(c) for c in s["class_counts"])
+    lines += [f"  {c:{width}s} {n:6d}" for c, n in s["class_counts"].items()]
+    return "\n".join(lines)
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from valor_core.llp import AnnotationError, load_split
+
+    try:
+        split = load_split(args.annotations, args.split, audio_file=args.audio_file)
+    except AnnotationError as err:
+        print(f"valor data stats: error: {err}", file=sys.stderr)
+        return 1
+    s = split_stats(split)
+    print(json.dumps(s) if args.json else format_stats(s))
+    return 0
