@@ -1,0 +1,610 @@
+"""`valor run --config FILE [key=value ...]`: the whole flow from one YAML, each stage skipped when already done.
+
+    corpus/teachers (prepare: the demo corpus and tiny teachers are created on first use when the config asks for them)
+        │
+    extract   videos + manifest ──► <output>/features (+ failures)            Ray Data, CLIP/CLAP actors
+    tune      features + val GT ──► <output>/thresholds.json                  Ray Tune
+    harvest   features + θ      ──► <output>/labels                           Ray Data
+    train     features + labels ──► <output>/train (checkpoints) + MLflow run Ray Train
+    evaluate  checkpoint        ──► <output>/eval.json (+ MLflow metrics)
+    demo      (optional) the LLP-sim science demo: pictures
+
+Skipping. Each stage has a *fingerprint*: the SHA-256 of the stage's resolved config section and the fingerprints of the
+stages (or input files) it reads. After a stage's outputs are written, a completion marker `<output>/_pipeline/<stage>.json`
+holding that fingerprint is written atomically (one PUT on S3, temp file + rename locally). A stage whose marker matches
+(and whose outputs exist) is skipped; when every stage is skipped, `valor run` says "nothing to do". Changing one section
+re-runs that stage and everything downstream of it, nothing upstream: e.g. `thresholds.*` re-runs harvest, train,
+evaluate. A stage that re-runs makes everything downstream of it re-run too (its outputs may differ, e.g. a new search).
+Before a stage runs its old outputs are removed, so old and new never mix - except extract interrupted with the same
+fingerprint, which resumes in place (it skips the videos it already wrote).
+
+Ray. With `ray.address` unset the pipeline calls `ray.init()`: in-process single-node Ray on a laptop, or - inside
+`ray job submit` - the cluster that runs the job (Ray sets RAY_ADDRESS for the driver). `ray.address: auto` or
+`ray://host:10001` connects explicitly. Ray is only started when some stage has work to do.
+
+The resolved config (credentials redacted) is saved as `<output>/config.yaml` and handed to the train stage, which logs it
+to MLflow as the run's parameters.
+
+`--stage NAME` runs one stage alone (its inputs must be up to date: run the stages before it first); `--force` re-runs
+even when up to date; `--plan` prints what would run and exits.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import posixpath
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from valor_core.config import ConfigError, PipelineConfig, load_config, redacted, to_dict
+
+PIPELINE_VERSION = 1  # bump to invalidate every marker (a change in what a stage writes)
+MARKER_DIR = "_pipeline"
+
+# --- where things go ---------------------------------------------------------------------------------------------
+
+
+def _abs_local(uri: Optional[str]) -> Optional[str]:
+    """Local paths become absolute (Ray workers and job drivers may run elsewhere); URIs are kept as written."""
+    if uri is None or "://" in str(uri):
+        return uri
+    return os.path.abspath(os.path.expanduser(str(uri)))
+
+
+def resolve(cfg: PipelineConfig) -> PipelineConfig:
+    """Absolute local paths, a manifest, an MLflow URI: the config as the stages will see it."""
+    p = cfg.paths
+    videos = _abs_local(p.videos)
+    paths = dataclasses.replace(
+        p,
+        videos=videos,
+        manifest=_abs_local(p.manifest) if p.manifest else posixpath.join(videos, "manifest.csv"),
+        annotations=_abs_local(p.annotations),
+        output=_abs_local(p.output).rstrip("/"),
+        work=_abs_local(p.work),
+    )
+    uri = cfg.tracking.uri
+    if uri is None:
+        base = paths.output if "://" not in paths.output else paths.work
+        uri = f"sqlite:///{base}/mlflow.db"
+    demo_out = cfg.demo.out
+    if demo_out is None:
+        base = paths.output if "://" not in paths.output else paths.work
+        demo_out = posixpath.join(base, "demo")
+    return dataclasses.replace(cfg, paths=paths, tracking=dataclasses.replace(cfg.tracking, uri=uri),
+                               demo=dataclasses.replace(cfg.demo, out=_abs_local(demo_out)))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every output URI of a run, derived from `paths.output`."""
+
+    output: str
+
+    def __getattr__(self, name: str) -> str:  # layout.features, layout.labels, ...
+        if name in OUTPUTS:
+            return posixpath.join(self.output, OUTPUTS[name])
+        raise AttributeError(name)
+
+    def marker(self, stage: str, kind: str = "done") -> str:
+        suffix = "" if kind == "done" else f".{kind}"
+        return posixpath.join(self.output, MARKER_DIR, f"{stage}{suffix}.json")
+
+
+OUTPUTS = {
+    "features": "features",
+    "failures": "failures",
+    "thresholds": "thresholds.json",
+    "labels": "labels",
+    "train": "train",
+    "eval": "eval.json",
+    "config": "config.yaml",
+}
+
+
+class Store:
+    """Small JSON/text objects and output removal on the output URI (local dir or S3), through workflows.objstore."""
+
+    def __init__(self, cfg: PipelineConfig):
+        from workflows import objstore
+
+        self._o = objstore
+        self.opts = objstore.s3_options(cfg.storage)
+
+    def read_json(self, uri: str) -> Optional[dict]:
+        try:
+            return json.loads(self._o.read_bytes(uri, self.opts))
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+
+    def write_text(self, uri: str, text: str) -> None:
+        self._o.write_bytes(uri, text.encode(), self.opts)
+
+    def write_json(self, uri: str, data: dict) -> None:
+        self.write_text(uri, json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
+
+    def exists(self, uri: str) -> bool:
+        return self._o.exists(uri, self.opts)
+
+    def remove(self, uri: str) -> None:
+        import pyarrow.fs as pafs
+
+        fs, path = self._o.fs_for(uri, self.opts)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(path)
+        elif info.type == pafs.FileType.File:
+            fs.delete_file(path)
+        elif self._o.is_s3(uri):  # S3 "directories" that only exist as a prefix
+            with contextlib.suppress(FileNotFoundError, OSError):
+                fs.delete_dir_contents(path, missing_dir_ok=True)
+
+
+# --- fingerprints --------------------------------------------------------------------------------------------------
+
+
+def digest(obj: Any) -> str:
+    """SHA-256 of a canonical JSON rendering (sorted keys, tuples as lists)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()).hexdigest()
+
+
+def file_digest(uri: Optional[str], store: Optional[Store] = None) -> Optional[str]:
+    """Content hash of a small input file (manifest, annotation CSV); None when it does not exist."""
+    if uri is None:
+        return None
+    if "://" in uri:
+        if store is None:
+            return None
+        try:
+            return hashlib.sha256(store._o.read_bytes(uri, store.opts)).hexdigest()
+        except (FileNotFoundError, OSError):
+            return None
+    try:
+        return hashlib.sha256(Path(uri).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def annotations_digest(directory: str, store: Optional[Store] = None) -> dict[str, Optional[str]]:
+    return {name: file_digest(posixpath.join(directory, name), store)
+            for name in ("AVVP_eval_audio.csv", "AVVP_eval_visual.csv")}
+
+
+# --- stages --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What a stage runner gets: the resolved config, where to write, what the stages before it produced."""
+
+    cfg: PipelineConfig
+    layout: Layout
+    store: Store
+    results: dict[str, dict]  # stage name -> the `result` of its completion marker (this run's or an earlier one's)
+    resolved: dict  # the resolved, redacted config as a plain dict (train logs it to MLflow)
+    env: dict[str, str] = field(default_factory=dict)  # environment the teachers need (tiny teachers' HF cache)
+    log: Callable[[str], None] = print
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    inputs: tuple[str, ...]  # upstream stages whose fingerprints feed this one's
+    section: Callable[[PipelineConfig], Any]  # the config that defines the stage's outputs (hashed)
+    outputs: tuple[str, ...]  # OUTPUTS keys this stage writes (checked and cleared)
+    enabled: Callable[[PipelineConfig], bool] = lambda cfg: True
+    uses_ray: bool = True
+    resumable: bool = False  # an interrupted run with the same fingerprint continues in place (else outputs are cleared)
+    help: str = ""
+
+
+def _extract_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict:
+    return {"videos": cfg.paths.videos, "manifest": file_digest(cfg.paths.manifest, store),
+            "teachers": to_dict(cfg.teachers), "media": to_dict(cfg.media)}
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("extract", (), lambda c, s=None: _extract_section(c, s), ("features", "failures"), resumable=True,
+          help="decode videos, CLIP/CLAP logits + embeddings -> Parquet"),
+    Stage("tune", ("extract",), lambda c, s=None: {"annotations": annotations_digest(c.paths.annotations, s)},
+          ("thresholds",), help="Ray Tune per-class thresholds on val -> thresholds.json"),
+    Stage("harvest", ("extract", "tune"), lambda c, s=None: {"thresholds": to_dict(c.thresholds)}, ("labels",),
+          help="thresholds AND weak labels -> harvested labels Parquet"),
+    Stage("train", ("extract", "harvest"), lambda c, s=None: {"train": to_dict(c.train)}, ("train",),
+          help="Ray Train DDP HAN + MLflow run + checkpoint"),
+    Stage("evaluate", ("train",), lambda c, s=None: {"annotations": annotations_digest(c.paths.annotations, s)},
+          ("eval",), help="official segment/event F on val/test -> eval.json + MLflow"),
+    Stage("demo", (), lambda c, s=None: {"demo": to_dict(c.demo)}, (), enabled=lambda c: c.demo.enabled,
+          uses_ray=False, help="the LLP-sim science demo (pictures)"),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def fingerprints(cfg: PipelineConfig, store: Optional[Store] = None,
+                 stages: tuple[Stage, ...] = STAGES) -> dict[str, str]:
+    """Each stage's fingerprint for this config: hash(stage, its section, its inputs' fingerprints, version)."""
+    fps: dict[str, str] = {}
+    for st in stages:
+        fps[st.name] = digest({"stage": st.name, "version": PIPELINE_VERSION, "section": st.section(cfg, store),
+                               "inputs": {name: fps[name] for name in st.inputs}})
+    return fps
+
+
+# --- running -------------------------------------------------------------------------------------------------------
+
+Runner = Callable[[Context], dict]
+
+
+def default_runners() -> dict[str, Runner]:
+    return dict(RUNNERS)
+
+
+@dataclass
+class StageReport:
+    name: str
+    status: str  # ran | skipped | disabled
+    fingerprint: str
+    seconds: float = 0.0
+    result: dict = field(default_factory=dict)
+    reason: str = ""
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+def stage_status(cfg: PipelineConfig, store: Store, stages: tuple[Stage, ...] = STAGES) -> dict[str, dict]:
+    """For each stage: its fingerprint, whether a matching marker and its outputs exist, and why not."""
+    layout = Layout(cfg.paths.output)
+    fps = fingerprints(cfg, store, stages)
+    out = {}
+    for st in stages:
+        marker = store.read_json(layout.marker(st.name))
+        if not st.enabled(cfg):
+            state, why = "disabled", f"{st.name} is disabled in the config"
+        elif marker is None:
+            state, why = "todo", "never completed"
+        elif marker.get("fingerprint") != fps[st.name]:
+            changed = [k for k, v in (marker.get("inputs") or {}).items()
+                       if v != fingerprints_of_inputs(st, fps).get(k)]
+            section_changed = marker.get("section_digest") != digest(st.section(cfg, store))
+            parts = (["its config changed"] if section_changed else []) + [f"{c} changed" for c in changed]
+            state, why = "todo", ", ".join(parts) or "fingerprint changed"
+        else:
+            missing = [o for o in st.outputs if not store.exists(getattr(layout, o))]
+            state, why = ("todo", f"outputs missing: {', '.join(missing)}") if missing else ("done", "up to date")
+        out[st.name] = {"state": state, "reason": why, "fingerprint": fps[st.name], "marker": marker}
+    return out
+
+
+def fingerprints_of_inputs(st: Stage, fps: dict[str, str]) -> dict[str, str]:
+    return {name: fps[name] for name in st.inputs}
+
+
+def run_pipeline(cfg: PipelineConfig, *, only: Optional[str] = None, force: bool = False, plan: bool = False,
+                 runners: Optional[dict[str, Runner]] = None, stages: tuple[Stage, ...] = STAGES,
+                 prepare: Optional[Callable[[PipelineConfig, Callable], tuple[PipelineConfig, dict]]] = None,
+                 init_ray: Optional[Callable[[PipelineConfig, dict], Callable[[], None]]] = None,
+                 log: Callable[[str], None] = print) -> list[StageReport]:
+    """Run (or plan) the stages of a resolved config; returns one StageReport per stage.
+
+    `runners`/`prepare`/`init_ray` default to the real ones (below); tests pass fakes."""
+    if only is not None and only not in {s.name for s in stages}:
+        raise PipelineError(f"unknown stage {only!r}; stages: {', '.join(s.name for s in stages)}")
+    cfg, env = (prepare or prepare_inputs)(cfg, log)
+    store = Store(cfg)
+    layout = Layout(cfg.paths.output)
+    status = stage_status(cfg, store, stages)
+    fps = {name: s["fingerprint"] for name, s in status.items()}
+    selected = [st for st in stages if only is None or st.name == only]
+
+    todo = []
+    for st in selected:
+        s = status[st.name]
+        if s["state"] == "disabled":
+            continue
+        if s["state"] == "todo" or force or any(t.name in st.inputs for t in todo):
+            todo.append(st)
+    if only is not None and todo:
+        st = todo[0]
+        stale = [i for i in st.inputs if status[i]["state"] != "done"]
+        if stale:
+            raise PipelineError(f"--stage {only}: its input stage(s) {', '.join(stale)} are not up to date for this "
+                                f"config ({'; '.join(status[i]['reason'] for i in stale)}); run them first "
+                                f"(`valor run` without --stage, or --stage {stale[0]})")
+    reports: list[StageReport] = []
+    todo_names = {st.name for st in todo}
+    for st in selected:
+        s = status[st.name]
+        if s["state"] == "disabled":
+            reports.append(StageReport(st.name, "disabled", fps[st.name], reason=s["reason"]))
+        elif st.name not in todo_names:
+            reports.append(StageReport(st.name, "skipped", fps[st.name], result=(s["marker"] or {}).get("result", {}),
+                                       reason="up to date"))
+    if plan or not todo:
+        for st in todo:
+            reports.append(StageReport(st.name, "todo", fps[st.name], reason=status[st.name]["reason"]))
+        reports.sort(key=lambda r: STAGE_NAMES.index(r.name) if r.name in STAGE_NAMES else 99)
+        return reports
+
+    runners = runners if runners is not None else default_runners()
+    resolved = redacted(cfg)
+    store.write_text(layout.config, _yaml(resolved))
+    results = {name: (s["marker"] or {}).get("result", {}) for name, s in status.items() if s["state"] == "done"}
+    shutdown = lambda: None  # noqa: E731
+    if any(st.uses_ray for st in todo):
+        shutdown = (init_ray or start_ray)(cfg, env)
+    try:
+        for st in todo:
+            fp = fps[st.name]
+            started = store.read_json(layout.marker(st.name, "started"))
+            if force or not st.resumable or not (started and started.get("fingerprint") == fp):
+                # a different config made what is there: remove it so old and new outputs never mix
+                with contextlib.suppress(FileNotFoundError):
+                    store.remove(layout.marker(st.name))
+                for key in st.outputs:
+                    store.remove(getattr(layout, key))
+                store.write_json(layout.marker(st.name, "started"), {"stage": st.name, "fingerprint": fp,
+                                                                     "started_at": time.time()})
+            log(f"[valor run] {st.name}: running ({status[st.name]['reason']}) ...")
+            ctx = Context(cfg=cfg, layout=layout, store=store, results=results, resolved=resolved, env=env, log=log)
+            t0 = time.time()
+            result = runners[st.name](ctx) or {}
+            seconds = time.time() - t0
+            missing = [o for o in st.outputs if not store.exists(getattr(layout, o))]
+            if missing:
+                raise PipelineError(f"stage {st.name} finished without writing {', '.join(missing)}")
+            results[st.name] = result
+            store.write_json(layout.marker(st.name), {
+                "stage": st.name, "fingerprint": fp, "inputs": fingerprints_of_inputs(st, fps),
+                "section": st.section(cfg, store), "section_digest": digest(st.section(cfg, store)),
+                "outputs": {o: getattr(layout, o) for o in st.outputs}, "result": result,
+                "seconds": round(seconds, 3), "finished_at": time.time(), "code": code_version(),
+            })
+            log(f"[valor run] {st.name}: done in {seconds:.1f} s")
+            reports.append(StageReport(st.name, "ran", fp, seconds=seconds, result=result,
+                                       reason=status[st.name]["reason"]))
+    finally:
+        shutdown()
+    reports.sort(key=lambda r: STAGE_NAMES.index(r.name) if r.name in STAGE_NAMES else 99)
+    return reports
+
+
+def code_version() -> str:
+    """git commit of the code (with '+dirty'), or the package version when not in a checkout (e.g. a Ray working_dir)."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        if sha:
+            return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from valor_core import __version__
+
+    return f"valor {__version__}"
+
+
+def _yaml(data: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=120)
+
+
+# --- the real stages -------------------------------------------------------------------------------------------------
+# Each runner calls the stage's own Python entry point with the pipeline's resolved config and layout; nothing here
+# re-implements a stage.
+
+CORPUS_MARKER = "corpus.json"
+TINY = "tiny"
+
+
+def prepare_inputs(cfg: PipelineConfig, log: Callable[[str], None] = print) -> tuple[PipelineConfig, dict]:
+    """Create what the config asks to be created on first use: the demo corpus and the tiny teachers.
+
+    Returns the config with the teachers resolved to concrete specs, and the environment they need."""
+    env: dict[str, str] = {}
+    if cfg.corpus.generate:
+        ensure_corpus(cfg, log)
+    if TINY in (cfg.teachers.clip, cfg.teachers.clap):
+        specs = ensure_tiny_teachers(posixpath.join(cfg.paths.work, "teachers-tiny"), log)
+        env.update(specs.get("env") or {})
+        os.environ.update(env)
+        cfg = dataclasses.replace(cfg, teachers=dataclasses.replace(
+            cfg.teachers,
+            clip=specs["clip"] if cfg.teachers.clip == TINY else cfg.teachers.clip,
+            clap=specs["clap"] if cfg.teachers.clap == TINY else cfg.teachers.clap))
+    return cfg, env
+
+
+def ensure_corpus(cfg: PipelineConfig, log: Callable[[str], None] = print) -> None:
+    """The generated demo corpus at paths.videos (mp4 + LLP CSVs); made once, reused while its recipe is unchanged."""
+    root = cfg.paths.videos
+    if "://" in root:
+        raise ConfigError(f"corpus.generate needs a local paths.videos, got {root}")
+    recipe = {"videos": cfg.corpus.videos, "seed": cfg.corpus.seed, "version": 1}
+    marker = Path(root) / CORPUS_MARKER
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(marker.read_text()) == recipe:
+            return
+    from valor_core.media.synth import synth_corpus
+
+    log(f"[valor run] generating the demo corpus: {cfg.corpus.videos} synthetic 10-s mp4 videos with LLP-style labels "
+        f"(seed {cfg.corpus.seed}) at {root}")
+    t0 = time.time()
+    synth_corpus(root, cfg.corpus.videos, seed=cfg.corpus.seed)
+    write_llp_annotations(root, seed=cfg.corpus.seed)
+    marker.write_text(json.dumps(recipe))
+    log(f"[valor run] demo corpus ready in {time.time() - t0:.1f} s")
+
+
+def write_llp_annotations(root: str, seed: int = 0, val: float = 0.25, test: float = 0.25) -> None:
+    """LLP annotation files for a generated corpus (from its events.json): train/val/test weak-label splits and the dense
+    audio/visual GT of val and test, in the exact LLP formats (tab-separated), so the LLP loaders read it unchanged."""
+    import csv
+
+    import numpy as np
+
+    from valor_core.classes import CLASSES
+
+    r = Path(root)
+    events = json.loads((r / "events.json").read_text())
+    with open(r / "manifest.csv", newline="") as fh:
+        rows = [row for row in csv.DictReader(fh, delimiter="\t")]
+    names = [row["filename"] for row in rows if row["filename"] in events]
+    order = np.random.default_rng(seed).permutation(len(names))
+    n_val = max(1, int(round(val * len(names))))
+    n_test = max(1, int(round(test * len(names))))
+    split_of = {}
+    for rank, i in enumerate(order):
+        split_of[names[i]] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+    weak = {row["filename"]: row["event_labels"] for row in rows}
+
+    def write(name: str, header: list[str], body: list[list]) -> None:
+        with open(r / name, "w", newline="") as fh:
+            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+            w.writerow(header)
+            w.writerows(body)
+
+    for split, fname in (("train", "AVVP_train.csv"), ("val", "AVVP_val_pd.csv"), ("test", "AVVP_test_pd.csv")):
+        write(fname, ["filename", "event_labels"], [[n, weak[n]] for n in names if split_of[n] == split])
+    write("AVVP_dataset_full.csv", ["filename", "event_labels"], [[n, weak[n]] for n in names])
+    for modality in ("audio", "visual"):
+        body = [[n, int(on), int(off), CLASSES[int(c)]]
+                for n in names if split_of[n] != "train" for c, on, off in events[n][modality]]
+        write(f"AVVP_eval_{modality}.csv", ["filename", "onset", "offset", "event_labels"], body)
+
+
+def ensure_tiny_teachers(directory: str, log: Callable[[str], None] = print) -> dict:
+    """Small random-init CLIP/CLAP teachers (C's `valor teachers tiny`), made once in `directory` and reused."""
+    from valor_core.teachers import tiny  # type: ignore[attr-defined]
+
+    log("[valor run] teachers: small RANDOM-INIT CLIP/CLAP models (real weights cannot be downloaded here) - the "
+        "pipeline runs for real, but its logits carry no meaning; use configs/llp.yaml with real checkpoints for "
+        "the paper's numbers")
+    return tiny.ensure(directory)
+
+
+def start_ray(cfg: PipelineConfig, env: dict) -> Callable[[], None]:
+    """Connect to Ray (ray.address, or the job's cluster under `ray job submit`) or start it in-process."""
+    import ray
+
+    if ray.is_initialized():
+        return lambda: None
+    kwargs: dict[str, Any] = {"namespace": cfg.ray.namespace, "log_to_driver": True}
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs.update(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=False)
+    if env:
+        kwargs["runtime_env"] = {"env_vars": dict(env)}  # under `ray job submit` the job's runtime_env wins
+    ray.init(**{k: v for k, v in kwargs.items() if v is not None})
+    return ray.shutdown
+
+
+def _todo(name: str) -> Runner:
+    def run(ctx: Context) -> dict:
+        raise PipelineError(f"stage {name} is not wired into the pipeline yet")
+
+    return run
+
+
+RUNNERS: dict[str, Runner] = {name: _todo(name) for name in STAGE_NAMES}
+
+
+# --- CLI -----------------------------------------------------------------------------------------------------------
+
+
+def summary(cfg: PipelineConfig, reports: list[StageReport]) -> dict:
+    layout = Layout(cfg.paths.output)
+    return {
+        "stages": {r.name: {"status": r.status, "seconds": round(r.seconds, 3), "fingerprint": r.fingerprint[:16],
+                            "reason": r.reason} for r in reports},
+        "ran": [r.name for r in reports if r.status == "ran"],
+        "output": cfg.paths.output,
+        "features": layout.features,
+        "labels": layout.labels,
+        "thresholds": layout.thresholds,
+        "checkpoints": layout.train,
+        "eval": layout.eval,
+        "config": layout.config,
+        "tracking_uri": cfg.tracking.uri,
+        "pictures": cfg.demo.out if cfg.demo.enabled else None,
+        "results": {r.name: r.result for r in reports if r.result},
+    }
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("run", help="the whole pipeline from one YAML config (extract -> tune -> harvest -> "
+                                          "train -> evaluate), skipping stages already done",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", "-c", metavar="FILE", help="pipeline YAML (configs/local.yaml, configs/llp.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides with YAML-typed values, e.g. train.optim.epochs=2 ray.address=auto")
+    p.add_argument("--stage", choices=STAGE_NAMES, help="run this stage alone (its inputs must be up to date)")
+    p.add_argument("--force", action="store_true", help="re-run the selected stage(s) even when up to date")
+    p.add_argument("--plan", action="store_true", help="print what would run, run nothing")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("--json", action="store_true", help="last line: a JSON summary")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        cfg = resolve(load_config(args.config, args.overrides))
+    except ConfigError as err:
+        print(f"valor run: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(_yaml(redacted(cfg)), end="")
+        return 0
+    try:
+        reports = run_pipeline(cfg, only=args.stage, force=args.force, plan=args.plan)
+    except (PipelineError, ConfigError) as err:
+        print(f"valor run: {err}", file=sys.stderr)
+        return 1
+    for r in reports:
+        line = f"  {r.name:<9} {r.status:<8}"
+        if r.status == "ran":
+            line += f" {r.seconds:7.1f} s"
+        elif r.reason:
+            line += f" ({r.reason})"
+        print(line)
+    ran = [r for r in reports if r.status == "ran"]
+    if args.plan:
+        todo = [r.name for r in reports if r.status == "todo"]
+        print(f"valor run: would run {', '.join(todo)}" if todo else "valor run: nothing to do (all stages up to date)")
+    elif not ran:
+        print("valor run: nothing to do (all stages up to date for this config)")
+    s = summary(cfg, reports)
+    if not args.plan:
+        print(where_things_are(s))
+    if args.json:
+        print(json.dumps(s, default=str))
+    return 0
+
+
+def where_things_are(s: dict) -> str:
+    lines = ["valor run: outputs",
+             f"  Parquet features  {s['features']}  (failures: {s['output']}/failures)",
+             f"  harvested labels  {s['labels']}",
+             f"  thresholds        {s['thresholds']}",
+             f"  checkpoints       {s['checkpoints']}",
+             f"  evaluation        {s['eval']}",
+             f"  resolved config   {s['config']}",
+             f"  MLflow runs       {s['tracking_uri']}   (mlflow ui --backend-store-uri {s['tracking_uri']})"]
+    if s.get("pictures"):
+        lines.append(f"  pictures          {s['pictures']}")
+    return "\n".join(lines)
