@@ -139,6 +139,48 @@ class ExtractConfig:
     retry_failed: bool = False  # re-run videos that have a row in <out>/_failures (default: they count as skipped)
 
 
+# --- tune and harvest (issue: Ray Tune threshold search, label harvesting) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """`valor tune thresholds` (tuning/thresholds.py): Ray Tune search of theta^CLAP (audio) / theta^CLIP (visual) on val.
+
+    Objective: "fidelity" = micro F of the harvested labels vs val GT (VALOR Table 3); "official" = per-modality official
+    segment-level F of those labels. Searchers: coord (block coordinate ascent, blocks of `classes_per_trial` classes as
+    parallel trials), optuna (TPE), cmaes (Optuna CMA-ES), exact (in-process Dinkelbach, no Tune)."""
+
+    searcher: Literal["coord", "optuna", "cmaes", "exact"] = "coord"
+    objective: Literal["fidelity", "official"] = "fidelity"
+    filter_by_weak: bool = True  # tune for (z > theta) AND y; False = the no-filter ablation
+    init: Literal["table6", "unified"] = "table6"  # start point of coord / first Optuna point
+    classes_per_trial: int = 5  # coord: classes per trial (exact line searches, Gauss-Seidel within the block)
+    max_sweeps: int = 20  # coord: stop after this many sweeps even if still improving
+    tol: float = 1e-6  # coord: a sweep gaining less (F points) ends the search
+    trials: int = 200  # optuna / cmaes samples
+    grid_points: int = 33  # unified-threshold grid (1st..99th percentile of the candidate logits)
+    seed: int = 0
+    num_cpus: Optional[int] = None  # in-process Ray only (None = all)
+    max_concurrent: Optional[int] = None  # concurrent trials (None = as many as Ray's CPUs allow)
+    ray_address: Optional[str] = None  # None = RAY_ADDRESS or in-process
+    storage_dir: Optional[str] = None  # Ray Tune experiment dir (None = <tmp>/valor-tune)
+    mlflow_uri: Optional[str] = None  # None = $MLFLOW_TRACKING_URI or sqlite:///<cwd>/runs/mlflow.db
+    experiment: str = "valor-tune"
+
+
+@dataclass(frozen=True)
+class HarvestConfig:
+    """`valor harvest` (workflows/harvest.py): (z > theta) AND y for every video of the features dataset -> labels Parquet.
+
+    Which thresholds: a LabelConfig (unified / explicit per-class / Table 6) and optionally a tune JSON that fills the
+    per-class values the LabelConfig leaves unset."""
+
+    out: Optional[str] = None  # None = `labels` beside the features dataset (<features>/../labels)
+    thresholds_json: Optional[str] = None  # `valor tune thresholds --out` file (local path or URI)
+    rows_per_file: int = 4096  # videos per Parquet file
+    splits: tuple[str, ...] = ()  # () = every split in the features dataset
+
+
 # --- pipeline ------------------------------------------------------------------------------------------------------
 
 
