@@ -87,20 +87,31 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    clip: str = "ViT-L-14:openai"  # open_clip model name[:pretrained tag] or a local checkpoint path / spec
-    clap: str = "630k-fusion-best.pt"  # laion_clap checkpoint path (HTSAT-base, fusion)
-    device: str = "auto"
+    """Which CLIP/CLAP teachers run and how (spec syntax: valor_core.teachers, README "Media and teachers")."""
+
+    clip: str = "ViT-L-14:openai"  # open_clip MODEL:PRETRAINED (tag, local checkpoint path or 'random') or CFG.json[:CKPT]
+    clap: str = "630k-fusion-best.pt"  # laion_clap checkpoint path, [AMODEL:[fusion|nofusion:]]PATH, or a CLAP spec JSON
+    device: str = "auto"  # auto: cuda when available, else cpu
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     batch_size: int = 64  # frames (CLIP) / segments (CLAP) per forward
+    seed: int = 0  # numpy seed for laion_clap's random crops (only used for segments longer than 10 s)
 
 
 @dataclass(frozen=True)
 class MediaConfig:
+    """How a video becomes T frames and T audio segments (valor_core.media.decode documents the policies)."""
+
     segments: int = 10
-    frame_size: int = 224
+    segment_seconds: float = 1.0
+    frame_size: int = 224  # decoder-side resize to S x S without crop; 0 = source size
     sample_rate: int = 48000
     frame_sampling: Literal["linspace8fps", "per_segment"] = "linspace8fps"
+    grid_fps: float = 8.0  # the frame grid the paper extracts (8 fps)
     dense_frames: bool = False  # also return the 8-fps stack (80 frames) for feature extraction
+    length_policy: Literal["uniform", "pad_trim"] = "uniform"  # uniform = the paper's: split whatever length into T
+    min_duration: float = 1.0  # shorter clips are a TooShort error
+    silence_threshold: float = 1e-4  # audio peak below this = SilentAudio issue
+    decode_threads: int = 1  # decord decoder threads (0 = auto); 1 suits one Ray worker per core
 
 
 # --- storage (issue: Ray Data extraction) --------------------------------------------------------------------------
