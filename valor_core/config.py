@@ -479,7 +479,10 @@ class PipelineConfig:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     teachers: TeacherConfig = field(default_factory=TeacherConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
-    thresholds: LabelConfig = field(default_factory=LabelConfig)  # harvest: which thresholds are applied, filter
+    extract: ExtractConfig = field(default_factory=ExtractConfig)  # `out` is set by the pipeline (<output>/features)
+    tune: TuneConfig = field(default_factory=TuneConfig)  # ray/mlflow/storage fields are set by the pipeline
+    thresholds: LabelConfig = field(default_factory=LabelConfig)  # harvest: explicit/unified thresholds (else tuned), filter
+    harvest: HarvestConfig = field(default_factory=HarvestConfig)  # `out` is set by the pipeline (<output>/labels)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)

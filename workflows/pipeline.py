@@ -99,8 +99,7 @@ class Layout:
 
 
 OUTPUTS = {
-    "features": "features",
-    "failures": "failures",
+    "features": "features",  # failures table inside: features/_failures
     "thresholds": "thresholds.json",
     "labels": "labels",
     "train": "train",
@@ -205,19 +204,42 @@ class Stage:
     help: str = ""
 
 
+def _section(obj: Any, drop: tuple[str, ...] = ()) -> dict:
+    """A config section as hashed: the fields the pipeline fills in itself (output URIs, Ray/MLflow plumbing) left out."""
+    return {k: v for k, v in to_dict(obj).items() if k not in drop}
+
+
+TUNE_PLUMBING = ("num_cpus", "max_concurrent", "ray_address", "storage_dir", "mlflow_uri", "experiment")
+
+
 def _extract_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict:
     return {"videos": cfg.paths.videos, "manifest": file_digest(cfg.paths.manifest, store),
-            "teachers": to_dict(cfg.teachers), "media": to_dict(cfg.media)}
+            "teachers": to_dict(cfg.teachers), "media": to_dict(cfg.media),
+            "extract": _section(cfg.extract, ("out", "clip_actors", "clap_actors", "decode_batch_size"))}
+
+
+def _tune_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict:
+    return {"annotations": annotations_digest(cfg.paths.annotations, store),
+            "tune": _section(cfg.tune, TUNE_PLUMBING)}
+
+
+def _harvest_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict:
+    return {"thresholds": to_dict(cfg.thresholds), "harvest": _section(cfg.harvest, ("out",)),
+            "thresholds_file": file_digest(cfg.harvest.thresholds_json, store)}
+
+
+def _train_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict:
+    return {"train": to_dict(cfg.train), "annotations": annotations_digest(cfg.paths.annotations, store)}
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("extract", (), lambda c, s=None: _extract_section(c, s), ("features", "failures"), resumable=True,
+    Stage("extract", (), _extract_section, ("features",), resumable=True,
           help="decode videos, CLIP/CLAP logits + embeddings -> Parquet"),
-    Stage("tune", ("extract",), lambda c, s=None: {"annotations": annotations_digest(c.paths.annotations, s)},
-          ("thresholds",), help="Ray Tune per-class thresholds on val -> thresholds.json"),
-    Stage("harvest", ("extract", "tune"), lambda c, s=None: {"thresholds": to_dict(c.thresholds)}, ("labels",),
+    Stage("tune", ("extract",), _tune_section, ("thresholds",),
+          help="Ray Tune per-class thresholds on val -> thresholds.json"),
+    Stage("harvest", ("extract", "tune"), _harvest_section, ("labels",),
           help="thresholds AND weak labels -> harvested labels Parquet"),
-    Stage("train", ("extract", "harvest"), lambda c, s=None: {"train": to_dict(c.train)}, ("train",),
+    Stage("train", ("extract", "harvest"), _train_section, ("train",),
           help="Ray Train DDP HAN + MLflow run + checkpoint"),
     Stage("evaluate", ("train",), lambda c, s=None: {"annotations": annotations_digest(c.paths.annotations, s)},
           ("eval",), help="official segment/event F on val/test -> eval.json + MLflow"),
@@ -514,6 +536,50 @@ def start_ray(cfg: PipelineConfig, env: dict) -> Callable[[], None]:
     return ray.shutdown
 
 
+def run_tune(ctx: Context) -> dict:
+    """tuning.thresholds: Ray Tune search on the val logits of the features -> thresholds.json (+ an MLflow run)."""
+    import tempfile
+
+    from tuning import thresholds as T
+
+    cfg = ctx.cfg
+    tcfg = dataclasses.replace(cfg.tune, mlflow_uri=cfg.tracking.uri, experiment=cfg.tracking.experiment,
+                               storage_dir=cfg.tune.storage_dir or posixpath.join(cfg.paths.work, "ray-tune"))
+    problems = T.load_problems(ctx.layout.features, cfg.paths.annotations, T.MODALITIES, tcfg.filter_by_weak,
+                               storage_opts=ctx.store.opts)
+    t0 = time.time()
+    summary = T.tune_thresholds(problems, tcfg)
+    summary["seconds"] = round(time.time() - t0, 3)
+    summary["source"] = ctx.layout.features
+    logs = summary.pop("_logs", {})
+    ctx.store.write_json(ctx.layout.thresholds, summary)
+    params = {"source": ctx.layout.features, "modality": "both", "searcher": tcfg.searcher,
+              "objective": tcfg.objective, "filter_by_weak": tcfg.filter_by_weak, "init": tcfg.init,
+              "classes_per_trial": tcfg.classes_per_trial, "trials": tcfg.trials}
+    with tempfile.TemporaryDirectory() as d:
+        local = os.path.join(d, "thresholds.json")
+        Path(local).write_text(json.dumps(summary, indent=1))
+        run_id = T._mlflow_log({**summary, "_logs": logs}, tcfg, params, local)
+    return {"mlflow_run": run_id, "searcher": tcfg.searcher, "seconds": summary["seconds"],
+            **{m: {k: summary[m][k] for k in ("fidelity", "official")} for m in T.MODALITIES if m in summary},
+            "paper": summary.get("paper")}
+
+
+def run_harvest(ctx: Context) -> dict:
+    """workflows.harvest: (z > θ) AND weak for every video -> labels Parquet (θ recorded in its metadata)."""
+    from workflows import harvest as H
+
+    cfg = ctx.cfg
+    source = cfg.harvest.thresholds_json or ctx.layout.thresholds
+    th, where = H.resolve_thresholds(source, storage_opts=ctx.store.opts, labels=cfg.thresholds)
+    summary = H.harvest(ctx.layout.features, ctx.layout.labels, annotations=cfg.paths.annotations, thresholds=th,
+                        provenance=where, filter_by_weak=cfg.thresholds.filter_by_weak,
+                        rows_per_file=cfg.harvest.rows_per_file, splits=tuple(cfg.harvest.splits),
+                        storage_opts=ctx.store.opts)
+    return {k: summary[k] for k in ("videos", "files", "splits", "audio_labels", "visual_labels", "from",
+                                    "filter_by_weak") if k in summary}
+
+
 def _todo(name: str) -> Runner:
     def run(ctx: Context) -> dict:
         raise PipelineError(f"stage {name} is not wired into the pipeline yet")
@@ -522,6 +588,7 @@ def _todo(name: str) -> Runner:
 
 
 RUNNERS: dict[str, Runner] = {name: _todo(name) for name in STAGE_NAMES}
+RUNNERS.update(tune=run_tune, harvest=run_harvest)
 
 
 # --- CLI -----------------------------------------------------------------------------------------------------------
@@ -598,7 +665,7 @@ def main(args: argparse.Namespace) -> int:
 
 def where_things_are(s: dict) -> str:
     lines = ["valor run: outputs",
-             f"  Parquet features  {s['features']}  (failures: {s['output']}/failures)",
+             f"  Parquet features  {s['features']}  (failures: {s['features']}/_failures)",
              f"  harvested labels  {s['labels']}",
              f"  thresholds        {s['thresholds']}",
              f"  checkpoints       {s['checkpoints']}",
