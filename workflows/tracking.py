@@ -1,0 +1,258 @@
+"""MLflow tracking for `valor train` (one MLflow run per training) and the pictures logged with it.
+
+Who logs what (Ray Train V2 accepts no Tune callbacks, so these are plain `MlflowClient` calls, addressed by run id):
+
+    driver, before fit     create the run: params = the full resolved config flattened (`model.hidden`, `optim.lr_max`,
+                           ...; credentials redacted), plus `data.features`, `data.labels`, `data.annotations`,
+                           `train.workers`, ...; tags `valor.preset`, `valor.labels`, `valor.teachers`
+    rank-0 worker, epoch   `train_loss`, `lr`, `epoch_seconds`, `val.segment.audio` ... `val.event.event` (step = epoch);
+                           other ranks never touch MLflow
+    driver, after fit      `best_epoch`, `final.val.<level>.<key>` and `final.test.<level>.<key>` (all ten numbers
+                           each); artifacts `checkpoint/` (best_model.pt + config.json + state.json), `labels/`
+                           (thresholds and teacher ids actually used), `figures/*.png`, `scores/final.json`
+
+Tracking URI: `--tracking-uri`, else $MLFLOW_TRACKING_URI, else a sqlite store in the project's run directory
+(`sqlite:///<cwd>/runs/mlflow.db`, artifacts under `runs/mlartifacts/`); a server URI (`http://host:5000`) on clusters.
+`mlflow ui --backend-store-uri sqlite:///runs/mlflow.db` shows the same runs that `valor compare` prints.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+DEFAULT_EXPERIMENT = "valor"
+RUN_DIR = "runs"
+SECRET_KEYS = ("access_key", "secret_key", "token", "password", "secret", "credentials")
+LEVELS = ("segment", "event")
+KEYS = ("audio", "visual", "av", "type", "event")
+
+
+# --- where ----------------------------------------------------------------------------------------------------------
+
+
+def default_tracking_uri(run_dir: str = RUN_DIR) -> str:
+    """$MLFLOW_TRACKING_URI, else `sqlite:///<abs run_dir>/mlflow.db`."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return "sqlite:///" + os.path.abspath(os.path.join(run_dir, "mlflow.db"))
+
+
+def resolve_tracking_uri(uri: Optional[str]) -> str:
+    """A bare path (`runs/x.db`) becomes a sqlite URI; None -> the default."""
+    if not uri:
+        return default_tracking_uri()
+    if "://" not in uri and uri.endswith(".db"):
+        return "sqlite:///" + os.path.abspath(uri)
+    return uri
+
+
+def _sqlite_dir(uri: str) -> Optional[str]:
+    if uri.startswith("sqlite:///"):
+        return os.path.dirname(uri[len("sqlite:///"):]) or "."
+    return None
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    d = _sqlite_dir(uri)
+    if d:
+        os.makedirs(d, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(c, name: str, uri: str) -> str:
+    """Experiment id of `name`, created if missing; a sqlite store keeps artifacts beside it (`mlartifacts/`)."""
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    d = _sqlite_dir(uri)
+    location = "file://" + os.path.abspath(os.path.join(d, "mlartifacts")) if d else None
+    try:
+        return c.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+# --- params ---------------------------------------------------------------------------------------------------------
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"model": {"hidden": 512}} -> {"model.hidden": "512"}; lists/tuples as JSON; credentials as '***'."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+            continue
+        if any(s in str(key).lower() for s in SECRET_KEYS) and value:
+            value = "***"
+        if isinstance(value, (list, tuple)):
+            text = json.dumps(list(value))
+        elif value is None:
+            text = "None"
+        else:
+            text = str(value)
+        out[name] = text[:6000]
+    return out
+
+
+# --- logging --------------------------------------------------------------------------------------------------------
+
+
+def start_run(uri: str, experiment: str, run_name: str, params: Mapping[str, str],
+              tags: Optional[Mapping[str, str]] = None) -> str:
+    """Create the run (status RUNNING) with its params and tags; returns the run id."""
+    from mlflow.entities import Param, RunTag
+
+    c = client(uri)
+    exp_id = ensure_experiment(c, experiment, uri)
+    run = c.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
+    items = [Param(k, v) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):
+        c.log_batch(run.info.run_id, params=items[i:i + 100])
+    return run.info.run_id
+
+
+def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int = 0, c=None) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    c = c or client(uri)
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if v is not None and np.isfinite(v)]
+    for i in range(0, len(items), 1000):
+        c.log_batch(run_id, metrics=items[i:i + 1000])
+
+
+def set_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def scores_flat(scores: Mapping[str, Mapping[str, float]], prefix: str) -> dict[str, float]:
+    """{"segment": {...}, "event": {...}} -> {"<prefix>.segment.audio": ..., ...} (the ten numbers)."""
+    return {f"{prefix}.{lvl}.{k}": float(scores[lvl][k]) for lvl in LEVELS for k in KEYS}
+
+
+def epoch_metrics(epoch_record: Mapping[str, Any]) -> dict[str, float]:
+    """What rank 0 logs per epoch (step = epoch)."""
+    out = {"train_loss": epoch_record["loss"], "lr": epoch_record["lr"], "epoch_seconds": epoch_record["seconds"]}
+    if epoch_record.get("val") is not None:
+        out.update(scores_flat(epoch_record["val"], "val"))
+    return out
+
+
+def log_json(uri: str, run_id: str, obj: Any, artifact_path: str, name: str) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, name), "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+        client(uri).log_artifact(run_id, os.path.join(d, name), artifact_path=artifact_path)
+
+
+def log_dir(uri: str, run_id: str, local_dir: str, artifact_path: str) -> None:
+    client(uri).log_artifacts(run_id, local_dir, artifact_path=artifact_path)
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    client(uri).set_terminated(run_id, status=status)
+
+
+# --- pictures (matplotlib Agg) --------------------------------------------------------------------------------------
+
+
+def classwise_f(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Per-class segment-level F in percent (25,), TP/FP/FN pooled over the split's videos and segments; NaN for a
+    class absent from both prediction and GT."""
+    p, g = np.asarray(pred).astype(bool), np.asarray(gt).astype(bool)
+    tp = (p & g).sum(axis=(0, 1)).astype(float)
+    fp = (p & ~g).sum(axis=(0, 1)).astype(float)
+    fn = (~p & g).sum(axis=(0, 1)).astype(float)
+    denom = 2 * tp + fp + fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, 100.0 * 2 * tp / denom, np.nan)
+
+
+def plot_classwise(pred_audio, pred_visual, gt_audio, gt_visual, path: str, title: str = "") -> str:
+    """Class-wise segment-level F-score bars, one panel per modality (VALOR Fig. 6/7)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from valor_core.classes import CLASSES
+
+    fig, axes = plt.subplots(2, 1, figsize=(12, 7), sharex=True)
+    x = np.arange(len(CLASSES))
+    for ax, name, pred, gt, color in ((axes[0], "audio", pred_audio, gt_audio, "tab:blue"),
+                                      (axes[1], "visual", pred_visual, gt_visual, "tab:orange")):
+        f = classwise_f(pred, gt)
+        ax.bar(x, np.nan_to_num(f), color=color)
+        ax.set_ylabel(f"{name} F (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_title(f"{name}: class-wise segment-level F (mean {np.nanmean(f):.1f})", fontsize=10)
+    axes[1].set_xticks(x)
+    axes[1].set_xticklabels(CLASSES, rotation=70, ha="right", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def pick_timeline_videos(gt_audio: np.ndarray, gt_visual: np.ndarray, k: int = 4) -> list[int]:
+    """k videos with the richest GT (most active audio+visual segment-classes, some non-aligned), deterministic."""
+    a, v = np.asarray(gt_audio).astype(bool), np.asarray(gt_visual).astype(bool)
+    richness = a.sum(axis=(1, 2)) + v.sum(axis=(1, 2)) + 2 * (a ^ v).sum(axis=(1, 2))
+    return [int(i) for i in np.argsort(-richness, kind="stable")[:k]]
+
+
+def plot_timelines(video_ids: Sequence[str], pred_audio, pred_visual, gt_audio, gt_visual, path: str,
+                   picks: Optional[Iterable[int]] = None, title: str = "") -> str:
+    """Parsing timelines (VALOR Fig. 5): per video and modality, GT (upper bar) vs prediction (lower bar) per class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from valor_core.classes import CLASSES
+
+    picks = list(picks) if picks is not None else pick_timeline_videos(gt_audio, gt_visual)
+    fig, axes = plt.subplots(len(picks), 2, figsize=(12, 2.2 * len(picks) + 0.6), squeeze=False)
+    for row, i in enumerate(picks):
+        for col, (name, pred, gt) in enumerate((("audio", pred_audio, gt_audio), ("visual", pred_visual, gt_visual))):
+            ax = axes[row][col]
+            p, g = np.asarray(pred[i]).astype(bool), np.asarray(gt[i]).astype(bool)  # (10, 25)
+            classes = [c for c in range(p.shape[1]) if p[:, c].any() or g[:, c].any()]
+            for y, c in enumerate(classes):
+                for t in np.flatnonzero(g[:, c]):
+                    ax.broken_barh([(t, 1)], (y + 0.52, 0.4), color="tab:green")
+                for t in np.flatnonzero(p[:, c]):
+                    ax.broken_barh([(t, 1)], (y + 0.08, 0.4), color="tab:red", alpha=0.8)
+            ax.set_xlim(0, p.shape[0])
+            ax.set_ylim(0, max(len(classes), 1))
+            ax.set_yticks(np.arange(len(classes)) + 0.5)
+            ax.set_yticklabels([CLASSES[c] for c in classes], fontsize=7)
+            ax.set_xticks(range(p.shape[0] + 1))
+            ax.tick_params(axis="x", labelsize=7)
+            ax.grid(axis="x", alpha=0.3)
+            ax.set_title(f"{video_ids[i]} - {name} (green GT, red prediction)", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
