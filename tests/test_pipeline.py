@@ -2,11 +2,17 @@
 pipeline submitted as a Ray job to a head on 127.0.0.1 with its outputs on the SeaweedFS S3 server (slow)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
-import textwrap
+import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -243,3 +249,187 @@ def test_cli_reports_nothing_to_do(tmp_path, monkeypatch, capsys):
     assert summary["ran"] == [] and summary["stages"]["train"]["status"] == "skipped"
     assert main(["run", "train.optim.epochs=x"]) == 2
     assert "expected an integer" in capsys.readouterr().err
+
+
+# --- the real thing: `ray job submit` to a Ray head on 127.0.0.1, outputs on the SeaweedFS S3 server -----------------
+# Teardown stops exactly the head this test started (its process group) instead of `ray stop`, which would kill every
+# Ray process on the machine, including other test sessions' clusters.
+
+VENV_BIN = Path(sys.executable).parent
+E2E_VIDEOS = 12
+
+
+def _free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            port = s.getsockname()[1]
+            if port not in ports and 20000 < port < 55000:
+                ports.append(port)
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def _loopback_env() -> dict:
+    env = dict(os.environ)
+    env.update(RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
+               PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", PYTHONUNBUFFERED="1")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """`ray start --head --block` on 127.0.0.1 (every port free-picked, 2 CPUs); yields the job API address."""
+    (gcs, dash, client, nm, om, agent, agent_grpc, metrics, rtenv, wmin) = _free_ports(10)
+    temp = tempfile.mkdtemp(prefix="vr", dir="/tmp")  # short: Ray's unix sockets live under it
+    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+           f"--node-manager-port={nm}", f"--object-manager-port={om}", f"--dashboard-agent-listen-port={agent}",
+           f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+           f"--runtime-env-agent-port={rtenv}", f"--min-worker-port={wmin}", f"--max-worker-port={wmin + 200}",
+           "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp}"]
+    log = open(Path(temp) / "ray-start.log", "w")
+    proc = subprocess.Popen(cmd, env=_loopback_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{address}/api/version", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"ray head did not start: {(Path(temp) / 'ray-start.log').read_text()[-3000:]}")
+            time.sleep(1)
+        yield address
+    finally:
+        # the head and everything it spawned share the session/process group we created: stop exactly that
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        time.sleep(2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def s3():
+    from workflows import storage
+
+    d = tempfile.mkdtemp(prefix="vs3", dir="/tmp")
+    info = storage.up(d)
+    try:
+        yield info
+    finally:
+        storage.down(d)
+
+
+def _runtime_env(tmp: Path, extra_env: dict) -> Path:
+    """cluster/runtime_env.yaml as the loopback job uses it: same working_dir and excludes; no pip (the head runs from
+    this venv, which has everything); env vars for this S3 server, offline HF and quick Ray Train reports."""
+    import yaml
+
+    env = yaml.safe_load((REPO / "cluster" / "runtime_env.yaml").read_text())
+    env.pop("pip", None)
+    env["working_dir"] = str(REPO)
+    env["env_vars"] = {k: v for k, v in env["env_vars"].items() if not k.startswith(("AWS_", "MLFLOW_TRACKING"))}
+    env["env_vars"].update(extra_env)
+    path = tmp / "runtime_env.yaml"
+    path.write_text(yaml.safe_dump(env))
+    return path
+
+
+def _submit(address: str, runtime_env: Path, args: list[str], timeout: float = 420) -> tuple[str, str]:
+    """`ray job submit --working-dir . --runtime-env F -- python -m workflows.cli run ...`: (status, logs)."""
+    cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
+           "--runtime-env", str(runtime_env), "--", "python", "-m", "workflows.cli", "run", *args]
+    r = subprocess.run(cmd, env=_loopback_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    out = r.stdout + r.stderr
+    m = re.findall(r"Job '([^']+)' (succeeded|failed|stopped)", out)
+    status = m[-1][1].upper() if m else f"UNKNOWN (rc {r.returncode})"
+    return status, out
+
+
+def _last_json(logs: str) -> dict:
+    for line in reversed(logs.splitlines()):
+        line = line.strip()
+        if line.startswith("{") and line.endswith("}"):
+            with contextlib.suppress(ValueError):
+                return json.loads(line)
+    raise AssertionError(f"no JSON summary in the job logs:\n{logs[-4000:]}")
+
+
+def test_job_submit_on_loopback_with_s3(ray_head, s3, tmp_path_factory):
+    """The cluster path on one machine: a job runs `valor run --config configs/local.yaml` against a Ray head on
+    127.0.0.1 with its outputs on the S3 server; a re-run does nothing; a thresholds change re-runs only harvest,
+    train and evaluate."""
+    import pyarrow.dataset as pads
+
+    from workflows import objstore
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    prefix = f"s3://{s3.bucket}/e2e-{os.getpid()}"
+    work = tmp / "work"
+    overrides = [
+        f"paths.videos={tmp / 'videos'}", f"paths.annotations={tmp / 'videos'}", f"paths.work={work}",
+        f"paths.output={prefix}", f"corpus.videos={E2E_VIDEOS}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+        f"storage.endpoint={s3.endpoint}", "demo.enabled=false",
+        "train.optim.epochs=2", "train.optim.warmup_epochs=1", "train.num_workers=2", "train.optim.batch_size=4",
+        "train.model.hidden=32", "train.model.ff=64", "train.model.heads=2", "train.model.layers=1",
+        "tune.max_sweeps=2", "tune.grid_points=9",
+    ]
+    extra_env = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+                 "AWS_REGION": s3.region, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                 "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+    renv = _runtime_env(tmp, extra_env)
+    args = ["--config", "configs/local.yaml", *overrides, "--json"]
+
+    status, logs = _submit(ray_head, renv, args)
+    assert status == "SUCCEEDED", logs[-6000:]
+    s = _last_json(logs)
+    assert s["ran"] == ["extract", "tune", "harvest", "train", "evaluate"], s
+    opts = objstore.s3_options(s3.config())
+    fs, path = objstore.fs_for(f"{prefix}/features", opts)
+    feats = pads.dataset(path, filesystem=fs, format="parquet").to_table()
+    assert feats.num_rows == E2E_VIDEOS and len(set(feats.column("video_id").to_pylist())) == E2E_VIDEOS
+    fs, path = objstore.fs_for(f"{prefix}/labels", opts)
+    labels = pads.dataset(path, filesystem=fs, format="parquet").to_table()
+    assert labels.num_rows == E2E_VIDEOS
+    th = json.loads(objstore.read_bytes(f"{prefix}/thresholds.json", opts))
+    assert len(th["audio"]["thresholds"]) == 25 and len(th["visual"]["thresholds"]) == 25
+    ev = json.loads(objstore.read_bytes(f"{prefix}/eval.json", opts))
+    assert "test" in ev or "val" in ev
+    assert objstore.list_files(f"{prefix}/train", opts, recursive=True), "no checkpoint files under train/"
+    assert "***" in objstore.read_bytes(f"{prefix}/config.yaml", opts).decode() or s3.access_key not in \
+        objstore.read_bytes(f"{prefix}/config.yaml", opts).decode()
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("valor-local")
+    runs = client.search_runs([exp.experiment_id])
+    train_runs = [r for r in runs if any(k.startswith("final.") for k in r.data.metrics)]
+    assert train_runs, [r.info.run_name for r in runs]
+    assert any("pipeline.paths.videos" in r.data.params or "paths.videos" in json.dumps(r.data.params)
+               for r in train_runs)
+
+    # nothing changed: nothing runs
+    status, logs = _submit(ray_head, renv, args)
+    assert status == "SUCCEEDED", logs[-6000:]
+    assert "nothing to do" in logs and _last_json(logs)["ran"] == []
+
+    # only the thresholds changed: harvest, train and evaluate re-run; extract and tune do not
+    status, logs = _submit(ray_head, renv, ["--config", "configs/local.yaml", *overrides,
+                                            "thresholds.unified_clip=0.0", "--json"])
+    assert status == "SUCCEEDED", logs[-6000:]
+    assert _last_json(logs)["ran"] == ["harvest", "train", "evaluate"]
+

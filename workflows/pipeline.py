@@ -99,7 +99,8 @@ class Layout:
 
 
 OUTPUTS = {
-    "features": "features",  # failures table inside: features/_failures
+    "features": "features",
+    "failures": "failures",  # extract's failures table (only written when some video failed)
     "thresholds": "thresholds.json",
     "labels": "labels",
     "train": "train",
@@ -201,6 +202,7 @@ class Stage:
     enabled: Callable[[PipelineConfig], bool] = lambda cfg: True
     uses_ray: bool = True
     resumable: bool = False  # an interrupted run with the same fingerprint continues in place (else outputs are cleared)
+    also_clears: tuple[str, ...] = ()  # outputs that may legitimately be absent (not checked) but are cleared with the rest
     help: str = ""
 
 
@@ -233,7 +235,7 @@ def _train_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("extract", (), _extract_section, ("features",), resumable=True,
+    Stage("extract", (), _extract_section, ("features",), resumable=True, also_clears=("failures",),
           help="decode videos, CLIP/CLAP logits + embeddings -> Parquet"),
     Stage("tune", ("extract",), _tune_section, ("thresholds",),
           help="Ray Tune per-class thresholds on val -> thresholds.json"),
@@ -371,7 +373,7 @@ def run_pipeline(cfg: PipelineConfig, *, only: Optional[str] = None, force: bool
                 # a different config made what is there: remove it so old and new outputs never mix
                 with contextlib.suppress(FileNotFoundError):
                     store.remove(layout.marker(st.name))
-                for key in st.outputs:
+                for key in st.outputs + st.also_clears:
                     store.remove(getattr(layout, key))
                 store.write_json(layout.marker(st.name, "started"), {"stage": st.name, "fingerprint": fp,
                                                                      "started_at": time.time()})
@@ -473,7 +475,8 @@ def ensure_corpus(cfg: PipelineConfig, log: Callable[[str], None] = print) -> No
 
 def write_llp_annotations(root: str, seed: int = 0, val: float = 0.25, test: float = 0.25) -> None:
     """LLP annotation files for a generated corpus (from its events.json): train/val/test weak-label splits and the dense
-    audio/visual GT of val and test, in the exact LLP formats (tab-separated), so the LLP loaders read it unchanged."""
+    audio/visual GT of val and test, in the exact LLP formats (tab-separated), so the LLP loaders read it unchanged;
+    manifest.csv gains a `split` column."""
     import csv
 
     import numpy as np
@@ -502,6 +505,9 @@ def write_llp_annotations(root: str, seed: int = 0, val: float = 0.25, test: flo
     for split, fname in (("train", "AVVP_train.csv"), ("val", "AVVP_val_pd.csv"), ("test", "AVVP_test_pd.csv")):
         write(fname, ["filename", "event_labels"], [[n, weak[n]] for n in names if split_of[n] == split])
     write("AVVP_dataset_full.csv", ["filename", "event_labels"], [[n, weak[n]] for n in names])
+    # the extraction manifest names each video's split, so the features carry it
+    write("manifest.csv", ["filename", "event_labels", "split"],
+          [[row["filename"], row["event_labels"], split_of.get(row["filename"], "")] for row in rows])
     for modality in ("audio", "visual"):
         body = [[n, int(on), int(off), CLASSES[int(c)]]
                 for n in names if split_of[n] != "train" for c, on, off in events[n][modality]]
@@ -518,22 +524,48 @@ def ensure_tiny_teachers(directory: str, log: Callable[[str], None] = print) -> 
     return tiny.ensure(directory)
 
 
+FORWARD_ENV_PREFIXES = ("HF_", "TRANSFORMERS_", "HUGGINGFACE_", "VALOR_", "TORCH_HOME", "OPEN_CLIP", "WANDB_MODE",
+                        "TOKENIZERS_PARALLELISM", "MLFLOW_DISABLE_TELEMETRY", "RAY_TRAIN_")
+RAY_DEFAULT_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}  # Train's report() blocks ~2 s per call otherwise
+
+
 def start_ray(cfg: PipelineConfig, env: dict) -> Callable[[], None]:
-    """Connect to Ray (ray.address, or the job's cluster under `ray job submit`) or start it in-process."""
+    """Connect to Ray (ray.address, or the job's cluster under `ray job submit`) or start it in-process.
+
+    The environment the stages' workers need (tiny teachers' offline HF cache, quiet-library switches) goes into the
+    driver's runtime_env; under `ray job submit` Ray merges it into the job's."""
     import ray
 
     if ray.is_initialized():
         return lambda: None
-    kwargs: dict[str, Any] = {"namespace": cfg.ray.namespace, "log_to_driver": True}
+    for k, v in RAY_DEFAULT_ENV.items():
+        os.environ.setdefault(k, v)
+    env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV_PREFIXES)}
+    env_vars.update(env)
+    kwargs: dict[str, Any] = {"namespace": cfg.ray.namespace, "log_to_driver": True,
+                              "runtime_env": {"env_vars": env_vars} if env_vars else None}
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         kwargs["address"] = address
     else:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every Ray listener on 127.0.0.1
         kwargs.update(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=False)
-    if env:
-        kwargs["runtime_env"] = {"env_vars": dict(env)}  # under `ray job submit` the job's runtime_env wins
     ray.init(**{k: v for k, v in kwargs.items() if v is not None})
     return ray.shutdown
+
+
+def run_extract(ctx: Context) -> dict:
+    """workflows.extract: Ray Data decode -> CLIP | CLAP actors -> features Parquet (+ failures table beside it)."""
+    from workflows import extract as X
+
+    cfg = ctx.cfg
+    s = X.run_extract(cfg.paths.manifest, cfg.paths.videos, cfg.teachers.clip, cfg.teachers.clap, ctx.layout.features,
+                      cfg=dataclasses.replace(cfg.extract, out=ctx.layout.features), teachers=cfg.teachers,
+                      media=cfg.media, storage=cfg.storage, log=ctx.log)
+    if s.done + s.skipped == 0:
+        raise PipelineError(f"extract: no video succeeded ({s.failed} failed; see {s.failures})")
+    return {**s.contract(), "partial": s.partial, "failures": s.failures, "run_id": s.run_id,
+            "failed_by_stage": s.by_stage}
 
 
 def run_tune(ctx: Context) -> dict:
@@ -588,7 +620,7 @@ def _todo(name: str) -> Runner:
 
 
 RUNNERS: dict[str, Runner] = {name: _todo(name) for name in STAGE_NAMES}
-RUNNERS.update(tune=run_tune, harvest=run_harvest)
+RUNNERS.update(extract=run_extract, tune=run_tune, harvest=run_harvest)
 
 
 # --- CLI -----------------------------------------------------------------------------------------------------------
@@ -665,7 +697,7 @@ def main(args: argparse.Namespace) -> int:
 
 def where_things_are(s: dict) -> str:
     lines = ["valor run: outputs",
-             f"  Parquet features  {s['features']}  (failures: {s['features']}/_failures)",
+             f"  Parquet features  {s['features']}  (failures: {s['output']}/failures)",
              f"  harvested labels  {s['labels']}",
              f"  thresholds        {s['thresholds']}",
              f"  checkpoints       {s['checkpoints']}",
