@@ -1,0 +1,34 @@
+"""Teachers: CLIP (open_clip, frames) and CLAP (laion_clap, audio segments) behind one interface.
+
+    from valor_core.teachers import load_clip_teacher, load_clap_teacher
+    clip = load_clip_teacher("ViT-L-14:openai", cfg)      # spec syntax: valor_core.teachers.clip
+    clap = load_clap_teacher("630k-fusion-best.pt", cfg)  # spec syntax: valor_core.teachers.clap
+    logits, emb = clip.segment_logits(videos)             # (n, T, 25), (n, T, d) from DecodedVideo objects
+
+Heavy libraries (torch, open_clip, laion_clap) are imported when a teacher is built, not when this package is.
+"""
+from valor_core.teachers.base import MissingCheckpoint, Teacher, TeacherError
+
+
+def load_clip_teacher(spec, cfg=None):
+    """CLIP teacher from an open_clip spec (MODEL:TAG, MODEL:/ckpt, MODEL:random, CFG.json[:CKPT])."""
+    from valor_core.config import TeacherConfig
+    from valor_core.teachers.clip import load_clip_teacher as _load
+
+    return _load(spec, cfg or TeacherConfig())
+
+
+def load_clap_teacher(spec, cfg=None):
+    """CLAP teacher from a laion_clap spec (PATH, AMODEL:[no]fusion:PATH, SPEC.json, random)."""
+    from valor_core.config import TeacherConfig
+    from valor_core.teachers.clap import load_clap_teacher as _load
+
+    return _load(spec, cfg or TeacherConfig())
+
+
+def load_teachers(clip_spec, clap_spec, cfg=None):
+    """Both teachers: (clip, clap)."""
+    return load_clip_teacher(clip_spec, cfg), load_clap_teacher(clap_spec, cfg)
+
+
+__all__ = ["Teacher", "TeacherError", "MissingCheckpoint", "load_clip_teacher", "load_clap_teacher", "load_teachers"]

@@ -1,0 +1,194 @@
+"""CLAP teacher through laion_clap (audio modality).
+
+Spec syntax (`--clap`, `TeacherConfig.clap`):
+- `PATH`                       a laion_clap checkpoint, HTSAT-base with fusion (the paper's `630k-fusion-best.pt`).
+- `AMODEL:PATH`                another audio tower (e.g. `HTSAT-tiny:/ckpt.pt`), fusion on.
+- `AMODEL:nofusion:PATH`       ... with fusion off (`fusion` turns it on explicitly).
+- `SPEC.json`                  {"checkpoint": PATH, "amodel": "HTSAT-base", "enable_fusion": true,
+                                "hf_hub_cache": DIR or null} -- relative paths are relative to the JSON; this is what
+                               `valor teachers tiny` writes, and it carries the hub cache holding the text tower.
+- `random` / `AMODEL:random`   random init (benchmarks).
+
+Runs exactly the library's path: `CLAP_Module(enable_fusion, amodel)` + the checkpoint, audio segments embedded with
+`get_audio_embedding_from_data` (int16 quantisation, repeat-padding to 10 s, fusion mel), text with
+`get_text_embedding`; logits = logit_scale_a.exp() x cosine with the Table-6 "This is a sound of ..." captions.
+
+laion_clap needs roberta-base (tokenizer + model config; the checkpoint then overwrites the weights) and the
+bert-base-uncased / facebook/bart-base tokenizers from the Hugging Face cache: valor imports it with HF_HUB_OFFLINE=1
+(see valor_core.teachers.hf), so those must be cached beforehand.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from valor_core.classes import CLAP_CAPTIONS
+from valor_core.config import TeacherConfig
+from valor_core.teachers.base import MissingCheckpoint, Teacher, TeacherError
+from valor_core.teachers.hf import TOKENIZER_REPOS, hub_cache_dir, missing_hub_repos, offline_hub
+
+DEFAULT_AMODEL = "HTSAT-base"
+KNOWN_BUFFERS = ("text_branch.embeddings.position_ids", "text_branch.embeddings.token_type_ids")
+HOW_TO_GET_HUB_FILES = (
+    "laion_clap loads the roberta-base, bert-base-uncased and facebook/bart-base tokenizers (and the roberta-base "
+    "config) from the Hugging Face cache. On a machine with network: `huggingface-cli download roberta-base; "
+    "huggingface-cli download bert-base-uncased; huggingface-cli download facebook/bart-base` (or "
+    "`python -c \"import laion_clap; laion_clap.CLAP_Module(enable_fusion=True)\"`), then copy the cache here and set "
+    "HF_HUB_CACHE. For a smoke test without any weights use `valor teachers tiny`.")
+
+
+def parse_clap_spec(spec: str) -> dict:
+    """spec -> {"checkpoint": path or None (random), "amodel", "enable_fusion", "hf_hub_cache"}."""
+    spec = spec.strip()
+    if not spec:
+        raise TeacherError("empty CLAP spec; expected a checkpoint path such as 630k-fusion-best.pt")
+    out = {"checkpoint": None, "amodel": DEFAULT_AMODEL, "enable_fusion": True, "hf_hub_cache": None}
+    if spec.endswith(".json"):
+        p = Path(spec)
+        if not p.is_file():
+            raise MissingCheckpoint(f"CLAP spec file {spec!r} not found")
+        d = json.loads(p.read_text())
+        unknown = set(d) - set(out)
+        if unknown:
+            raise TeacherError(f"CLAP spec {spec!r}: unknown keys {sorted(unknown)}; known {sorted(out)}")
+        out.update(d)
+        for key in ("checkpoint", "hf_hub_cache"):
+            if out[key] and not os.path.isabs(out[key]):
+                out[key] = str((p.parent / out[key]).resolve())
+        return out
+    parts = spec.split(":")
+    path = parts[-1] if len(parts) <= 3 else ":".join(parts[2:])
+    head = parts[:-1] if len(parts) <= 3 else parts[:2]
+    if head and not head[0].startswith(("HTSAT", "PANN")):  # a path with ':' in it
+        path, head = spec, []
+    if head:
+        out["amodel"] = head[0]
+    if len(head) > 1:
+        if head[1] not in ("fusion", "nofusion"):
+            raise TeacherError(f"CLAP spec {spec!r}: expected AMODEL:fusion|nofusion:PATH")
+        out["enable_fusion"] = head[1] == "fusion"
+    out["checkpoint"] = None if path in ("random", "none") else path
+    return out
+
+
+def import_laion_clap(hf_hub_cache: Optional[str] = None):
+    """Import laion_clap offline (HF_HUB_OFFLINE=1, optional HF_HUB_CACHE); a clear TeacherError if hub files lack."""
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if "laion_clap" in sys.modules:
+        return sys.modules["laion_clap"]
+    with offline_hub(hf_hub_cache):
+        missing = missing_hub_repos(hf_hub_cache)
+        if missing:
+            raise MissingCheckpoint(f"Hugging Face cache {hf_hub_cache or hub_cache_dir()} lacks "
+                                    f"{', '.join(missing)}. {HOW_TO_GET_HUB_FILES}")
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                import laion_clap
+            except OSError as err:
+                raise MissingCheckpoint(f"importing laion_clap failed: {err}. {HOW_TO_GET_HUB_FILES}") from None
+    from valor_core.teachers import mel
+
+    mel.install_if_needed()
+    return laion_clap
+
+
+def load_clap_state(path: str, model) -> None:
+    """Load a laion_clap checkpoint into `model` (the CLAP inside CLAP_Module).
+
+    Like `CLAP_Module.load_ckpt` (module. prefixes stripped, the text position_ids buffer dropped), but tolerant of
+    checkpoints without that buffer and strict about real parameters: any missing or unexpected weight is an error.
+    """
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    state = ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt else ckpt
+    if not isinstance(state, dict) or not state:
+        raise TeacherError(f"{path}: not a laion_clap checkpoint (no state_dict)")
+    if next(iter(state)).startswith("module."):
+        state = {k[7:]: v for k, v in state.items()}
+    own = model.state_dict()
+    for key in KNOWN_BUFFERS:
+        if key in state and key not in own:
+            state.pop(key)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k not in KNOWN_BUFFERS]
+    if missing or result.unexpected_keys:
+        raise TeacherError(f"{path} does not match the model: missing {missing[:5]}"
+                           f"{'...' if len(missing) > 5 else ''}, unexpected {result.unexpected_keys[:5]}")
+
+
+class CLAPTeacher(Teacher):
+    name = "clap"
+    modality = "audio"
+
+    def __init__(self, spec: str, cfg: TeacherConfig = TeacherConfig(), captions: Sequence[str] = CLAP_CAPTIONS):
+        import torch
+
+        opts = parse_clap_spec(spec)
+        ckpt = opts["checkpoint"]
+        if ckpt is not None and not Path(ckpt).is_file():
+            raise MissingCheckpoint(
+                f"CLAP checkpoint {ckpt!r} not found (spec {spec!r}). The paper's teacher is laion_clap's "
+                f"630k-fusion-best.pt (HTSAT-base, fusion; NOT the AudioSet one, which overlaps LLP val/test): "
+                f"download https://huggingface.co/lukewys/laion_clap/resolve/main/630k-fusion-best.pt on a machine "
+                f"with network access and copy it here.")
+        super().__init__(spec, ckpt or "random", cfg, captions)
+        laion_clap = import_laion_clap(opts["hf_hub_cache"])
+        self.amodel, self.enable_fusion = opts["amodel"], bool(opts["enable_fusion"])
+        import warnings
+
+        with offline_hub(opts["hf_hub_cache"]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                module = laion_clap.CLAP_Module(enable_fusion=self.enable_fusion, amodel=self.amodel, device="cpu")
+            except OSError as err:
+                raise MissingCheckpoint(f"building CLAP failed: {err}. {HOW_TO_GET_HUB_FILES}") from None
+            except RuntimeError as err:
+                raise TeacherError(f"building CLAP {self.amodel!r} failed (spec {spec!r}): {err}") from None
+        if ckpt is not None:
+            load_clap_state(ckpt, module.model)
+        self.module = module.to(self.device).eval()
+        self.logit_scale = float(module.model.logit_scale_a.detach().exp().item())
+        self.dim = int(module.model.audio_projection[-1].out_features) if hasattr(
+            module.model.audio_projection[-1], "out_features") else int(self.encode_text(["a"]).shape[1])
+        self.sample_rate = int(module.model_cfg["audio_cfg"]["sample_rate"])
+
+    def _encode_chunk(self, segments):
+        import torch
+
+        np.random.seed(self.cfg.seed)  # laion_clap's random crops/fusion views (segments longer than 10 s only)
+        x = [np.ascontiguousarray(np.asarray(s, dtype=np.float32)) for s in segments]
+        return torch.as_tensor(self.module.get_audio_embedding_from_data(x, use_tensor=False))
+
+    def _encode_text(self, prompts):
+        return self.module.model.get_text_embedding(self.module.tokenizer(list(prompts)))
+
+    def encode_audio(self, segments) -> np.ndarray:
+        """Segments (a (B, L) array or a list of 1-D float arrays at 48 kHz) -> (B, d) L2-normalised embeddings."""
+        if isinstance(segments, np.ndarray) and segments.ndim == 1:
+            raise ValueError("encode_audio takes a batch of segments: (B, L) or a list of 1-D arrays")
+        return self.encode(list(segments) if not isinstance(segments, np.ndarray) else segments)
+
+    def _items_of(self, video):
+        if hasattr(video, "frames"):  # a DecodedVideo
+            return None if video.audio is None else video.audio
+        return None if video is None else video
+
+
+def load_clap_teacher(spec: str, cfg: TeacherConfig = TeacherConfig()) -> CLAPTeacher:
+    """Build the CLAP teacher named by `spec` (syntax in this module's docstring)."""
+    return CLAPTeacher(spec, cfg)
+
+
+__all__ = ["CLAPTeacher", "load_clap_teacher", "parse_clap_spec", "import_laion_clap", "load_clap_state",
+           "TOKENIZER_REPOS"]

@@ -1,0 +1,143 @@
+"""CLIP teacher through open_clip (visual modality).
+
+Spec syntax (`--clip`, `TeacherConfig.clip`):
+- `MODEL:TAG`          an open_clip model name and pretrained tag, e.g. `ViT-L-14:openai` (the paper's). The weights
+                       must already be in the Hugging Face cache: valor runs with HF_HUB_OFFLINE=1.
+- `MODEL:/path/ckpt`   a model name and a local checkpoint file (open_clip / OpenAI format), e.g.
+                       `ViT-L-14:/models/ViT-L-14.pt`.
+- `MODEL:random`       random init (benchmarks, smoke tests).
+- `CFG.json[:CKPT]`    an open_clip model-config JSON (registered under its file stem) plus a checkpoint path or
+                       `random`; without `:CKPT`, the sibling `CFG.pt` is used if present, else random init.
+                       `valor teachers tiny` writes one.
+- `local-dir:/path` or `hf-hub:org/repo`: passed to open_clip as is.
+
+Pre-processing: uint8 frames (B, H, W, 3) -> float, resized to the model's input size *without cropping* (bicubic,
+antialiased; a no-op for decoded 224x224 frames and 224-px models), normalised with the model's mean/std (CLIP's).
+Logits = logit_scale.exp() x cosine with the Table-6 "A photo of ..." captions.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from valor_core.classes import CLIP_CAPTIONS
+from valor_core.config import TeacherConfig
+from valor_core.teachers.base import MissingCheckpoint, Teacher, TeacherError
+from valor_core.teachers.hf import offline_hub
+
+
+def parse_clip_spec(spec: str) -> tuple[str, Optional[str], Optional[str]]:
+    """spec -> (open_clip model name or schema string, pretrained (tag / path / None = random), config JSON or None)."""
+    spec = spec.strip()
+    if not spec:
+        raise TeacherError("empty CLIP spec; expected e.g. ViT-L-14:openai (see valor_core.teachers.clip)")
+    if spec.startswith(("local-dir:", "hf-hub:")):
+        return spec, None, None
+    model, sep, pretrained = spec.partition(":")
+    config_json = None
+    if model.endswith(".json"):
+        config_json = model
+        if not Path(model).is_file():
+            raise MissingCheckpoint(f"CLIP model config {model!r} not found (spec {spec!r})")
+        if not sep:
+            sibling = Path(model).with_suffix(".pt")
+            pretrained = str(sibling) if sibling.is_file() else "random"
+        model = Path(model).stem
+    elif not sep:
+        raise TeacherError(f"CLIP spec {spec!r} needs a pretrained part: MODEL:TAG (e.g. ViT-L-14:openai), "
+                           "MODEL:/path/to/checkpoint or MODEL:random")
+    if pretrained in ("", "random", "none"):
+        return model, None, config_json
+    return model, pretrained, config_json
+
+
+class CLIPTeacher(Teacher):
+    name = "clip"
+    modality = "visual"
+
+    def __init__(self, spec: str, cfg: TeacherConfig = TeacherConfig(), captions: Sequence[str] = CLIP_CAPTIONS):
+        import open_clip
+        import torch
+
+        model_name, pretrained, config_json = parse_clip_spec(spec)
+        if config_json is not None:
+            open_clip.add_model_config(config_json)
+        looks_like_path = pretrained is not None and (os.sep in pretrained or pretrained.endswith(
+            (".pt", ".bin", ".pth", ".safetensors", ".ckpt")))
+        if looks_like_path and not Path(pretrained).is_file():
+            raise MissingCheckpoint(
+                f"CLIP checkpoint {pretrained!r} not found (spec {spec!r}). Copy the open_clip/OpenAI checkpoint "
+                f"there, or use a tag whose weights are in the Hugging Face cache (e.g. ViT-L-14:openai).")
+        if pretrained is not None and not looks_like_path and not model_name.startswith(("local-dir:", "hf-hub:")):
+            tags = open_clip.list_pretrained_tags_by_model(model_name)
+            if pretrained not in tags:
+                raise TeacherError(f"open_clip has no pretrained tag {pretrained!r} for {model_name!r} "
+                                   f"(known: {', '.join(tags) or 'none'}); or give a checkpoint path")
+        super().__init__(spec, pretrained or "random", cfg, captions)
+        try:
+            with offline_hub():
+                model = open_clip.create_model(model_name, pretrained=pretrained, device="cpu")
+        except RuntimeError as err:
+            if "Unknown model" in str(err) or "Model config" in str(err):
+                raise TeacherError(f"unknown open_clip model {model_name!r} (spec {spec!r}): {err}") from None
+            raise self._missing(model_name, pretrained, spec, err) from None
+        except (OSError, ValueError) as err:
+            raise self._missing(model_name, pretrained, spec, err) from None
+        self.model = model.to(self.device).eval()
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        pcfg = open_clip.get_model_preprocess_cfg(model)
+        size = pcfg.get("size", 224)
+        self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (int(size), int(size))
+        self.mean = torch.tensor(pcfg.get("mean", open_clip.OPENAI_DATASET_MEAN), device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(pcfg.get("std", open_clip.OPENAI_DATASET_STD), device=self.device).view(1, 3, 1, 1)
+        self.model_name = model_name
+        self.logit_scale = float(model.logit_scale.detach().exp().item())
+        self.dim = int(self.encode_text(["a"]).shape[1])
+
+    @staticmethod
+    def _missing(model_name, pretrained, spec, err) -> TeacherError:
+        if pretrained and not os.path.exists(str(pretrained)):
+            return MissingCheckpoint(
+                f"CLIP weights {model_name}:{pretrained} are not available offline (spec {spec!r}): {err}. "
+                f"Obtain them on a machine with network access: `python -c \"import open_clip; "
+                f"open_clip.create_model('{model_name}', pretrained='{pretrained}')\"` fills the Hugging Face cache "
+                f"(~/.cache/huggingface/hub, or $HF_HUB_CACHE); copy that cache here and set HF_HUB_CACHE, or pass "
+                f"{model_name}:/path/to/checkpoint.")
+        return TeacherError(f"could not build CLIP {model_name!r} with weights {pretrained!r}: {err}")
+
+    def preprocess(self, frames) -> "torch.Tensor":  # noqa: F821
+        """uint8 (B, H, W, 3) -> normalised float (B, 3, S, S) on the teacher's device, resized without crop."""
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.as_tensor(np.ascontiguousarray(frames)).to(self.device)
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"frames must be (B, H, W, 3) uint8, got {tuple(x.shape)}")
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        if tuple(x.shape[-2:]) != self.image_size:
+            x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False, antialias=True)
+            x = x.clamp_(0.0, 1.0)
+        return (x - self.mean) / self.std
+
+    def _encode_chunk(self, frames):
+        return self.model.encode_image(self.preprocess(frames))
+
+    def _encode_text(self, prompts):
+        tokens = self.tokenizer(list(prompts)).to(self.device)
+        return self.model.encode_text(tokens)
+
+    def encode_frames(self, frames) -> np.ndarray:
+        """(B, H, W, 3) uint8 -> (B, d) L2-normalised image embeddings."""
+        return self.encode(np.asarray(frames))
+
+    def _items_of(self, video):
+        frames = getattr(video, "frames", video)
+        return None if frames is None else np.asarray(frames)
+
+
+def load_clip_teacher(spec: str, cfg: TeacherConfig = TeacherConfig()) -> CLIPTeacher:
+    """Build the CLIP teacher named by `spec` (syntax in this module's docstring)."""
+    return CLIPTeacher(spec, cfg)
