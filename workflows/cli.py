@@ -16,7 +16,8 @@ COMMANDS = (
     "workflows.evaluate",  # valor evaluate
     "workflows.data",  # valor data stats
     "workflows.demo",  # valor demo
-    "workflows.train",  # valor train / valor compare
+    "workflows.train",  # valor train
+    "workflows.compare",  # valor compare
     "workflows.media",  # valor media synth, valor teachers tiny, valor teach
     "workflows.storage",  # valor storage up|down|status
     "workflows.extract",  # valor extract

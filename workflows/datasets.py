@@ -1,0 +1,277 @@
+"""Training data for `valor train` / `valor evaluate --checkpoint`: a features SOURCE (+ labels) -> {split: AVVPArrays}.
+
+SOURCE is one of
+    sim[:SEED[:k=v,...]]   LLP-sim (valor_core.sim) on the LLP annotations dir: real weak labels, real val/test GT,
+                           simulated student features and teacher logits. `k=v` are SimConfig overrides, e.g.
+                           `sim:0:frame_dim=256,clip_dim=128` (smaller features for quick runs). The preset's `features`
+                           picks the simulated inputs (VGGish/ResNet/R(2+1)D-like, or CLIP/CLAP embeddings for valor++).
+    URI                    a `valor extract` features dataset (local dir or s3://bucket/prefix; rows with status "ok"):
+                           the student inputs are VALOR++-style, audio = clap_emb (10, 512), frames = clip_emb (10, 768)
+                           (one step per segment), no clip stream; weak labels and the split come from the table; dense
+                           val/test GT from the annotations dir, joined by video id.
+
+Labels (the harvested targets of the valor loss), first match wins:
+    --labels URI           a `valor harvest` output (video_id, audio_labels (10,25), visual_labels (10,25); thresholds
+                           in its `_harvest.json`), joined by video id; every train video must have a row
+    <features>/../labels   the harvest output beside an extraction dataset, when complete
+    on the fly             valor_core.labels.harvest_labels on the source's teacher logits with the run's LabelConfig
+                           (Table 6 thresholds by default)
+
+The model's input sizes follow the data (`adapt_model`): audio_dim / frame_dim / frame_steps / clip_dim are set from the
+array shapes and the change is recorded in the run's `data.adapted` param (LLP-sim has one frame step per segment where
+the paper's ResNet-152 stream has 8; extraction outputs are CLIP/CLAP embeddings).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+from valor_core.arrays import AVVPArrays
+
+SPLITS = ("train", "val", "test")
+DEFAULT_ANNOTATIONS = os.path.join("..", "shared", "data", "llp")
+
+
+class DataError(ValueError):
+    pass
+
+
+def default_annotations() -> str:
+    return os.environ.get("VALOR_ANNOTATIONS") or DEFAULT_ANNOTATIONS
+
+
+def parse_source(source: str) -> tuple[str, Any, dict]:
+    """("sim", seed, overrides) or ("uri", uri, {})."""
+    s = str(source)
+    if s == "sim" or s.startswith("sim:"):
+        parts = s.split(":", 2)
+        try:
+            seed = int(parts[1]) if len(parts) > 1 and parts[1] else 0
+        except ValueError:
+            raise DataError(f"features {s!r}: expected sim[:SEED[:key=value,...]] with an integer seed") from None
+        overrides: dict[str, Any] = {}
+        if len(parts) > 2 and parts[2]:
+            import yaml
+
+            for item in parts[2].split(","):
+                key, sep, value = item.partition("=")
+                if not sep:
+                    raise DataError(f"features {s!r}: override {item!r} is not key=value")
+                overrides[key.strip()] = yaml.safe_load(value)
+        return "sim", seed, overrides
+    return "uri", s, {}
+
+
+# --- model input sizes follow the data --------------------------------------------------------------------------------
+
+
+def adapt_model(cfg, arrays: AVVPArrays):
+    """(cfg with the model's input sizes set from `arrays`, {field: (old, new)} of what changed)."""
+    from valor_core.config import replace
+
+    m = cfg.model
+    want = {"audio_dim": int(arrays.audio.shape[-1])}
+    if arrays.frames is not None:
+        steps = arrays.frames.shape[1] // arrays.audio.shape[1]
+        want.update(frame_dim=int(arrays.frames.shape[-1]), frame_steps=int(max(steps, 1)))
+    else:
+        want.update(frame_dim=0)
+    want["clip_dim"] = int(arrays.clips.shape[-1]) if arrays.clips is not None else 0
+    changed = {k: (getattr(m, k), v) for k, v in want.items() if getattr(m, k) != v}
+    if changed:
+        cfg = replace(cfg, **{f"model.{k}": v for k, (_, v) in changed.items()})
+    return cfg, changed
+
+
+# --- labels -----------------------------------------------------------------------------------------------------------
+
+
+def _harvest_on_the_fly(data: dict[str, AVVPArrays], labels_cfg) -> dict:
+    from valor_core.labels import harvest_labels, thresholds_for
+
+    th_a, th_v = thresholds_for(labels_cfg, "audio"), thresholds_for(labels_cfg, "visual")
+    for arrays in data.values():
+        if arrays.clap_logits is None or arrays.clip_logits is None:
+            continue
+        arrays.audio_labels = harvest_labels(arrays.clap_logits, arrays.weak, th_a, labels_cfg.filter_by_weak)
+        arrays.visual_labels = harvest_labels(arrays.clip_logits, arrays.weak, th_v, labels_cfg.filter_by_weak)
+    return {"audio": [float(x) for x in th_a], "visual": [float(x) for x in th_v],
+            "filter_by_weak": bool(labels_cfg.filter_by_weak), "source": "on the fly (LabelConfig)"}
+
+
+def _join_harvest(data: dict[str, AVVPArrays], uri: str) -> dict:
+    from workflows.harvest import column_array, read_harvest
+
+    try:
+        meta, table = read_harvest(uri)
+    except FileNotFoundError as err:
+        raise DataError(f"labels {uri}: no complete harvest output there ({err})") from None
+    ids = np.asarray(table.column("video_id").to_pylist()).astype(str)
+    audio = column_array(table, "audio_labels", (10, 25), np.uint8, ids)
+    visual = column_array(table, "visual_labels", (10, 25), np.uint8, ids)
+    where = {v: i for i, v in enumerate(ids.tolist())}
+    for name, arrays in data.items():
+        rows = np.array([where.get(v, -1) for v in arrays.video_ids.tolist()], dtype=np.int64)
+        missing = np.flatnonzero(rows < 0)
+        if name == "train" and missing.size:
+            shown = ", ".join(arrays.video_ids[missing[:5]].tolist())
+            raise DataError(f"labels {uri}: {missing.size} train video(s) have no harvested labels ({shown}, ...)")
+        if missing.size == len(rows):
+            continue
+        safe = np.where(rows < 0, 0, rows)
+        arrays.audio_labels, arrays.visual_labels = audio[safe], visual[safe]
+        arrays.audio_labels[missing] = 0
+        arrays.visual_labels[missing] = 0
+    return {**(meta if isinstance(meta, dict) else {}), "source": uri}
+
+
+# --- sources ----------------------------------------------------------------------------------------------------------
+
+
+def _load_sim(seed: int, overrides: dict, cfg, annotations: str, splits) -> tuple[dict, dict]:
+    from valor_core.sim import SimConfig, simulate
+
+    overrides = dict(overrides)
+    overrides.setdefault("features", cfg.features)
+    try:
+        data = simulate(annotations, seed, splits=splits, config=SimConfig(), **overrides)
+    except TypeError as err:
+        raise DataError(f"sim overrides {overrides}: {err}") from None
+    teachers = {"clip": "LLP-sim CLIP stand-in", "clap": "LLP-sim CLAP stand-in", "sim_seed": seed,
+                "sim_overrides": overrides}
+    return data, teachers
+
+
+def _first(table, name: str) -> Optional[str]:
+    if name not in table.column_names or table.num_rows == 0:
+        return None
+    values = sorted({str(v) for v in table.column(name).to_pylist() if v is not None})
+    return values[0] if len(values) == 1 else json.dumps(values)
+
+
+def _load_uri(uri: str, annotations: str, splits) -> tuple[dict, dict]:
+    import pyarrow.dataset as ds
+
+    from valor_core.llp import load_split
+    from workflows.harvest import column_array, features_dataset
+
+    dataset = features_dataset(uri)
+    names = dataset.schema.names
+    needed = ["video_id", "weak", "clip_emb", "clap_emb"]
+    missing = [c for c in needed if c not in names]
+    if missing:
+        raise DataError(f"features {uri}: column(s) {', '.join(missing)} missing (has {', '.join(names)})")
+    flt = (ds.field("status") == "ok") if "status" in names else None
+    cols = [c for c in needed + ["split", "clip_logits", "clap_logits", "clip_teacher", "clip_checkpoint",
+                                 "clap_teacher", "clap_checkpoint"] if c in names]
+    table = dataset.to_table(columns=cols, filter=flt)
+    if table.num_rows == 0:
+        raise DataError(f"features {uri}: no rows with status ok")
+    ids = np.asarray(table.column("video_id").to_pylist()).astype(str)
+    row0 = table.slice(0, 1)
+    d_clip = len(row0.column("clip_emb")[0].as_py()[0])
+    d_clap = len(row0.column("clap_emb")[0].as_py()[0])
+    arrays = {
+        "weak": column_array(table, "weak", (25,), np.uint8, ids),
+        "frames": column_array(table, "clip_emb", (10, d_clip), np.float32, ids),
+        "audio": column_array(table, "clap_emb", (10, d_clap), np.float32, ids),
+    }
+    for name in ("clip_logits", "clap_logits"):
+        if name in table.column_names:
+            arrays[name] = column_array(table, name, (10, 25), np.float32, ids)
+    split_col = np.asarray(table.column("split").to_pylist()).astype(str) if "split" in table.column_names else None
+    data: dict[str, AVVPArrays] = {}
+    for split in splits:
+        if split_col is not None:
+            rows = np.flatnonzero(split_col == split)
+        else:  # no split column: place videos by the LLP split files
+            members = set(load_split(annotations, split).video_ids.tolist())
+            rows = np.flatnonzero(np.isin(ids, list(members)))
+        if rows.size == 0:
+            continue
+        a = AVVPArrays(video_ids=ids[rows], weak=arrays["weak"][rows], audio=arrays["audio"][rows],
+                       frames=arrays["frames"][rows], clips=None,
+                       clap_logits=arrays["clap_logits"][rows] if "clap_logits" in arrays else None,
+                       clip_logits=arrays["clip_logits"][rows] if "clip_logits" in arrays else None)
+        if split in ("val", "test"):
+            gt = load_split(annotations, split)
+            where = gt.index()
+            keep = np.array([where.get(v, -1) for v in a.video_ids.tolist()])
+            a = a.take(np.flatnonzero(keep >= 0))
+            keep = keep[keep >= 0]
+            a.audio_gt, a.visual_gt = gt.audio_gt[keep], gt.visual_gt[keep]
+        data[split] = a
+    teachers = {"clip": _first(table, "clip_teacher"), "clip_checkpoint": _first(table, "clip_checkpoint"),
+                "clap": _first(table, "clap_teacher"), "clap_checkpoint": _first(table, "clap_checkpoint")}
+    return data, teachers
+
+
+def _subsample(arrays: AVVPArrays, n: Optional[int], seed: int) -> AVVPArrays:
+    if not n or n >= len(arrays):
+        return arrays
+    rows = np.sort(np.random.default_rng([seed, 0x7EA1]).choice(len(arrays), size=n, replace=False))
+    return arrays.take(rows)
+
+
+def load_training_data(features: str, cfg, *, labels: Optional[str] = None, annotations: Optional[str] = None,
+                       splits=SPLITS, max_train: Optional[int] = None, max_eval: Optional[int] = None):
+    """({split: AVVPArrays}, cfg with input sizes adapted to the data, meta for MLflow)."""
+    annotations = annotations or default_annotations()
+    kind, value, overrides = parse_source(features)
+    if kind == "sim":
+        data, teachers = _load_sim(value, overrides, cfg, annotations, splits)
+    else:
+        data, teachers = _load_uri(value, annotations, splits)
+    if "train" in splits and "train" not in data:
+        raise DataError(f"features {features}: no train videos")
+    if "train" in data:
+        data["train"] = _subsample(data["train"], max_train, cfg.seed)
+    for split in ("val", "test"):
+        if split in data:
+            data[split] = _subsample(data[split], max_eval, cfg.seed)
+    labels_used = labels
+    if labels:
+        thresholds = _join_harvest(data, labels)
+    elif kind == "uri" and _harvest_beside(value):
+        labels_used = _harvest_beside(value)
+        thresholds = _join_harvest(data, labels_used)
+    else:
+        labels_used = "on the fly"
+        thresholds = _harvest_on_the_fly(data, cfg.labels)
+    first = next(iter(data.values()))
+    cfg, changed = adapt_model(cfg, first)
+    meta = {"features": features, "labels": labels_used, "annotations": os.path.abspath(annotations)
+            if "://" not in annotations else annotations,
+            "videos": {k: int(len(v)) for k, v in data.items()}, "thresholds": thresholds, "teachers": teachers,
+            "adapted": {k: list(v) for k, v in changed.items()}, "max_train": max_train}
+    return data, cfg, meta
+
+
+def _harvest_beside(features_uri: str) -> Optional[str]:
+    from workflows import objstore
+    from workflows.harvest import SIDECAR, default_out
+
+    out = default_out(features_uri)
+    try:
+        fs, path = objstore.fs_for(objstore.join(out, SIDECAR))
+        import pyarrow.fs as pafs
+
+        return out if fs.get_file_info(path).type == pafs.FileType.File else None
+    except Exception:
+        return None
+
+
+def load_eval_split(features: str, split: str, cfg, annotations: Optional[str] = None) -> AVVPArrays:
+    """One val/test split's features (with GT) for scoring a checkpoint trained with `cfg`."""
+    annotations = annotations or default_annotations()
+    kind, value, overrides = parse_source(features)
+    if kind == "sim":
+        data, _ = _load_sim(value, overrides, cfg, annotations, (split,))
+    else:
+        data, _ = _load_uri(value, annotations, (split,))
+    if split not in data:
+        raise DataError(f"features {features}: no {split} videos")
+    return data[split]
