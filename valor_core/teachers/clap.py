@@ -80,6 +80,7 @@ def import_laion_clap(hf_hub_cache: Optional[str] = None):
     """Import laion_clap offline (HF_HUB_OFFLINE=1, optional HF_HUB_CACHE); a clear TeacherError if hub files lack."""
     os.environ.setdefault("WANDB_MODE", "disabled")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ["HF_HUB_OFFLINE"] = "1"
     if "laion_clap" in sys.modules:
         return sys.modules["laion_clap"]
@@ -96,6 +97,13 @@ def import_laion_clap(hf_hub_cache: Optional[str] = None):
                 import laion_clap
             except OSError as err:
                 raise MissingCheckpoint(f"importing laion_clap failed: {err}. {HOW_TO_GET_HUB_FILES}") from None
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - cosmetics only
+        pass
     from valor_core.teachers import mel
 
     mel.install_if_needed()
@@ -166,9 +174,13 @@ class CLAPTeacher(Teacher):
     def _encode_chunk(self, segments):
         import torch
 
+        import warnings
+
         np.random.seed(self.cfg.seed)  # laion_clap's random crops/fusion views (segments longer than 10 s only)
         x = [np.ascontiguousarray(np.asarray(s, dtype=np.float32)) for s in segments]
-        return torch.as_tensor(self.module.get_audio_embedding_from_data(x, use_tensor=False))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchaudio's 'onesided' deprecation, once per segment
+            return torch.as_tensor(self.module.get_audio_embedding_from_data(x, use_tensor=False))
 
     def _encode_text(self, prompts):
         return self.module.model.get_text_embedding(self.module.tokenizer(list(prompts)))
