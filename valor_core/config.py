@@ -158,18 +158,20 @@ class TuneConfig:
     """`valor tune thresholds` (tuning/thresholds.py): Ray Tune search of theta^CLAP (audio) / theta^CLIP (visual) on val.
 
     Objective: "fidelity" = micro F of the harvested labels vs val GT (VALOR Table 3); "official" = per-modality official
-    segment-level F of those labels. Searchers: coord (block coordinate ascent, blocks of `classes_per_trial` classes as
-    parallel trials), optuna (TPE), cmaes (Optuna CMA-ES), exact (in-process Dinkelbach, no Tune)."""
+    segment-level F of those labels. Searchers: coord (block coordinate ascent: blocks of `classes_per_trial` classes
+    as parallel trials, each running exact line searches over its block), optuna (TPE), cmaes (Optuna CMA-ES), exact
+    (in-process Dinkelbach, no Tune)."""
 
     searcher: Literal["coord", "optuna", "cmaes", "exact"] = "coord"
     objective: Literal["fidelity", "official"] = "fidelity"
     filter_by_weak: bool = True  # tune for (z > theta) AND y; False = the no-filter ablation
     init: Literal["table6", "unified"] = "table6"  # start point of coord / first Optuna point
-    classes_per_trial: int = 5  # coord: classes per trial (exact line searches, Gauss-Seidel within the block)
+    classes_per_trial: Optional[int] = None  # coord: classes per trial; None = one block per concurrent slot
+    passes_per_trial: int = 10  # coord: Gauss-Seidel passes over its block a trial may run (stops when one gains 0)
     max_sweeps: int = 20  # coord: stop after this many sweeps even if still improving
     tol: float = 1e-6  # coord: a sweep gaining less (F points) ends the search
     trials: int = 200  # optuna / cmaes samples
-    grid_points: int = 33  # unified-threshold grid (1st..99th percentile of the candidate logits)
+    grid_points: int = 21  # unified-threshold grid (1st..99th percentile of the candidate logits)
     seed: int = 0
     num_cpus: Optional[int] = None  # in-process Ray only (None = all)
     max_concurrent: Optional[int] = None  # concurrent trials (None = as many as Ray's CPUs allow)
