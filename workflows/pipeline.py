@@ -439,6 +439,11 @@ def prepare_inputs(cfg: PipelineConfig, log: Callable[[str], None] = print) -> t
 
     Returns the config with the teachers resolved to concrete specs, and the environment they need."""
     env: dict[str, str] = {}
+    # the S3 endpoint/keys of the config also serve the stages that read the standard AWS environment (driver only)
+    for key, var in (("endpoint", "AWS_ENDPOINT_URL"), ("access_key", "AWS_ACCESS_KEY_ID"),
+                     ("secret_key", "AWS_SECRET_ACCESS_KEY")):
+        if getattr(cfg.storage, key):
+            os.environ[var] = getattr(cfg.storage, key)
     if cfg.corpus.generate:
         ensure_corpus(cfg, log)
     if TINY in (cfg.teachers.clip, cfg.teachers.clap):
@@ -515,13 +520,21 @@ def write_llp_annotations(root: str, seed: int = 0, val: float = 0.25, test: flo
 
 
 def ensure_tiny_teachers(directory: str, log: Callable[[str], None] = print) -> dict:
-    """Small random-init CLIP/CLAP teachers (C's `valor teachers tiny`), made once in `directory` and reused."""
-    from valor_core.teachers import tiny  # type: ignore[attr-defined]
-
+    """Small random-init CLIP/CLAP teachers (valor_core.teachers.tiny), made once in `directory` and reused after."""
     log("[valor run] teachers: small RANDOM-INIT CLIP/CLAP models (real weights cannot be downloaded here) - the "
-        "pipeline runs for real, but its logits carry no meaning; use configs/llp.yaml with real checkpoints for "
-        "the paper's numbers")
-    return tiny.ensure(directory)
+        "pipeline runs for real, but the logits carry no meaning; configs/llp.yaml names the paper's checkpoints")
+    specs_path = Path(directory) / "specs.json"
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        specs = json.loads(specs_path.read_text())
+        files = [p for spec in (specs["clip"], specs["clap"]) for p in spec.split(":") if p]
+        if all(Path(p).exists() for p in files):
+            return specs
+    from valor_core.teachers.tiny import write_tiny_teachers
+
+    t0 = time.time()
+    specs = write_tiny_teachers(directory)
+    log(f"[valor run] tiny teachers written to {directory} in {time.time() - t0:.1f} s")
+    return specs
 
 
 FORWARD_ENV_PREFIXES = ("HF_", "TRANSFORMERS_", "HUGGINGFACE_", "VALOR_", "TORCH_HOME", "OPEN_CLIP", "WANDB_MODE",
@@ -612,6 +625,55 @@ def run_harvest(ctx: Context) -> dict:
                                     "filter_by_weak") if k in summary}
 
 
+def run_train(ctx: Context) -> dict:
+    """workflows.train_ray: Ray Train DDP HAN on features + harvested labels; one MLflow run with the resolved pipeline
+    config as its parameters (`data.pipeline.*`) and as an artifact (pipeline/config.json); checkpoints in train/."""
+    from workflows import datasets, tracking
+    from workflows import train_ray as TR
+
+    cfg = ctx.cfg
+    data, tcfg, meta = datasets.load_training_data(ctx.layout.features, cfg.train, labels=ctx.layout.labels,
+                                                   annotations=cfg.paths.annotations)
+    meta["pipeline"] = ctx.resolved
+    outcome = TR.train(tcfg, data, workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                       tracking_uri=cfg.tracking.uri, experiment=cfg.tracking.experiment, storage=ctx.layout.train,
+                       run_name=f"{cfg.name}-{tcfg.preset}", data_meta=meta)
+    if outcome.run_id:
+        tracking.log_json(cfg.tracking.uri, outcome.run_id, ctx.resolved, "pipeline", "config.json")
+    return outcome.as_json()
+
+
+def run_evaluate(ctx: Context) -> dict:
+    """Score the trained model on val and test with the official metric (workflows.evaluate + train_ray's checkpoint
+    predictions) -> eval.json, and add the numbers to the training run in MLflow."""
+    import types
+
+    from valor_core.llp import load_split
+    from workflows import evaluate as E
+    from workflows import tracking
+    from workflows.train_ray import checkpoint_predictions
+
+    cfg = ctx.cfg
+    trained = ctx.results.get("train", {})
+    ref = trained.get("run_id") or trained.get("checkpoint")
+    if not ref:
+        raise PipelineError("evaluate: the train stage recorded no run id or checkpoint")
+    args = types.SimpleNamespace(checkpoint=ref, tracking_uri=cfg.tracking.uri, features=ctx.layout.features,
+                                 annotations=cfg.paths.annotations)
+    out: dict[str, Any] = {"checkpoint": ref}
+    for name in ("val", "test"):
+        split = load_split(cfg.paths.annotations, name)
+        audio, visual = checkpoint_predictions(args, split)
+        out[name] = E.score(split, audio, visual)
+    ctx.store.write_json(ctx.layout.eval, out)
+    if trained.get("run_id"):
+        metrics = {}
+        for name in ("val", "test"):
+            metrics.update(tracking.scores_flat(out[name], f"eval.{name}"))
+        tracking.log_metrics(cfg.tracking.uri, trained["run_id"], metrics)
+    return {name: {lvl: out[name][lvl] for lvl in ("segment", "event")} for name in ("val", "test")}
+
+
 def _todo(name: str) -> Runner:
     def run(ctx: Context) -> dict:
         raise PipelineError(f"stage {name} is not wired into the pipeline yet")
@@ -620,7 +682,7 @@ def _todo(name: str) -> Runner:
 
 
 RUNNERS: dict[str, Runner] = {name: _todo(name) for name in STAGE_NAMES}
-RUNNERS.update(extract=run_extract, tune=run_tune, harvest=run_harvest)
+RUNNERS.update(extract=run_extract, tune=run_tune, harvest=run_harvest, train=run_train, evaluate=run_evaluate)
 
 
 # --- CLI -----------------------------------------------------------------------------------------------------------
