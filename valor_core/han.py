@@ -2,7 +2,8 @@
 
 Shapes (B = batch, T = 10 segments, C = 25 classes, d = hidden):
     audio  (B, T, Da)        VGGish 128 | CLAP embeddings (VALOR++)
-    frames (B, T*S, Df)      ResNet-152 2048 at S=8 steps per segment | CLIP 768 at S=1 (VALOR++); optional
+    frames (B, T*S, Df)      ResNet-152 2048 at S=8 steps per segment | CLIP 768 at S=1 (VALOR++); optional;
+                             (B, T, Df) is accepted as already segment-pooled (what `fit.to_tensors` hands in)
     clips  (B, T, Dc)        R(2+1)D-18 512; optional (absent for VALOR++)
   -> HANOutput: segment_logits / segment_prob (B, T, 2, C) with modality 0 = audio, 1 = visual; global_prob,
      audio_prob, visual_prob (B, C); temporal_att, modality_att (B, T, 2, C) for inspection.
@@ -89,10 +90,12 @@ class HAN(nn.Module):
             if frames is None:
                 raise ValueError("this HAN has a frame stream (frame_dim > 0) but no frames were given")
             s = self.cfg.frame_steps
-            if frames.shape[1] != steps * s:
-                raise ValueError(f"frames have {frames.shape[1]} steps, expected {steps} segments x {s} = {steps * s}")
-            if s > 1:  # average-pool S steps per segment; done before the (affine) projection, see module doc
+            if frames.shape[1] == steps * s and s > 1:
+                # average-pool S steps per segment; done before the (affine) projection, see module doc
                 frames = frames.reshape(batch, steps, s, frames.shape[-1]).mean(dim=2)
+            elif frames.shape[1] != steps:
+                raise ValueError(f"frames have {frames.shape[1]} steps, expected {steps} segments x {s} = {steps * s}"
+                                 f" (or {steps} already pooled)")
             streams.append(self.fc_frames(frames))
         if self.fc_clips is not None:
             if clips is None:

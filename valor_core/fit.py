@@ -1,0 +1,263 @@
+"""Train and evaluate a HAN from feature arrays, in-process (CPU or one GPU).
+
+The pieces are separate so that a Ray Train worker can reuse them around its own data sharding and DDP wrapper:
+
+    model = build_model(cfg); optimizer = build_optimizer(model, cfg)
+    tensors = to_tensors(train_arrays, cfg)                       # once: NumPy -> torch, no copies where possible
+    for epoch in 1..E:
+        loss = train_epoch(model, optimizer, iterate_batches(tensors, bs, generator), cfg, epoch)
+        scores = evaluate_model(model, val_arrays)               # official rule + metrics
+`fit()` is that loop with best-checkpoint selection (val segment-level Type@AV, as the official code) and a test
+evaluation of the best checkpoint. Deterministic for a given `cfg.seed` on a given machine/thread count.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from valor_core.arrays import AVVPArrays
+from valor_core.config import TrainConfig
+from valor_core.han import HAN, HANOutput, count_trainable
+from valor_core.losses import compute_loss
+from valor_core.schedule import lr_at_epoch
+
+# --- set-up ----------------------------------------------------------------------------------------------------------
+
+
+def configure_threads(threads: Optional[int] = None) -> int:
+    """Set torch's intra-op threads to `threads` or the CPUs this process may run on; returns the number set."""
+    if threads is None:
+        try:
+            threads = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            threads = os.cpu_count() or 1
+    torch.set_num_threads(max(1, threads))
+    return torch.get_num_threads()
+
+
+def resolve_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def build_model(cfg: TrainConfig) -> HAN:
+    """A freshly initialised HAN; the initial weights depend only on cfg.seed and cfg.model."""
+    torch.manual_seed(cfg.seed)
+    return HAN(cfg.model)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    o = cfg.optim
+    lr = lr_at_epoch(1, o)
+    if o.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    if o.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    raise ValueError(f"unknown optimizer {o.optimizer!r}; expected adamw or adam")
+
+
+# --- arrays -> tensors -> batches ------------------------------------------------------------------------------------
+
+TARGETS = {"han": (), "valor": ("audio_labels", "visual_labels"), "kd": ("clap_logits", "clip_logits")}
+
+
+def _tensor(x: np.ndarray) -> Tensor:
+    """Zero-copy where possible; float64 -> float32, bool -> uint8. Batches are cast to float32 on use."""
+    x = np.asarray(x)
+    if x.dtype == np.float64:
+        x = x.astype(np.float32)
+    elif x.dtype == np.bool_:
+        x = x.astype(np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def model_inputs(cfg: TrainConfig) -> tuple[str, ...]:
+    names = ["audio"]
+    if cfg.model.frame_dim > 0:
+        names.append("frames")
+    if cfg.model.clip_dim > 0:
+        names.append("clips")
+    return tuple(names)
+
+
+def pool_frames(frames: Tensor, steps: int, chunk: int = 1024) -> Tensor:
+    """(N, T*S, D) -> (N, T, D) float32 mean over each segment's S steps, in chunks (bounded extra memory)."""
+    n, ts, d = frames.shape
+    out = torch.empty(n, ts // steps, d, dtype=torch.float32)
+    for i in range(0, n, chunk):
+        out[i:i + chunk] = frames[i:i + chunk].reshape(-1, ts // steps, steps, d).float().mean(dim=2)
+    return out
+
+
+def to_tensors(arrays: AVVPArrays, cfg: TrainConfig, targets: bool = True) -> dict[str, Tensor]:
+    """The arrays the model (and, with `targets`, the loss `cfg.loss`) needs, as CPU tensors sharing NumPy memory."""
+    needed = model_inputs(cfg) + (("weak",) + TARGETS[cfg.loss] if targets else ())
+    missing = [name for name in needed if getattr(arrays, name) is None]
+    if missing:
+        what = f"preset {cfg.preset!r} (loss {cfg.loss!r})" if targets else f"preset {cfg.preset!r}"
+        raise ValueError(f"{what} needs arrays {', '.join(missing)}, which are missing")
+    tensors = {name: _tensor(getattr(arrays, name)) for name in needed}
+    steps = cfg.model.frame_steps
+    if "frames" in tensors and steps > 1 and tensors["frames"].shape[1] == arrays.audio.shape[1] * steps:
+        # pool the S frame steps of each segment once here instead of in every forward pass: identical result
+        # (the model's Linear commutes with the average), 1/S of the memory traffic per epoch
+        tensors["frames"] = pool_frames(tensors["frames"], steps)
+    return tensors
+
+
+def iterate_batches(tensors: dict[str, Tensor], batch_size: int, generator: Optional[torch.Generator] = None,
+                    shuffle: bool = True) -> Iterator[dict[str, Tensor]]:
+    """Mini-batches (dicts of the same keys); a fresh permutation from `generator` per call when shuffling.
+    Like a DataLoader with drop_last=False."""
+    n = len(next(iter(tensors.values())))
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        index = order[start:start + batch_size]
+        yield {name: t.index_select(0, index) if shuffle else t[start:start + batch_size] for name, t in tensors.items()}
+
+
+def _forward(model: nn.Module, batch: dict[str, Tensor], device: torch.device) -> HANOutput:
+    def get(name: str) -> Optional[Tensor]:
+        t = batch.get(name)
+        return None if t is None else t.to(device, non_blocking=True).float()
+    return model(get("audio"), get("frames"), get("clips"))
+
+
+# --- training --------------------------------------------------------------------------------------------------------
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[dict[str, Tensor]],
+                cfg: TrainConfig, epoch: int) -> float:
+    """One epoch (epochs count from 1): set the epoch's learning rate, step through `batches`; mean loss per video."""
+    set_lr(optimizer, lr_at_epoch(epoch, cfg.optim))
+    device = next(model.parameters()).device
+    model.train()
+    total, count = 0.0, 0
+    for batch in batches:
+        out = _forward(model, batch, device)
+        targets = {name: batch[name].to(device, non_blocking=True).float() for name in ("weak",) + TARGETS[cfg.loss]}
+        loss = compute_loss(cfg.loss, out, targets, cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        size = len(targets["weak"])
+        total += float(loss.detach()) * size
+        count += size
+    return total / max(count, 1)
+
+
+# --- inference and evaluation ----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict_probs(model: HAN, arrays: AVVPArrays, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """(segment_prob (N, T, 2, C), global_prob (N, C)) as float32 NumPy arrays, in eval mode."""
+    cfg = TrainConfig(model=model.cfg)
+    tensors = to_tensors(arrays, cfg, targets=False)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    seg, glob = [], []
+    for batch in iterate_batches(tensors, batch_size, shuffle=False):
+        out = _forward(model, batch, device)
+        seg.append(out.segment_prob.float().cpu())
+        glob.append(out.global_prob.float().cpu())
+    model.train(was_training)
+    return torch.cat(seg).numpy(), torch.cat(glob).numpy()
+
+
+def decide(segment_prob: np.ndarray, global_prob: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """The official HAN/VALOR rule: on iff segment prob >= 0.5 AND the video's global (MMIL) prob >= 0.5."""
+    on = (segment_prob >= threshold) & (global_prob >= threshold)[:, None, None, :]
+    on = on.astype(np.uint8)
+    return on[:, :, 0], on[:, :, 1]
+
+
+def predict(model: HAN, arrays: AVVPArrays, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """(pred_audio, pred_visual), each (N, 10, 25) uint8, by the official rule."""
+    return decide(*predict_probs(model, arrays, batch_size))
+
+
+def evaluate_model(model: HAN, arrays: AVVPArrays, batch_size: int = 512):
+    """Official segment- and event-level scores (valor_core.metrics.AVVPScores) on a split with dense GT."""
+    from valor_core.metrics import evaluate
+
+    if arrays.audio_gt is None or arrays.visual_gt is None:
+        raise ValueError("evaluate_model needs dense GT (audio_gt, visual_gt): only val/test splits have it")
+    pred_a, pred_v = predict(model, arrays, batch_size)
+    return evaluate(pred_a, pred_v, arrays.audio_gt, arrays.visual_gt)
+
+
+def select_value(scores: Any, metric: str) -> float:
+    """`segment.type` -> scores.segment["type"]."""
+    level, _, key = metric.partition(".")
+    try:
+        return float(getattr(scores, level)[key])
+    except (AttributeError, KeyError):
+        raise ValueError(f"unknown selection metric {metric!r}; use LEVEL.KEY, e.g. segment.type") from None
+
+
+# --- the whole loop --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    cfg: TrainConfig
+    model: HAN  # holds the best state
+    best_epoch: int
+    best_state: dict[str, Tensor]
+    val: Any  # AVVPScores of the best epoch
+    test: Any = None  # AVVPScores of the best epoch on test, when given
+    history: list[dict[str, Any]] = field(default_factory=list)  # per epoch: epoch, lr, loss, val, seconds
+    seconds: float = 0.0
+    trainable_params: int = 0
+
+
+def fit(train: AVVPArrays, val: AVVPArrays, cfg: TrainConfig, test: Optional[AVVPArrays] = None,
+        on_epoch: Optional[Callable[[dict[str, Any]], Any]] = None) -> FitResult:
+    """Train `cfg` on `train` for cfg.optim.epochs, keep the best val `cfg.select_metric` epoch (ties: the earlier),
+    score it on val (and test). `on_epoch(record)` is called after every epoch; returning False stops early."""
+    start = time.perf_counter()
+    device = resolve_device(cfg)
+    model = build_model(cfg).to(device)
+    optimizer = build_optimizer(model, cfg)
+    tensors = to_tensors(train, cfg)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # dropout
+    best_value, best_epoch, best_state, best_val = -np.inf, 0, None, None
+    history = []
+    for epoch in range(1, cfg.optim.epochs + 1):
+        t0 = time.perf_counter()
+        loss = train_epoch(model, optimizer, iterate_batches(tensors, cfg.optim.batch_size, generator), cfg, epoch)
+        train_seconds = time.perf_counter() - t0
+        scores = evaluate_model(model, val)
+        value = select_value(scores, cfg.select_metric)
+        record = {"epoch": epoch, "lr": lr_at_epoch(epoch, cfg.optim), "loss": loss, "val": scores,
+                  "train_seconds": train_seconds, "seconds": time.perf_counter() - t0}
+        history.append(record)
+        if value > best_value:
+            best_value, best_epoch, best_val = value, epoch, scores
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if on_epoch is not None and on_epoch(record) is False:
+            break
+    assert best_state is not None, "no epoch ran (cfg.optim.epochs < 1)"
+    model.load_state_dict(best_state)
+    test_scores = evaluate_model(model, test) if test is not None else None
+    return FitResult(cfg=cfg, model=model, best_epoch=best_epoch, best_state=best_state, val=best_val,
+                     test=test_scores, history=history, seconds=time.perf_counter() - start,
+                     trainable_params=count_trainable(model))
