@@ -1,6 +1,7 @@
 """`valor evaluate`: the official AVVP numbers (segment + event level) and label fidelity of predictions on val/test.
 
     valor evaluate --annotations DIR --split {val,test} --predictions {naive,FILE.npz} [--audio-file F] [--json]
+    valor evaluate --annotations DIR --split {val,test} --checkpoint RUN_OR_PATH [--features SOURCE] [--json]
 
 Predictions come from a *source*: `--predictions naive` (each video's weak labels on all 10 segments of both
 modalities) or `--predictions FILE.npz` (`video_ids` (N,) str, `audio` and `visual` (N, 10, 25) 0/1). Split videos
@@ -33,6 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiv
     source.add_argument("--predictions", metavar="{naive,FILE.npz}",
                         help="'naive' (weak labels on every segment of both modalities) or an .npz with video_ids, "
                              "audio, visual (N, 10, 25)")
+    source.add_argument("--checkpoint", metavar="RUN_OR_PATH",
+                        help="predict with a trained HAN: an MLflow run id of `valor train`, or a checkpoint dir")
+    parser.add_argument("--features", metavar="SOURCE", help="with --checkpoint: features to predict from (default: "
+                        "the source the run was trained on, e.g. sim:0)")
+    parser.add_argument("--tracking-uri", metavar="URI", help="with --checkpoint RUN: the MLflow store (default: "
+                        "$MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")
     return source
 
 
@@ -70,10 +77,13 @@ def align_predictions(split_ids: np.ndarray, pred_ids: np.ndarray, audio: np.nda
 
 def load_predictions(args: argparse.Namespace, split) -> tuple[np.ndarray, np.ndarray]:
     """(audio, visual) 0/1 predictions (N, 10, 25) aligned to `split.video_ids`, from the chosen source."""
+    if getattr(args, "checkpoint", None):
+        from workflows.train_ray import checkpoint_predictions
+
+        return checkpoint_predictions(args, split)
     if args.predictions == "naive":
         naive = np.repeat(split.weak[:, None, :], 10, axis=1)
         return naive, naive.copy()
-    # (issue 6: `elif getattr(args, "checkpoint", None): ...` predicts with a trained HAN here.)
     path = args.predictions
     try:
         with np.load(path, allow_pickle=False) as z:

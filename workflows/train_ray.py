@@ -417,3 +417,128 @@ def finish(ckpt_dir: str, data: dict, cfg, *, tracking_uri: Optional[str], run_i
                                             title=f"{cfg.preset} - {split}: parsing timelines")
                 tracking.log_dir(tracking_uri, run_id, d, "figures")
     return outcome
+
+
+# --- CLI glue (`valor train` without --dry-run; the parser lives in workflows/train.py) -----------------------------------
+
+
+def add_arguments(parser) -> None:
+    """The Ray Train / data / tracking options of `valor train` (model and optimiser overrides are train.py's)."""
+    g = parser.add_argument_group("data, Ray Train and MLflow")
+    g.add_argument("--features", default=None, metavar="SOURCE",
+                   help="sim[:SEED[:k=v,...]] (LLP-sim) or a `valor extract` features URI (dir or s3://)")
+    g.add_argument("--labels", default=None, metavar="SOURCE",
+                   help="a `valor harvest` output URI (default: the harvest beside the features, else harvested on "
+                        "the fly with the run's thresholds)")
+    g.add_argument("--annotations", default=None, metavar="DIR",
+                   help="LLP annotation CSVs (default: $VALOR_ANNOTATIONS or ../shared/data/llp)")
+    g.add_argument("--workers", type=int, default=None, metavar="N", help="Ray Train DDP workers (default 2)")  # default applied in run_cli
+    g.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL); default CPU (gloo)")
+    g.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")
+    g.add_argument("--experiment", default="valor", metavar="E", help="MLflow experiment (default: %(default)s)")
+    g.add_argument("--run-name", default=None, metavar="NAME")
+    g.add_argument("--storage", default=None, metavar="URI",
+                   help="Ray Train storage for checkpoints: dir or s3://bucket/prefix (default: runs/ray)")
+    g.add_argument("--max-failures", type=int, default=3, metavar="K",
+                   help="worker-group restarts from the last checkpoint (FailureConfig; default %(default)s)")
+    g.add_argument("--max-train-videos", type=int, default=None, metavar="N",
+                   help="train on a seeded random subset of N train videos (quick runs)")
+    g.add_argument("--ray-address", default=None, metavar="ADDR", help="existing Ray cluster (default: in-process)")
+    g.add_argument("--no-figures", action="store_true", help="skip the PNG artifacts")
+
+
+def run_cli(args, cfg) -> int:
+    """Train `cfg` as the parsed `args` say; prints the summary (or with --json one JSON line, last)."""
+    import sys
+
+    from workflows.datasets import DataError, load_training_data
+
+    features = getattr(args, "features", None) or "sim"
+    workers = int(getattr(args, "workers", None) or 2)
+    use_gpu = bool(getattr(args, "gpu", False) or cfg.use_gpu)
+    try:
+        data, cfg, meta = load_training_data(features, cfg, labels=getattr(args, "labels", None),
+                                             annotations=getattr(args, "annotations", None),
+                                             max_train=getattr(args, "max_train_videos", None))
+    except (DataError, FileNotFoundError, ValueError) as err:
+        print(f"valor train: error: {err}", file=sys.stderr)
+        return 1
+    outcome = train(cfg, data, workers=workers, use_gpu=use_gpu, tracking_uri=getattr(args, "tracking_uri", None),
+                    experiment=getattr(args, "experiment", "valor"), storage=getattr(args, "storage", None),
+                    run_name=getattr(args, "run_name", None), data_meta=meta,
+                    max_failures=getattr(args, "max_failures", 3), ray_address=getattr(args, "ray_address", None),
+                    figures=not getattr(args, "no_figures", False))
+    if getattr(args, "json", False):
+        print(json.dumps(outcome.as_json()))
+    else:
+        print(f"run {outcome.run_id} ({outcome.tracking_uri}): {outcome.epochs} epochs, best epoch "
+              f"{outcome.best_epoch}, {outcome.seconds:.1f} s; checkpoint {outcome.checkpoint}")
+        for split in ("val", "test"):
+            s = getattr(outcome, split)
+            if s:
+                print(f"  {split:4s} segment " + " ".join(f"{k}={v:.2f}" for k, v in s["segment"].items()))
+                print(f"  {split:4s} event   " + " ".join(f"{k}={v:.2f}" for k, v in s["event"].items()))
+    return 0
+
+
+# --- `valor evaluate --checkpoint RUN_OR_PATH` ---------------------------------------------------------------------------
+
+
+def resolve_checkpoint(ref: str, tracking_uri: Optional[str] = None) -> str:
+    """A local checkpoint directory (best_model.pt + config.json) for RUN_OR_PATH:
+    a checkpoint dir; a best_model.pt / model.pt file; a Ray Train run dir (its newest epoch_* checkpoint);
+    an s3:// checkpoint prefix (downloaded); or an MLflow run id (its `checkpoint/` artifact)."""
+    from workflows import objstore, tracking
+
+    def ray_run_dir(d: str) -> Optional[str]:
+        epochs = sorted(x for x in os.listdir(d) if x.startswith("epoch_") and
+                        os.path.exists(os.path.join(d, x, "config.json")))
+        return os.path.join(d, epochs[-1]) if epochs else None
+
+    if objstore.is_s3(ref):
+        import pyarrow.fs as pafs
+
+        fs, path = objstore.fs_for(ref)
+        local = tempfile.mkdtemp(prefix="valor-ckpt-")
+        pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        ref = local
+    if os.path.isfile(ref):
+        return os.path.dirname(os.path.abspath(ref))
+    if os.path.isdir(ref):
+        if os.path.exists(os.path.join(ref, "config.json")):
+            return ref
+        found = ray_run_dir(ref)
+        if found:
+            return found
+        raise FileNotFoundError(f"{ref}: no valor checkpoint (config.json + best_model.pt) there")
+    import mlflow
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    try:
+        return mlflow.artifacts.download_artifacts(run_id=ref, artifact_path="checkpoint", tracking_uri=uri)
+    except Exception as err:
+        raise FileNotFoundError(f"{ref!r} is neither a checkpoint path nor a run id with a checkpoint in {uri} "
+                                f"({type(err).__name__}: {err})") from None
+
+
+def checkpoint_predictions(args, split) -> tuple[np.ndarray, np.ndarray]:
+    """(audio, visual) 0/1 predictions of a trained HAN for the LLP split `split` (official rule), aligned to its ids.
+    Features: --features, else the source recorded with the checkpoint."""
+    from valor_core.fit import predict
+    from workflows.datasets import load_eval_split
+    from workflows.evaluate import EvaluateError, align_predictions
+
+    try:
+        ckpt = resolve_checkpoint(args.checkpoint, getattr(args, "tracking_uri", None))
+        model, cfg, meta = load_checkpoint_model(ckpt)
+        features = getattr(args, "features", None) or meta.get("data", {}).get("features")
+        if not features:
+            raise EvaluateError(f"{args.checkpoint}: the checkpoint records no features source; pass --features")
+        arrays = load_eval_split(features, split.name, cfg, annotations=args.annotations)
+    except (FileNotFoundError, ValueError) as err:
+        raise EvaluateError(str(err)) from None
+    pa, pv = predict(model, arrays)
+    audio, visual, extra = align_predictions(split.video_ids, arrays.video_ids, pa, pv,
+                                             source=f"checkpoint {args.checkpoint} on {features}")
+    return audio.astype(np.uint8), visual.astype(np.uint8)

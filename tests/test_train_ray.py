@@ -1,0 +1,162 @@
+"""End-to-end: `valor train` on real Ray Train V2 (2 CPU workers, gloo DDP) + real MLflow (sqlite), LLP-sim data.
+
+Kept small for 2 shared cores: 1,024 sampled LLP-sim train videos with smaller simulated frame/clip features, a narrow
+HAN (the `valor` preset with model.hidden=64, ff=128) and a 1-epoch warm-up at lr 1e-3 so the loss moves within two
+epochs. Everything else -- the preset's loss, AdamW, batch 64 (32 per worker), val/test on the real LLP GT -- is as in
+a real run. One Ray instance for the module.
+
+The worker-kill test kills a worker process for real: VALOR_TEST_KILL_WORKER (test-only hook, see
+workflows/train_ray.py) makes rank 1 SIGKILL itself after its first batch of epoch 2; FailureConfig restarts the worker
+group, which resumes from the epoch-1 checkpoint and completes epoch 3.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests.conftest import LLP_DIR
+
+pytestmark = pytest.mark.skipif(not (LLP_DIR / "AVVP_train.csv").exists(), reason="LLP annotations not available")
+
+FEATURES = "sim:0:frame_dim=128,clip_dim=64"
+TRAIN_VIDEOS = 1024
+OVERRIDES = {"model.hidden": 64, "model.heads": 4, "model.ff": 128, "optim.warmup_epochs": 1, "optim.lr_max": 1e-3,
+             "optim.lr_min": 1e-4}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    from workflows.train_ray import init_ray
+
+    init_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train_ray")
+    return {"dir": d, "uri": f"sqlite:///{d}/mlflow.db", "storage": str(d / "ray")}
+
+
+@pytest.fixture(scope="module")
+def sim_data():
+    from valor_core.config import replace
+    from valor_core.presets import get_preset
+    from workflows.datasets import load_training_data
+
+    cfg = replace(get_preset("valor"), **OVERRIDES)
+    data, cfg, meta = load_training_data(FEATURES, cfg, annotations=str(LLP_DIR), max_train=TRAIN_VIDEOS)
+    return data, cfg, meta
+
+
+def _train(cfg, sim_data, store, epochs, **kw):
+    from valor_core.config import replace
+    from workflows.train_ray import train
+
+    data, _, meta = sim_data
+    return train(replace(cfg, **{"optim.epochs": epochs}), data, workers=2, tracking_uri=store["uri"],
+                 storage=store["storage"], data_meta=meta, **kw)
+
+
+def _history(client, run_id, key):
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_ddp_training_tracks_everything(ray_local, store, sim_data, tmp_path, monkeypatch):
+    from workflows import tracking
+
+    data, cfg, meta = sim_data
+    assert meta["adapted"]["frame_steps"] == [8, 1] and meta["adapted"]["frame_dim"] == [2048, 128]
+    shards = tmp_path / "shards"
+    monkeypatch.setenv("VALOR_TRAIN_RECORD_SHARDS", str(shards))
+    out = _train(cfg, sim_data, store, epochs=2, run_name="valor-2ep")
+    assert out.epochs == 2 and out.best_epoch in (1, 2)
+    for split in ("val", "test"):
+        scores = getattr(out, split)
+        assert set(scores) == {"segment", "event"}
+        assert all(set(scores[lvl]) == {"audio", "visual", "av", "type", "event"} for lvl in scores)
+
+    # the two workers saw disjoint, equal shards covering the (even part of the) train set, reshuffled per epoch
+    train_ids = set(data["train"].video_ids.tolist())
+    per_epoch = []
+    for epoch in (1, 2):
+        r0 = json.loads((shards / f"epoch{epoch}_rank0.json").read_text())["ids"]
+        r1 = json.loads((shards / f"epoch{epoch}_rank1.json").read_text())["ids"]
+        assert len(r0) == len(r1) == TRAIN_VIDEOS // 2
+        assert not set(r0) & set(r1)
+        assert set(r0) | set(r1) <= train_ids and len(set(r0) | set(r1)) == TRAIN_VIDEOS
+        per_epoch.append(r0)
+    assert per_epoch[0] != per_epoch[1]
+
+    c = tracking.client(store["uri"])
+    run = c.get_run(out.run_id)
+    assert run.info.status == "FINISHED"
+    p = run.data.params
+    assert p["preset"] == "valor" and p["model.hidden"] == "64" and p["optim.lr_max"] == "0.001"
+    assert p["model.frame_dim"] == "128" and p["data.features"] == FEATURES and p["train.workers"] == "2"
+    assert json.loads(p["data.thresholds.audio"])[0] == 0.0  # Table 6 theta^CLAP of Speech
+    assert not any("secret" in k or "access_key" in k for k in p)
+    # per-epoch metrics from rank 0: train loss decreases
+    loss = _history(c, out.run_id, "train_loss")
+    assert [s for s, _ in loss] == [1, 2]
+    assert loss[1][1] < loss[0][1], loss
+    assert [s for s, _ in _history(c, out.run_id, "val.segment.type")] == [1, 2]
+    # final metrics: all ten numbers for val and test, equal to what train() returned
+    m = run.data.metrics
+    for split in ("val", "test"):
+        for lvl in ("segment", "event"):
+            for k in ("audio", "visual", "av", "type", "event"):
+                assert m[f"final.{split}.{lvl}.{k}"] == pytest.approx(getattr(out, split)[lvl][k], abs=0.006)
+    arts = {a.path for a in c.list_artifacts(out.run_id, "figures")}
+    assert {"figures/classwise_f_val.png", "figures/classwise_f_test.png", "figures/timelines_val.png",
+            "figures/timelines_test.png"} <= arts
+    assert {a.path for a in c.list_artifacts(out.run_id, "checkpoint")} >= {"checkpoint/best_model.pt",
+                                                                             "checkpoint/config.json"}
+    png = c.download_artifacts(out.run_id, "figures/classwise_f_test.png", str(tmp_path))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    # Ray Train checkpoints, one per epoch, in the run's storage path
+    assert out.checkpoint.endswith("epoch_002") and os.path.exists(os.path.join(out.checkpoint, "best_model.pt"))
+
+
+def test_worker_killed_in_epoch_2_resumes_from_epoch_1(ray_local, store, sim_data, tmp_path, monkeypatch):
+    from workflows import tracking
+
+    marker = tmp_path / "killed"
+    monkeypatch.setenv("VALOR_TEST_KILL_WORKER", f"epoch=2,rank=1,marker={marker}")
+    data, cfg, meta = sim_data
+    out = _train(cfg, sim_data, store, epochs=3, run_name="valor-kill")
+    assert marker.exists(), "the kill hook never fired"
+    assert out.epochs == 3
+    c = tracking.client(store["uri"])
+    resumed = _history(c, out.run_id, "resumed_from_epoch")
+    assert resumed == [(1, 1.0)], resumed  # restarted once, from the epoch-1 checkpoint
+    assert [s for s, _ in _history(c, out.run_id, "train_loss")] == [1, 2, 3]
+    assert c.get_run(out.run_id).data.metrics["epochs_completed"] == 3
+    assert out.checkpoint.endswith("epoch_003")
+
+
+def test_compare_and_evaluate_checkpoint(ray_local, store, capsys):
+    from workflows.cli import main
+
+    assert main(["compare", "--tracking-uri", store["uri"], "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["run_name"] for r in runs] == ["valor-kill", "valor-2ep"]
+    for r in runs:
+        assert r["preset"] == "valor" and r["features"] == FEATURES and r["labels"] == "on the fly"
+        assert r["val"]["segment"]["type"] is not None and r["test"]["event"]["event"] is not None
+        assert r["params"]["model.hidden"] == "64"
+    assert runs[0]["epochs"] == 3 and runs[1]["epochs"] == 2
+
+    # valor evaluate --checkpoint RUN: the official metric on the val split, same JSON as the foundation
+    run_id = runs[1]["run_id"]
+    assert main(["evaluate", "--annotations", str(LLP_DIR), "--split", "val", "--checkpoint", run_id,
+                 "--tracking-uri", store["uri"], "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["split"] == "val" and result["videos"] == 649 and set(result["fidelity"]) == {"audio", "visual", "av"}
+    assert result["segment"] == runs[1]["val"]["segment"] and result["event"] == runs[1]["val"]["event"]
