@@ -1,0 +1,695 @@
+"""`valor extract`: videos -> per-segment CLIP/CLAP logits and embeddings, as Parquet on a local dir or S3 (Ray Data).
+
+    manifest (CSV) + video root (dir or s3://)                  workflows.manifest.read_manifest
+      │  skip videos already in <out> (and, unless --retry-failed, in <failures>)       resumable, idempotent
+    read + decode          CPU tasks: bytes from S3 / local path -> decord; T frames resized to 224 here, audio T segs
+      │                    a fatal MediaError becomes a failure row (stage "decode"), the run goes on
+    CLIP actors            ActorPoolStrategy(min, max) x (num_gpus per actor | CPUs): (n,T,25) logits + (n,T,d) emb
+    CLAP actors            same for the audio segments (skipped, and the row marked partial, when audio is missing)
+      │
+    write                  every `rows_per_file` videos: one Parquet file, staged under <out>/_staging, validated,
+                           then published under <out>/part-*.parquet (rename locally; server-side copy on S3, where
+                           an object appears complete or not at all). Failures go to <failures>/part-*.parquet.
+
+Exactly once: a video is "done" iff a published part holds it; a killed run leaves at most staged files (hidden: their
+path starts with `_`, which pyarrow.dataset and Ray Data skip) that the next run deletes and redoes. One writer per output.
+
+Layout (URI = --out):
+    URI/part-<run>-<n>.parquet   the features dataset (`pyarrow.dataset.dataset(URI)` reads it; schema below)
+    FAILURES/part-<run>-<n>.parquet  the failures table; FAILURES = sibling `failures` when URI ends in `/features`
+                                 (the pipeline layout <output>/features + <output>/failures), else `<URI>_failures`
+    URI/_runs/<run>.json         what each run used (config, teachers, code version) and its summary
+    URI/_staging/                in-flight files (never read as data)
+
+Features schema (SCHEMA_VERSION 1; T = media.segments = 10, C = 25 classes in Table 6 order):
+    video_id string · split string · labels string (weak label names) · weak fixed_size_list<uint8>[25]
+    clip_ok, clap_ok bool      whether that teacher produced output (False: its columns below are all NaN)
+    clip_logits, clap_logits   fixed_size_list<fixed_size_list<float32>[25]>[T]   (logit_scale x cosine)
+    clip_emb, clap_emb         fixed_size_list<fixed_size_list<float32>[d]>[T]    (L2-normalised; d = teacher dim)
+    clip_dense_emb             fixed_size_list<fixed_size_list<float32>[d]>[8T]   (only with dense=true)
+    clip_teacher, clip_checkpoint, clap_teacher, clap_checkpoint  string
+    status string ("ok" | "partial": one teacher had no input, e.g. no audio track) · error string (why partial)
+    issues string (recoverable media issues, "kind: reason; ...") · notes string (policies applied)
+    duration float32 (s) · source string (video URI) · run_id string · schema_version int16
+Failures schema: video_id · stage ("read" | "decode" | "clip" | "clap" | "write") · kind · reason · fatal bool (True:
+    no features row) · source · run_id · schema_version. Partial videos have a features row AND a non-fatal failure row.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import posixpath
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from valor_core.classes import NUM_CLASSES
+from valor_core.config import ExtractConfig, MediaConfig, StorageConfig, TeacherConfig, redacted, to_dict
+from workflows import objstore
+from workflows.manifest import Entry, read_manifest
+
+SCHEMA_VERSION = 1
+STAGING = "_staging"
+RUNS = "_runs"
+# Environment a worker needs to load teachers offline (tiny teachers, HF caches) -- forwarded via runtime_env.
+FORWARD_ENV_PREFIXES = ("HF_", "TRANSFORMERS_", "HUGGINGFACE_", "VALOR_", "TORCH_HOME", "OPEN_CLIP", "WANDB_MODE",
+                        "TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS")
+
+
+def failures_uri(out: str) -> str:
+    """Where the failures table of dataset `out` lives (beside it)."""
+    out = str(out).rstrip("/")
+    parent, base = posixpath.split(out)
+    if base == "features" and parent and not parent.endswith(":/"):
+        return posixpath.join(parent, "failures")
+    return out + "_failures"
+
+
+# --- Arrow helpers ---------------------------------------------------------------------------------------------------
+
+
+def _fsl(arr: np.ndarray, valid: Optional[np.ndarray] = None):
+    """(n, a, b) numpy -> fixed_size_list<fixed_size_list<dtype>[b]>[a]; rows where valid is False are all-NaN.
+
+    (Not Arrow nulls: pyarrow 25 cannot read back a null entry of a nested fixed_size_list from Parquet.)"""
+    import pyarrow as pa
+
+    n, a, b = arr.shape
+    arr = np.array(arr, np.float32, copy=True) if valid is not None else np.ascontiguousarray(arr, np.float32)
+    if valid is not None:
+        arr[~np.asarray(valid, bool)] = np.nan
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), b)
+    return pa.FixedSizeListArray.from_arrays(inner, a)
+
+
+def column_to_numpy(col, dtype=np.float32) -> np.ndarray:
+    """A (nested) fixed_size_list column -> (n, ...) numpy (e.g. clip_logits -> (n, 10, 25)); nulls -> NaN or 0."""
+    import pyarrow as pa
+
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    shape = []
+    t = col.type
+    while pa.types.is_fixed_size_list(t):
+        shape.append(t.list_size)
+        t = t.value_type
+    n = len(col)
+    if n == 0:
+        return np.zeros((0, *shape), dtype)
+    nulls = col.is_null().to_numpy(zero_copy_only=False)
+    if nulls.any():
+        col = col.fill_null(pa.scalar([[0] * shape[-1]] * shape[0] if len(shape) == 2 else [0] * shape[0], col.type))
+    flat = col
+    for _ in shape:
+        flat = flat.flatten()
+    out = flat.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(n, *shape)
+    if nulls.any() and np.issubdtype(dtype, np.floating):
+        out = out.copy()
+        out[nulls] = np.nan
+    return out
+
+
+def read_features(out: str, opts: Optional[dict] = None, columns: Optional[list[str]] = None):
+    """The published features dataset as one pyarrow Table (what `pyarrow.dataset.dataset(out)` reads)."""
+    import pyarrow.dataset as ds
+
+    fs, path = objstore.fs_for(out, opts)
+    files = _parts(out, opts)
+    if not files:
+        return None
+    return ds.dataset(files, filesystem=fs, format="parquet").to_table(columns=columns)
+
+
+def read_failures(out: str, opts: Optional[dict] = None, failures: Optional[str] = None):
+    """The failures table, current view: fatal rows of videos that later succeeded (`--retry-failed`) are dropped."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    furi = failures or failures_uri(out)
+    fs, _ = objstore.fs_for(furi, opts)
+    files = _parts(furi, opts)
+    if not files:
+        return pa.Table.from_pylist([], schema=failure_schema())
+    table = ds.dataset(files, filesystem=fs, format="parquet").to_table()
+    feats = read_features(out, opts, columns=["video_id"])
+    if feats is not None and table.num_rows:
+        done = feats.column("video_id")
+        stale = pc.and_(table.column("fatal"), pc.is_in(table.column("video_id"), value_set=done))
+        table = table.filter(pc.invert(stale))
+    return table
+
+
+def _parts(uri: str, opts: Optional[dict]) -> list[str]:
+    return [p for p in objstore.list_files(uri, opts, suffix=".parquet")
+            if not posixpath.basename(p).startswith(("_", "."))]
+
+
+def failure_schema():
+    import pyarrow as pa
+
+    return pa.schema([("video_id", pa.string()), ("stage", pa.string()), ("kind", pa.string()),
+                      ("reason", pa.string()), ("fatal", pa.bool_()), ("source", pa.string()),
+                      ("run_id", pa.string()), ("schema_version", pa.int16())])
+
+
+# --- stages (run inside Ray tasks/actors) ----------------------------------------------------------------------------
+
+
+def _row_fail(stage: str, err: BaseException) -> tuple[str, str, str]:
+    kind = getattr(err, "kind", None) or type(err).__name__
+    reason = getattr(err, "reason", None) or str(err) or type(err).__name__
+    return stage, kind, reason
+
+
+class Decode:
+    """CPU stage: read each video (path or S3 bytes) and decode T resized frames + T audio segments.
+
+    Output columns (numpy batch): the manifest columns, `ok` (decoded), `frames` (n,T,S,S,3) uint8 (zeros when not ok),
+    `audio` (n,) bytes of float32 (T, L_i) (b"" when missing: L differs across videos under the uniform policy),
+    `audio_len` (n,) L_i, `audio_ok`, optional `dense` (n,8T,S,S,3), `fail_stage`/`fail_kind`/`fail_reason`,
+    `issues`, `notes`, `duration`."""
+
+    def __init__(self, media: MediaConfig, opts: Optional[dict]):
+        self.media, self.opts = media, opts
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from valor_core.media import decode
+
+        m = self.media
+        n, T, S = len(batch["video_id"]), m.segments, m.frame_size
+        frames = np.zeros((n, T, S, S, 3), np.uint8)
+        dense = np.zeros((n, 8 * T, S, S, 3), np.uint8) if m.dense_frames else None
+        audio = np.empty(n, dtype=object)
+        audio_len = np.zeros(n, np.int64)
+        ok = np.zeros(n, bool)
+        audio_ok = np.zeros(n, bool)
+        fail = {k: np.full(n, "", dtype=object) for k in ("fail_stage", "fail_kind", "fail_reason")}
+        issues = np.full(n, "", dtype=object)
+        notes = np.full(n, "", dtype=object)
+        duration = np.zeros(n, np.float32)
+        for i in range(n):
+            vid, src = str(batch["video_id"][i]), str(batch["source"][i])
+            audio[i] = b""
+            try:
+                data: Any = objstore.read_bytes(src, self.opts) if objstore.is_s3(src) else src
+                if not objstore.is_s3(src) and not os.path.exists(src):
+                    raise FileNotFoundError(f"no such file: {src}")
+            except Exception as err:  # noqa: BLE001 - any read problem is this video's failure
+                fail["fail_stage"][i], fail["fail_kind"][i], fail["fail_reason"][i] = _row_fail("read", err)
+                continue
+            try:
+                d = decode(data, vid, m)
+            except Exception as err:  # noqa: BLE001 - MediaError (fatal kinds) or anything unexpected
+                fail["fail_stage"][i], fail["fail_kind"][i], fail["fail_reason"][i] = _row_fail("decode", err)
+                continue
+            finally:
+                del data
+            ok[i] = True
+            frames[i] = d.frames
+            if dense is not None and d.dense_frames is not None:
+                dense[i] = d.dense_frames
+            if d.audio is not None and not d.audio_missing:
+                a = np.ascontiguousarray(d.audio, np.float32)
+                audio[i], audio_len[i], audio_ok[i] = a.tobytes(), a.shape[1], True
+            else:
+                fail["fail_stage"][i], fail["fail_kind"][i] = "clap", "no_audio"
+                fail["fail_reason"][i] = d.audio_reason or "audio missing"
+            issues[i] = "; ".join(f"{e.kind}: {e.reason}" for e in d.issues)
+            notes[i] = "; ".join(d.notes)
+            duration[i] = d.duration
+        out = dict(batch)
+        out.update(ok=ok, frames=frames, audio=audio, audio_len=audio_len, audio_ok=audio_ok, issues=issues,
+                   notes=notes, duration=duration, **fail)
+        if dense is not None:
+            out["dense"] = dense
+        return out
+
+
+def default_loader(kind: str) -> Callable:
+    """valor_core.teachers.load_clip_teacher / load_clap_teacher: (spec, TeacherConfig) -> teacher."""
+    from valor_core import teachers
+
+    return getattr(teachers, f"load_{kind}_teacher")
+
+
+def _set_threads(num_cpus: float) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(round(num_cpus))))
+
+
+class _TeacherStage:
+    kind = ""
+
+    def __init__(self, spec: str, tcfg: TeacherConfig, num_cpus: float, dense: bool = False,
+                 loader: Optional[Callable] = None):
+        _set_threads(num_cpus)
+        self.teacher = (loader or default_loader(self.kind))(spec, tcfg)
+        self.dense = dense
+
+    def _run(self, x) -> tuple[np.ndarray, np.ndarray]:
+        logits, emb = self.teacher.segment_logits(x)
+        return np.asarray(logits, np.float32), np.asarray(emb, np.float32)
+
+    def _apply(self, batch, inputs: Callable[[np.ndarray], Any], usable: np.ndarray, T: int):
+        n, d = len(usable), int(self.teacher.dim)
+        logits = np.zeros((n, T, NUM_CLASSES), np.float32)
+        emb = np.zeros((n, T, d), np.float32)
+        done = np.zeros(n, bool)
+        idx = np.flatnonzero(usable)
+        if len(idx):
+            try:
+                lg, em = self._run(inputs(idx))
+                logits[idx], emb[idx], done[idx] = lg, em, True
+            except Exception:  # noqa: BLE001 - isolate the bad video(s): one at a time
+                for i in idx:
+                    try:
+                        lg, em = self._run(inputs(np.array([i])))
+                        logits[i], emb[i], done[i] = lg[0], em[0], True
+                    except Exception as err:  # noqa: BLE001
+                        stage, kind, reason = _row_fail(self.kind, err)
+                        batch["fail_stage"][i], batch["fail_kind"][i] = stage, kind
+                        batch["fail_reason"][i] = reason
+        batch[f"{self.kind}_logits"], batch[f"{self.kind}_emb"], batch[f"{self.kind}_ok"] = logits, emb, done
+        batch[f"{self.kind}_teacher"] = np.full(n, str(getattr(self.teacher, "name", "")), dtype=object)
+        batch[f"{self.kind}_checkpoint"] = np.full(n, str(getattr(self.teacher, "checkpoint", "")), dtype=object)
+        return batch
+
+
+class ClipStage(_TeacherStage):
+    """Actor: CLIP image tower on the T frames of each decoded video. Drops the frames column (not needed later)."""
+
+    kind = "clip"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = {k: (v.copy() if k.startswith("fail_") else v) for k, v in batch.items()}
+        frames = batch.pop("frames")
+        dense = batch.pop("dense", None)
+        T = frames.shape[1]
+        batch = self._apply(batch, lambda idx: frames[idx], batch["ok"].astype(bool), T)
+        if self.dense and dense is not None:
+            n, d = len(frames), int(self.teacher.dim)
+            out = np.zeros((n, dense.shape[1], d), np.float32)
+            idx = np.flatnonzero(batch["clip_ok"])
+            if len(idx):
+                # the dense stack as 8T "segments" of one frame each: (n, 8T, d) image embeddings
+                _, em = self._run(dense[idx])
+                out[idx] = em
+            batch["clip_dense_emb"] = out
+        return batch
+
+
+class ClapStage(_TeacherStage):
+    """Actor: CLAP audio tower on the T audio segments of each video with audio. Drops the audio column."""
+
+    kind = "clap"
+
+    def __init__(self, spec: str, tcfg: TeacherConfig, num_cpus: float, segments: int,
+                 loader: Optional[Callable] = None):
+        super().__init__(spec, tcfg, num_cpus, loader=loader)
+        self.T = segments
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = {k: (v.copy() if k.startswith("fail_") else v) for k, v in batch.items()}
+        audio, lens = batch.pop("audio"), batch.pop("audio_len")
+        T = self.T
+
+        def inputs(idx):
+            segs = [np.frombuffer(audio[i], np.float32).reshape(T, int(lens[i])) for i in idx]
+            if len({s.shape for s in segs}) == 1:
+                return np.stack(segs)
+            return segs  # ragged (uniform policy on clips of other lengths): the teacher takes a list
+
+        usable = batch["ok"].astype(bool) & batch["audio_ok"].astype(bool)
+        return self._apply(batch, inputs, usable, T)
+
+
+@dataclass(frozen=True)
+class WriteSpec:
+    out: str
+    failures: str
+    opts: Optional[dict]
+    run_id: str
+    segments: int
+    dense: bool
+
+
+def _serialize(table) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def publish(fs, final_path: str, staging_dir: str, table) -> None:
+    """Stage, validate, then publish one Parquet file so that it is never visible half-written."""
+    import pyarrow.parquet as pq
+
+    data = _serialize(table)
+    tmp = posixpath.join(staging_dir, posixpath.basename(final_path))
+    objstore.put_atomic(fs, tmp, data)
+    with fs.open_input_file(tmp) as f:  # what the store holds is a whole Parquet file with every row
+        meta = pq.read_metadata(f)
+    if meta.num_rows != table.num_rows:
+        raise OSError(f"staged {tmp} holds {meta.num_rows} rows, expected {table.num_rows}")
+    fs.create_dir(posixpath.dirname(final_path), recursive=True)
+    fs.move(tmp, final_path)  # local: rename(2); S3: CopyObject (atomic) + delete of the staged object
+
+
+class Write:
+    """Last stage: one Parquet part per batch (`rows_per_file` videos) + one failures part; returns a summary batch."""
+
+    def __init__(self, spec: WriteSpec):
+        self.spec = spec
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import pyarrow as pa
+
+        s = self.spec
+        n = len(batch["video_id"])
+        ok = batch["ok"].astype(bool)
+        clip_ok, clap_ok = batch["clip_ok"].astype(bool), batch["clap_ok"].astype(bool)
+        done = ok & (clip_ok | clap_ok)
+        status = np.where(clip_ok & clap_ok, "ok", "partial").astype(object)
+        part = f"part-{s.run_id}-{uuid.uuid4().hex[:12]}.parquet"
+        fs, out_path = objstore.fs_for(s.out, s.opts)
+        ffs, fail_path = objstore.fs_for(s.failures, s.opts)
+        outcome = np.where(done, status, "failed").astype(object)
+        idx = np.flatnonzero(done)
+        if len(idx):
+            T = s.segments
+            weak = np.stack([np.asarray(w, np.uint8) for w in batch["weak"][idx]])
+            cols = {
+                "video_id": pa.array(batch["video_id"][idx].astype(str)),
+                "split": pa.array(batch["split"][idx].astype(str)),
+                "labels": pa.array(batch["labels"][idx].astype(str)),
+                "weak": pa.FixedSizeListArray.from_arrays(pa.array(weak.reshape(-1)), NUM_CLASSES),
+                "clip_ok": pa.array(clip_ok[idx]), "clap_ok": pa.array(clap_ok[idx]),
+                "clip_logits": _fsl(batch["clip_logits"][idx], clip_ok[idx]),
+                "clap_logits": _fsl(batch["clap_logits"][idx], clap_ok[idx]),
+                "clip_emb": _fsl(batch["clip_emb"][idx], clip_ok[idx]),
+                "clap_emb": _fsl(batch["clap_emb"][idx], clap_ok[idx]),
+            }
+            if s.dense and "clip_dense_emb" in batch:
+                cols["clip_dense_emb"] = _fsl(batch["clip_dense_emb"][idx], clip_ok[idx])
+            for k in ("clip_teacher", "clip_checkpoint", "clap_teacher", "clap_checkpoint"):
+                cols[k] = pa.array(batch[k][idx].astype(str))
+            err = np.where(status[idx] == "ok", "", [f"{st}: {k}: {r}" for st, k, r in zip(
+                batch["fail_stage"][idx], batch["fail_kind"][idx], batch["fail_reason"][idx])]).astype(str)
+            cols.update({
+                "status": pa.array(status[idx].astype(str)), "error": pa.array(err),
+                "issues": pa.array(batch["issues"][idx].astype(str)), "notes": pa.array(batch["notes"][idx].astype(str)),
+                "duration": pa.array(batch["duration"][idx].astype(np.float32)),
+                "source": pa.array(batch["source"][idx].astype(str)),
+                "run_id": pa.array([s.run_id] * len(idx)),
+                "schema_version": pa.array(np.full(len(idx), SCHEMA_VERSION, np.int16)),
+            })
+            table = pa.table(cols).replace_schema_metadata({"valor.schema_version": str(SCHEMA_VERSION),
+                                                            "valor.segments": str(T)})
+            publish(fs, posixpath.join(out_path, part), posixpath.join(out_path, STAGING), table)
+        fidx = np.flatnonzero(batch["fail_stage"].astype(str) != "")
+        if len(fidx):
+            ftable = pa.table({
+                "video_id": pa.array(batch["video_id"][fidx].astype(str)),
+                "stage": pa.array(batch["fail_stage"][fidx].astype(str)),
+                "kind": pa.array(batch["fail_kind"][fidx].astype(str)),
+                "reason": pa.array(batch["fail_reason"][fidx].astype(str)),
+                "fatal": pa.array(~done[fidx]),
+                "source": pa.array(batch["source"][fidx].astype(str)),
+                "run_id": pa.array([s.run_id] * len(fidx)),
+                "schema_version": pa.array(np.full(len(fidx), SCHEMA_VERSION, np.int16)),
+            }, schema=failure_schema())
+            # published after the features part: a kill in between only redoes this batch's failed videos
+            publish(ffs, posixpath.join(fail_path, part), posixpath.join(out_path, STAGING), ftable)
+        return {"video_id": batch["video_id"].astype(str), "outcome": outcome.astype(str),
+                "stage": batch["fail_stage"].astype(str), "reason": batch["fail_reason"].astype(str)}
+
+
+# --- driver ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    todo: list[Entry]
+    skipped: int
+    done_before: int
+    failed_before: int
+
+
+def plan(entries: list[Entry], out: str, failures: str, opts: Optional[dict], retry_failed: bool) -> Plan:
+    """Which entries still need work: not in a published features part, nor (unless retry_failed) failed before."""
+    import pyarrow.compute as pc
+
+    feats = read_features(out, opts, columns=["video_id"])
+    done = set(feats.column("video_id").to_pylist()) if feats is not None else set()
+    fails = read_failures(out, opts, failures)
+    failed = set(fails.filter(fails.column("fatal")).column("video_id").to_pylist()) if fails.num_rows else set()
+    failed -= done
+    skip = done | (set() if retry_failed else failed)
+    todo = [e for e in entries if e.video_id not in skip]
+    _ = pc  # (pyarrow.compute imported for read_failures' filter)
+    return Plan(todo=todo, skipped=len(entries) - len(todo), done_before=len(done & {e.video_id for e in entries}),
+                failed_before=len(failed & {e.video_id for e in entries}))
+
+
+def _clean_staging(out: str, opts: Optional[dict]) -> int:
+    """Delete what killed runs left in <out>/_staging (never data: staged files are published by a move)."""
+    fs, path = objstore.fs_for(out, opts)
+    staged = objstore.list_files(objstore.join(out, STAGING), opts, recursive=True)
+    for p in staged:
+        fs.delete_file(p)
+    return len(staged)
+
+
+def _code_version() -> str:
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        return subprocess.run(["git", "-C", here, "describe", "--always", "--dirty"], capture_output=True, text=True,
+                              timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, object_store_memory: Optional[int] = None,
+             include_dashboard: Optional[bool] = None, log: Callable[[str], None] = print) -> Callable[[], None]:
+    """Connect to `address` / RAY_ADDRESS, or start single-node Ray on 127.0.0.1. Returns the shutdown to call after
+    (a no-op when Ray was already initialised by the caller)."""
+    import ray
+
+    if ray.is_initialized():
+        return lambda: None
+    env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV_PREFIXES)}
+    runtime_env = {"env_vars": env_vars} if env_vars else None
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ctx = ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every Ray listener on 127.0.0.1
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        kw: dict = {"num_cpus": num_cpus, "object_store_memory": object_store_memory, "runtime_env": runtime_env}
+        if include_dashboard is not None:
+            kw["include_dashboard"] = include_dashboard
+        ctx = ray.init(dashboard_host="127.0.0.1", **{k: v for k, v in kw.items() if v is not None})
+    url = getattr(ctx, "dashboard_url", None)
+    if url:
+        log(f"Ray dashboard: {url if '://' in url else 'http://' + url}")
+    return ray.shutdown
+
+
+def build_dataset(todo: list[Entry], clip: str, clap: str, cfg: ExtractConfig, teachers: TeacherConfig,
+                  media: MediaConfig, spec: WriteSpec, opts: Optional[dict], loaders: Optional[dict] = None):
+    """The Ray Data pipeline (lazy): manifest rows -> decode tasks -> CLIP actors -> CLAP actors -> write tasks."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = float(resources.get("GPU", 0.0))
+    cpus = float(resources.get("CPU", 1.0))
+    if gpus > 0 and cfg.num_gpus > 0:
+        actor_res = {"num_gpus": cfg.num_gpus, "num_cpus": 1}
+        actor_cpus = 1.0
+    else:
+        # CPU-only: leave room for decode and write tasks beside the minimum actor pools (no scheduling deadlock)
+        min_actors = cfg.clip_actors[0] + cfg.clap_actors[0]
+        room = max(0.25, (cpus - cfg.decode_num_cpus - 0.25) / max(1, min_actors))
+        actor_cpus = min(cfg.actor_num_cpus, room)
+        actor_res = {"num_cpus": actor_cpus}
+    items = [{"video_id": e.video_id, "source": e.source, "split": e.split, "labels": e.labels,
+              "weak": np.asarray(e.weak, np.uint8)} for e in todo]
+    blocks = max(1, math.ceil(len(items) / max(1, cfg.decode_batch_size)))
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    ds = ds.map_batches(_decode_fn(media, opts), batch_size=cfg.decode_batch_size, num_cpus=cfg.decode_num_cpus,
+                        batch_format="numpy")
+    ds = ds.map_batches(ClipStage, fn_constructor_kwargs={"spec": clip, "tcfg": teachers, "num_cpus": actor_cpus,
+                                                          "dense": cfg.dense, "loader": (loaders or {}).get("clip")},
+                        compute=ray.data.ActorPoolStrategy(min_size=cfg.clip_actors[0], max_size=cfg.clip_actors[1]),
+                        batch_size=cfg.clip_batch_size, batch_format="numpy", **actor_res)
+    ds = ds.map_batches(ClapStage, fn_constructor_kwargs={"spec": clap, "tcfg": teachers, "num_cpus": actor_cpus,
+                                                          "segments": media.segments,
+                                                          "loader": (loaders or {}).get("clap")},
+                        compute=ray.data.ActorPoolStrategy(min_size=cfg.clap_actors[0], max_size=cfg.clap_actors[1]),
+                        batch_size=cfg.clap_batch_size, batch_format="numpy", **actor_res)
+    ds = ds.map_batches(_write_fn(spec), batch_size=cfg.rows_per_file, num_cpus=0.25, batch_format="numpy")
+    return ds
+
+
+def _decode_fn(media: MediaConfig, opts: Optional[dict]):
+    dec = Decode(media, opts)
+    return dec.__call__
+
+
+def _write_fn(spec: WriteSpec):
+    w = Write(spec)
+    return w.__call__
+
+
+@dataclass
+class Summary:
+    done: int
+    failed: int
+    skipped: int
+    seconds: float
+    out: str
+    partial: int = 0
+    failures: str = ""
+    run_id: str = ""
+    videos_per_s: float = 0.0
+    by_stage: dict = dataclasses.field(default_factory=dict)
+
+    def contract(self) -> dict:
+        """The `--json` last line (CLI contract)."""
+        return {"done": self.done, "failed": self.failed, "skipped": self.skipped, "seconds": round(self.seconds, 3),
+                "out": self.out}
+
+
+def run_extract(manifest: str, videos: str, clip: str, clap: str, out: str, *, cfg: ExtractConfig = ExtractConfig(),
+                teachers: TeacherConfig = TeacherConfig(), media: MediaConfig = MediaConfig(),
+                storage: StorageConfig = StorageConfig(), split: Optional[str] = None, failures: Optional[str] = None,
+                address: Optional[str] = None, num_cpus: Optional[int] = None,
+                object_store_memory: Optional[int] = None, include_dashboard: Optional[bool] = None,
+                loaders: Optional[dict] = None, log: Callable[[str], None] = print) -> Summary:
+    """Extract teacher outputs for every manifest video not yet in `out`. Starts (and stops) Ray unless already up."""
+    t0 = time.time()
+    if media.frame_size <= 0:
+        raise ValueError("extract needs a fixed frame size (media.frame_size > 0)")
+    out = out.rstrip("/")
+    if not objstore.is_s3(out):
+        out = objstore.fs_for(out)[1]
+    if not objstore.is_s3(videos):
+        videos = objstore.fs_for(videos)[1]
+    failures = (failures or failures_uri(out)).rstrip("/")
+    opts = objstore.s3_options(storage)
+    entries = read_manifest(manifest, videos, split=split, opts=opts)
+    cleaned = _clean_staging(out, opts)
+    if cleaned:
+        log(f"removed {cleaned} staged file(s) left by an interrupted run")
+    p = plan(entries, out, failures, opts, cfg.retry_failed)
+    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    log(f"extract: {len(entries)} videos in manifest, {p.skipped} already done/failed, {len(p.todo)} to do -> {out}")
+    summary = Summary(done=0, failed=0, skipped=p.skipped, seconds=0.0, out=out, failures=failures, run_id=run_id)
+    if p.todo:
+        shutdown = init_ray(address, num_cpus, object_store_memory, include_dashboard, log)
+        try:
+            spec = WriteSpec(out=out, failures=failures, opts=opts, run_id=run_id, segments=media.segments,
+                             dense=cfg.dense and media.dense_frames)
+            if cfg.dense and not media.dense_frames:
+                media = dataclasses.replace(media, dense_frames=True)
+                spec = dataclasses.replace(spec, dense=True)
+            ds = build_dataset(p.todo, clip, clap, cfg, teachers, media, spec, opts, loaders)
+            t_pipe = time.time()
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for outcome, stage in zip(batch["outcome"], batch["stage"]):
+                    if outcome == "failed":
+                        summary.failed += 1
+                        summary.by_stage[str(stage)] = summary.by_stage.get(str(stage), 0) + 1
+                    else:
+                        summary.done += 1
+                        summary.partial += outcome == "partial"
+            pipe_s = time.time() - t_pipe
+            summary.videos_per_s = (summary.done + summary.failed) / pipe_s if pipe_s > 0 else 0.0
+        finally:
+            shutdown()
+    summary.seconds = time.time() - t0
+    record = {"run_id": run_id, "schema_version": SCHEMA_VERSION, "manifest": manifest, "videos": videos,
+              "clip": clip, "clap": clap, "out": out, "failures": failures, "split": split,
+              "extract": to_dict(cfg), "teachers": to_dict(teachers), "media": to_dict(media),
+              "storage": redacted(storage), "code_version": _code_version(), "summary": dataclasses.asdict(summary),
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    objstore.write_bytes(objstore.join(out, RUNS, f"{run_id}.json"),
+                         (json.dumps(record, indent=1, default=str) + "\n").encode(), opts)
+    return summary
+
+
+# --- CLI -------------------------------------------------------------------------------------------------------------
+
+
+def _pair(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition(",")
+    return int(lo), int(hi or lo)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("extract", help="Ray Data: decode videos, CLIP/CLAP per-segment logits + embeddings -> Parquet",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--manifest", required=True, help="LLP-style CSV (filename, event_labels[, split][, path])")
+    p.add_argument("--videos", required=True, help="video root: local dir or s3://bucket/prefix")
+    p.add_argument("--clip", required=True, help="CLIP teacher spec (valor_core.teachers)")
+    p.add_argument("--clap", required=True, help="CLAP teacher spec")
+    p.add_argument("--out", required=True, help="output dataset URI: local dir or s3://bucket/prefix")
+    p.add_argument("--json", action="store_true", help="last line: {done, failed, skipped, seconds, out}")
+    p.add_argument("--failures", default=None, help="failures table URI (default: beside --out, see docs)")
+    p.add_argument("--split", default=None, help="split name for every row (default: manifest column / file name)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
+    p.add_argument("--num-cpus", type=int, default=None, help="local Ray only: CPUs to use")
+    p.add_argument("--object-store-mb", type=int, default=None, help="local Ray only: object store size")
+    p.add_argument("--no-dashboard", action="store_true", help="local Ray only: do not start the dashboard")
+    d = ExtractConfig()
+    p.add_argument("--rows-per-file", type=int, default=d.rows_per_file)
+    p.add_argument("--decode-batch", type=int, default=d.decode_batch_size)
+    p.add_argument("--clip-batch", type=int, default=d.clip_batch_size)
+    p.add_argument("--clap-batch", type=int, default=d.clap_batch_size)
+    p.add_argument("--clip-actors", type=_pair, default=d.clip_actors, metavar="MIN,MAX")
+    p.add_argument("--clap-actors", type=_pair, default=d.clap_actors, metavar="MIN,MAX")
+    p.add_argument("--num-gpus", type=float, default=d.num_gpus, help="per teacher actor, when GPUs exist")
+    p.add_argument("--dense", action="store_true", help="also store CLIP embeddings of the 80-frame 8-fps stack")
+    p.add_argument("--retry-failed", action="store_true", help="re-run videos listed in the failures table")
+    p.add_argument("--endpoint", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
+    p.add_argument("--access-key", default=None, help="default: AWS_ACCESS_KEY_ID")
+    p.add_argument("--secret-key", default=None, help="default: AWS_SECRET_ACCESS_KEY")
+    p.add_argument("--device", default=TeacherConfig.device)
+    p.add_argument("--teacher-batch", type=int, default=TeacherConfig.batch_size,
+                   help="frames (CLIP) / segments (CLAP) per forward")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args) -> int:
+    cfg = ExtractConfig(out=args.out, decode_batch_size=args.decode_batch, clip_batch_size=args.clip_batch,
+                        clap_batch_size=args.clap_batch, clip_actors=tuple(args.clip_actors),
+                        clap_actors=tuple(args.clap_actors), num_gpus=args.num_gpus, rows_per_file=args.rows_per_file,
+                        dense=args.dense, retry_failed=args.retry_failed)
+    teachers = TeacherConfig(clip=args.clip, clap=args.clap, device=args.device, batch_size=args.teacher_batch)
+    storage = StorageConfig(endpoint=args.endpoint, access_key=args.access_key, secret_key=args.secret_key)
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
+    s = run_extract(args.manifest, args.videos, args.clip, args.clap, args.out, cfg=cfg, teachers=teachers,
+                    storage=storage, split=args.split, failures=args.failures, address=args.address,
+                    num_cpus=args.num_cpus,
+                    object_store_memory=args.object_store_mb * 2**20 if args.object_store_mb else None,
+                    include_dashboard=False if args.no_dashboard else None, log=log)
+    by_stage = ", ".join(f"{k}: {v}" for k, v in sorted(s.by_stage.items()))
+    log(f"extract: done {s.done} (partial {s.partial}), failed {s.failed}{f' ({by_stage})' if by_stage else ''}, "
+        f"skipped {s.skipped} in {s.seconds:.1f} s ({s.videos_per_s:.2f} videos/s in the pipeline) -> {s.out}; "
+        f"failures: {s.failures}")
+    if args.json:
+        print(json.dumps(s.contract()), flush=True)
+    return 1 if (s.done == 0 and s.failed > 0) else 0
