@@ -67,8 +67,14 @@ def parse_sim(source: str) -> Optional[int]:
     return None
 
 
-def column_array(table, name: str, shape: tuple[int, ...], dtype=np.float32, ids=None) -> np.ndarray:
-    """A list / fixed-size-list / fixed-shape-tensor column as a (N, *shape) array, or LogitsError saying why not."""
+def column_array(table, name: str, shape: tuple[int, ...], dtype=np.float32, ids=None,
+                 allow_null: bool = False) -> np.ndarray:
+    """A list / fixed-size-list / fixed-shape-tensor column as a (N, *shape) array, or LogitsError saying why not.
+    With allow_null, null rows become NaN instead of an error.
+
+    Rows are selected in NumPy *after* conversion, never with Arrow's filter/take: pyarrow 25.0.1 returns wrong
+    values from filter/take on a sliced nested fixed_size_list array (e.g. a record batch of a Parquet scan), the
+    extraction's logits type. flatten() and concatenation of sliced arrays are correct."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -82,8 +88,15 @@ def column_array(table, name: str, shape: tuple[int, ...], dtype=np.float32, ids
         return np.zeros((0, *shape), dtype)
     if col.null_count:
         rows = np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))
-        who = ", ".join(str(ids[i]) if ids is not None else f"row {i}" for i in rows[:3])
-        raise LogitsError(f"{name}: {len(rows)} video(s) have no value ({who})")
+        if not allow_null:
+            who = ", ".join(str(ids[i]) if ids is not None else f"row {i}" for i in rows[:3])
+            raise LogitsError(f"{name}: {len(rows)} video(s) have no value ({who})")
+        nan = np.full(shape, np.nan).tolist()  # rare: go through Python, null rows become NaN
+        values = [nan if v is None else v for v in col.to_pylist()]
+        try:
+            return np.asarray(values, dtype=dtype).reshape(n, *shape)
+        except ValueError as err:
+            raise LogitsError(f"{name}: expected {'x'.join(map(str, shape))} values per video ({err})") from None
     if isinstance(col.type, pa.FixedShapeTensorType):
         arr = col.to_numpy_ndarray()
         if arr.shape[1:] != shape:
@@ -134,12 +147,14 @@ def features_dataset(uri: str, storage_opts: Optional[dict] = None):
 OK_FLAGS = {"clap_logits": "clap_ok", "clip_logits": "clip_ok"}  # extraction: False = that teacher had no input
 
 
-def _ok_filter(dataset):
-    """Rows with features: status "ok", or "partial" (one teacher missing: see the `*_ok` flags)."""
-    import pyarrow as pa
-    import pyarrow.dataset as ds
+USABLE_STATUS = ("ok", "partial")  # rows with features; "partial": one teacher missing (see the `*_ok` flags)
 
-    return ds.field("status").isin(pa.array(["ok", "partial"])) if "status" in dataset.schema.names else None
+
+def _usable(table) -> np.ndarray:
+    """(N,) bool: rows whose status is usable (all rows when there is no status column). NumPy, not an Arrow filter."""
+    if "status" not in table.column_names:
+        return np.ones(table.num_rows, bool)
+    return np.isin(np.asarray(table.column("status").to_pylist(), dtype=object), USABLE_STATUS)
 
 
 def _flags(table, col: str) -> np.ndarray:
@@ -149,16 +164,16 @@ def _flags(table, col: str) -> np.ndarray:
     return np.asarray(table.column(name).fill_null(False).to_numpy(zero_copy_only=False), bool)
 
 
-def _teacher_logits(table, col: str, ids, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """(logits (N, 10, 25) float32, ok (N,) bool) of one teacher column; rows whose teacher produced no output get
-    -inf (they harvest nothing), every other row must be finite (LogitsError otherwise)."""
+def _teacher_logits(table, col: str, ids, where: str, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(logits (K, 10, 25) float32, ok (K,) bool) of one teacher column for the rows in `keep`; rows whose teacher
+    produced no output get -inf (they harvest nothing), every other row must be finite (LogitsError otherwise)."""
     from valor_core.tuning_objective import validate_logits
 
-    ok = _flags(table, col)
-    z = column_array(table, col, (NUM_SEGMENTS, NUM_CLASSES), ids=ids)
-    validate_logits(z[ok], f"{where} {col}", None if ids is None else np.asarray(ids)[ok])
+    ok = _flags(table, col)[keep]
+    z = column_array(table, col, (NUM_SEGMENTS, NUM_CLASSES), ids=ids, allow_null=True)[keep]
+    kept_ids = np.asarray(ids)[keep]
+    validate_logits(z[ok], f"{where} {col}", kept_ids[ok])
     if not ok.all():
-        z = z.copy()
         z[~ok] = -np.inf
     return z, ok
 
@@ -188,28 +203,26 @@ def read_val_logits(source: str, annotations: str, storage_opts: Optional[dict] 
     import pyarrow as pa
     import pyarrow.dataset as ds
 
-    flags = [f for f in OK_FLAGS.values() if f in dataset.schema.names]
-    flt = ds.field("video_id").isin(pa.array([str(v) for v in split.video_ids]))
-    ok = _ok_filter(dataset)
-    table = dataset.to_table(columns=needed + flags, filter=flt if ok is None else (flt & ok))
+    extra = [f for f in (*OK_FLAGS.values(), "status") if f in dataset.schema.names]
+    table = dataset.to_table(columns=needed + extra)  # no Arrow filter/take on nested lists (see column_array)
     ids = np.asarray(table.column("video_id").to_pylist(), dtype=object)
-    first = {}
-    for i, v in enumerate(ids):
-        first.setdefault(v, i)
+    usable = _usable(table)
+    first: dict = {}
+    for i in np.flatnonzero(usable):
+        first.setdefault(ids[i], int(i))
     absent = [v for v in split.video_ids if v not in first]
     if absent:
         raise LogitsError(f"{source}: {len(absent)} of {len(split.video_ids)} val videos have no logits "
                           f"(e.g. {', '.join(map(str, absent[:3]))}); re-run extraction for them or check the source")
     rows = np.array([first[v] for v in split.video_ids])
-    table = table.take(pa.array(rows))
     arrays = {}
     for col in LOGIT_COLUMNS.values():
-        bad = ~_flags(table, col)
+        bad = ~_flags(table, col)[rows]
         if bad.any():
             who = ", ".join(map(str, np.asarray(split.video_ids)[bad][:3]))
             raise LogitsError(f"{source}: {int(bad.sum())} val videos have no {col} (their {OK_FLAGS[col]} is "
                               f"false, e.g. {who}): the val GT needs every val video for the search")
-        z = column_array(table, col, (NUM_SEGMENTS, NUM_CLASSES), ids=split.video_ids)
+        z = column_array(table, col, (NUM_SEGMENTS, NUM_CLASSES), ids=ids, allow_null=True)[rows]
         arrays[col] = validate_logits(z, f"{source} {col}", split.video_ids)
     return AVVPArrays(video_ids=np.asarray(split.video_ids), weak=split.weak, audio_gt=split.audio_gt,
                       visual_gt=split.visual_gt, **arrays)
@@ -323,37 +336,38 @@ def _batches(source: str, annotations: Optional[str], storage_opts: Optional[dic
                 yield (arr.video_ids[sl], [name] * n, arr.weak[sl], arr.clap_logits[sl], arr.clip_logits[sl],
                        np.ones(n, bool), np.ones(n, bool))
         return
-    import pyarrow.dataset as ds
-
     dataset = features_dataset(source, storage_opts)
     needed = ["video_id", "weak", *LOGIT_COLUMNS.values()]
     missing = [c for c in needed if c not in dataset.schema.names]
     if missing:
         raise LogitsError(f"{source}: features dataset lacks column(s) {', '.join(missing)}")
-    cols = needed + [c for c in ("split", *OK_FLAGS.values()) if c in dataset.schema.names]
-    flt = _ok_filter(dataset)
-    if splits and "split" in dataset.schema.names:
-        import pyarrow as pa
-
-        s = ds.field("split").isin(pa.array(list(splits)))
-        flt = s if flt is None else flt & s
+    cols = needed + [c for c in ("split", "status", *OK_FLAGS.values()) if c in dataset.schema.names]
     seen: set = set()
     import pyarrow as pa
 
-    for batch in dataset.to_batches(columns=cols, filter=flt, batch_size=rows):
+    # no Arrow filter/take on nested lists (see column_array): whole batches are converted, rows picked in NumPy
+    for batch in dataset.to_batches(columns=cols, batch_size=rows):
         if batch.num_rows == 0:
             continue
-        ids = np.asarray(batch.column("video_id").to_pylist(), dtype=object)
-        keep = np.array([v not in seen for v in ids])  # a video written twice is harvested once
-        seen.update(ids.tolist())
         t = pa.Table.from_batches([batch])
-        if not keep.all():
-            t, ids = t.filter(pa.array(keep)), ids[keep]
-        za, ok_a = _teacher_logits(t, "clap_logits", ids, source)
-        zv, ok_v = _teacher_logits(t, "clip_logits", ids, source)
-        weak = column_array(t, "weak", (NUM_CLASSES,), np.float32, ids=ids)
-        sp = t.column("split").to_pylist() if "split" in t.column_names else [""] * len(ids)
-        yield ids, sp, weak, za, zv, ok_a, ok_v
+        ids = np.asarray(t.column("video_id").to_pylist(), dtype=object)
+        keep = _usable(t)
+        if splits and "split" in t.column_names:
+            keep &= np.isin(np.asarray(t.column("split").to_pylist(), dtype=object), list(splits))
+        for i in np.flatnonzero(keep):  # a video written twice is harvested once
+            if ids[i] in seen:
+                keep[i] = False
+            seen.add(ids[i])
+        if not keep.any():
+            continue
+        za, ok_a = _teacher_logits(t, "clap_logits", ids, source, keep)
+        zv, ok_v = _teacher_logits(t, "clip_logits", ids, source, keep)
+        weak = column_array(t, "weak", (NUM_CLASSES,), np.float32, ids=ids, allow_null=True)[keep]
+        if not np.isfinite(weak).all():
+            raise LogitsError(f"{source}: weak labels missing for some videos (e.g. {ids[keep][0]})")
+        sp = (np.asarray(t.column("split").to_pylist(), dtype=object)[keep].tolist() if "split" in t.column_names
+              else [""] * int(keep.sum()))
+        yield ids[keep], sp, weak, za, zv, ok_a, ok_v
 
 
 def harvest(source: str, out: Optional[str] = None, *, annotations: Optional[str] = None,
@@ -388,14 +402,28 @@ def harvest(source: str, out: Optional[str] = None, *, annotations: Optional[str
     fs.create_dir(path, recursive=True)
     videos = files = n_a = n_v = 0
     per_split: dict[str, int] = {}
-    for ids, sp, weak, za, zv, ok_a, ok_v in _batches(source, annotations, storage_opts, rows_per_file, splits):
+    pending: list[tuple] = []
+
+    def flush(parts: list[tuple]) -> None:
+        nonlocal files, videos, n_a, n_v
+        ids, sp, weak, za, zv, ok_a, ok_v = (np.concatenate([np.asarray(p[i]) for p in parts]) for i in range(7))
         table, ca, cv = harvest_table(ids, sp, weak, za, zv, thresholds, filter_by_weak, meta, ok_a, ok_v)
         pq.write_table(table, posixpath.join(path, f"part-{files:05d}.parquet"), filesystem=fs)
-        files += 1
-        videos += table.num_rows
-        n_a, n_v = n_a + ca, n_v + cv
+        files, videos, n_a, n_v = files + 1, videos + table.num_rows, n_a + ca, n_v + cv
         for s in sp:
-            per_split[s] = per_split.get(s, 0) + 1
+            per_split[str(s)] = per_split.get(str(s), 0) + 1
+
+    buffered = 0
+    for piece in _batches(source, annotations, storage_opts, rows_per_file, splits):
+        pending.append(piece)
+        buffered += len(piece[0])
+        while buffered >= rows_per_file:  # files of rows_per_file videos, whatever the batches of the scan
+            whole = [np.concatenate([np.asarray(p[i]) for p in pending]) for i in range(7)]
+            flush([tuple(x[:rows_per_file] for x in whole)])
+            rest = tuple(x[rows_per_file:] for x in whole)
+            pending, buffered = ([rest], len(rest[0])) if len(rest[0]) else ([], 0)
+    if pending:
+        flush(pending)
     if videos == 0:
         raise ValueError(f"{source}: no videos to harvest (no rows with status 'ok')")
     summary = {"videos": videos, "files": files, "splits": per_split, "audio_labels": n_a, "visual_labels": n_v,
