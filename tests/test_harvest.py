@@ -173,3 +173,39 @@ def test_cli_harvest_sim(tmp_path, capsys):
                                   _reference(val.clip_logits, val.weak, CLIP_THRESHOLDS, True))
     rc = main(["harvest", "--logits", "sim:0", "--annotations", str(LLP_DIR), "--split", "val"])
     assert rc == 2 and "needs --out" in capsys.readouterr().err
+
+
+def test_tune_and_harvest_on_s3(tmp_path, monkeypatch, capsys):
+    """Real S3 (SeaweedFS on loopback): features on s3://, `valor tune thresholds --searcher exact` reads the val logits
+    from there, `valor harvest` writes the labels beside the features on the same store."""
+    from valor_core.llp import load_split
+    from workflows import objstore, storage
+    from workflows.cli import main
+
+    val = load_split(LLP_DIR, "val")
+    n = len(val.video_ids)
+    rng = np.random.default_rng(5)
+    clip = (15 + 3 * rng.normal(size=(n, 10, 25)) + 8 * val.visual_gt).astype(np.float32)
+    clap = (rng.normal(size=(n, 10, 25)) + 4 * val.audio_gt).astype(np.float32)
+    table = pa.table({"video_id": pa.array(list(val.video_ids)), "split": pa.array(["val"] * n),
+                      "weak": pa.FixedSizeListArray.from_arrays(pa.array(val.weak.reshape(-1)), 25),
+                      "clip_logits": _nested(clip), "clap_logits": _nested(clap), "status": pa.array(["ok"] * n)})
+    with storage.running(tmp_path / "s3") as s3:
+        for k, v in s3.env().items():
+            monkeypatch.setenv(k, v)
+        feats = f"s3://{s3.bucket}/run1/features"
+        fs, path = objstore.fs_for(feats)
+        pq.write_table(table, f"{path}/part-0.parquet", filesystem=fs, row_group_size=100)
+        rc = main(["tune", "thresholds", "--annotations", str(LLP_DIR), "--logits", feats, "--modality", "both",
+                   "--searcher", "exact", "--json", "--no-mlflow", "--out", str(tmp_path / "th.json")])
+        tuned = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert rc == 0 and tuned["audio"]["fidelity"] > tuned["paper"]["audio"]["fidelity"]
+        rc = main(["harvest", "--logits", feats, "--thresholds", str(tmp_path / "th.json"), "--json"])
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert rc == 0 and summary["out"] == f"s3://{s3.bucket}/run1/labels" and summary["videos"] == n
+        meta, t = H.read_harvest(summary["out"])
+        assert meta["thresholds"]["audio"] == tuned["audio"]["thresholds"]
+        a = np.asarray(t.column("audio_labels").to_pylist(), np.uint8)
+        order = {v: i for i, v in enumerate(val.video_ids)}
+        idx = np.array([order[v] for v in t.column("video_id").to_pylist()])
+        np.testing.assert_array_equal(a, _reference(clap[idx], val.weak[idx], tuned["audio"]["thresholds"], True))
