@@ -206,10 +206,10 @@ def evaluate_model(model: HAN, arrays: AVVPArrays, batch_size: int = 512):
 def select_value(scores: Any, metric: str) -> float:
     """`segment.type` -> scores.segment["type"]."""
     level, _, key = metric.partition(".")
-    try:
-        return float(getattr(scores, level)[key])
-    except (AttributeError, KeyError):
-        raise ValueError(f"unknown selection metric {metric!r}; use LEVEL.KEY, e.g. segment.type") from None
+    table = {"segment": scores.segment, "event": scores.event}.get(level)
+    if table is None or key not in table:
+        raise ValueError(f"unknown selection metric {metric!r}; use LEVEL.KEY, e.g. segment.type")
+    return float(table[key])
 
 
 # --- the whole loop --------------------------------------------------------------------------------------------------
