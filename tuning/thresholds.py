@@ -336,11 +336,21 @@ def _scores(prob, th) -> dict:
     return {"fidelity": round(prob.fidelity(th), 4), "official": round(prob.official(th), 4)}
 
 
+def check_searcher(searcher: str) -> None:
+    """ValueError now (before Ray or any trial) when a searcher is unknown or its package is missing."""
+    import importlib.util
+
+    if searcher not in SEARCHERS:
+        raise ValueError(f"unknown searcher {searcher!r}; expected one of {', '.join(SEARCHERS)}")
+    if searcher == "cmaes" and importlib.util.find_spec("cmaes") is None:
+        raise ValueError("searcher cmaes needs the `cmaes` package (Optuna's CmaEsSampler): pip install cmaes; "
+                         "or use --searcher optuna (TPE)")
+
+
 def tune_thresholds(problems: dict, cfg: TuneConfig, searcher: Optional[str] = None) -> dict:
     """Run the searches on validated problems (Ray must be reachable unless searcher == 'exact'); the summary dict."""
     searcher = searcher or cfg.searcher
-    if searcher not in SEARCHERS:
-        raise ValueError(f"unknown searcher {searcher!r}; expected one of {', '.join(SEARCHERS)}")
+    check_searcher(searcher)
     t0 = time.perf_counter()
     out: dict[str, Any] = {}
     paper = {m: paper_thresholds(m) for m in problems}
@@ -433,6 +443,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, **over)
     modalities = MODALITIES if args.modality == "both" else (args.modality,)
     try:  # everything is validated before Ray or any trial starts
+        check_searcher(cfg.searcher)
         problems = load_problems(args.logits, args.annotations, modalities, cfg.filter_by_weak)
     except (LogitsError, FileNotFoundError, ValueError) as err:
         print(f"valor tune thresholds: {err}", file=sys.stderr)
