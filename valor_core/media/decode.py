@@ -347,11 +347,9 @@ def _decode(source: Source, video_id: str, cfg: MediaConfig) -> DecodedVideo:
                 notes.append("variable frame rate: frames picked by presentation time")
         times = sample_grid(duration, T, cfg.grid_fps, cfg.frame_sampling, cfg.length_policy, cfg.segment_seconds)
         idx = frames_at(times, starts)
-        want = [times]
         if cfg.dense_frames:
             dtimes = dense_grid(duration, T, cfg.grid_fps, cfg.length_policy, cfg.segment_seconds)
             didx = frames_at(dtimes, starts)
-            want.append(dtimes)
         else:
             didx = None
         unique = np.unique(idx if didx is None else np.concatenate([idx, didx]))
