@@ -99,15 +99,33 @@ def _run_config(cfg: TuneConfig, name: str, callbacks=None):
                           callbacks=callbacks)
 
 
+TUNE_ENV = {
+    # per-trial CSV/JSON/TensorBoard loggers cost more than these trials (results come through a callback instead)
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "RAY_AIR_NEW_OUTPUT": "0",  # the classic reporter honours verbose=0: stdout stays clean for --json
+}
+
+
 def _quiet_tune_env() -> None:
-    # per-trial CSV/JSON/TensorBoard loggers cost more than the trials themselves here (results are collected by a
-    # callback instead); the old console reporter honours verbose=0, so stdout stays for --json
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import logging
 
     for name in ("ray.tune.analysis.experiment_analysis", "ray.tune.search.searcher", "ray.tune.tune"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _fit(tuner) -> None:
+    """tuner.fit() with TUNE_ENV set only for the call (other Tune/Train users in the process keep their loggers)."""
+    old = {k: os.environ.get(k) for k in TUNE_ENV}
+    for k, v in TUNE_ENV.items():
+        os.environ.setdefault(k, v)
+    try:
+        tuner.fit()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _collector():
@@ -245,7 +263,7 @@ def search_coord(problems: dict, init: dict, cfg: TuneConfig) -> tuple[dict, lis
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, max_concurrent_trials=slots,
                                     reuse_actors=True),
         run_config=_run_config(cfg, "coord"))
-    tuner.fit()
+    _fit(tuner)
     best = {m: {"thresholds": s["th"], "score": s["score"], "sweeps": s["sweep"]} for m, s in searcher.state.items()}
     return best, searcher.log
 
@@ -284,7 +302,7 @@ def search_optuna(problems: dict, init: dict, cfg: TuneConfig, algo: str = "tpe"
         tune_config=tune.TuneConfig(search_alg=alg, num_samples=cfg.trials, max_concurrent_trials=_slots(cfg),
                                     reuse_actors=True),
         run_config=_run_config(cfg, algo, [collect]))
-    tuner.fit()
+    _fit(tuner)
     best, log = {}, []
     for config, metrics in collect.rows:
         log.append({m: metrics[m] for m in problems} | {"score": metrics["score"]})
@@ -317,7 +335,7 @@ def search_unified(problems: dict, cfg: TuneConfig) -> tuple[dict, list]:
         param_space={"i": tune.grid_search(list(range(cfg.grid_points)))},
         tune_config=tune.TuneConfig(metric="score", mode="max", max_concurrent_trials=_slots(cfg), reuse_actors=True),
         run_config=_run_config(cfg, "unified", [collect]))
-    tuner.fit()
+    _fit(tuner)
     best, log = {}, []
     for config, metrics in sorted(collect.rows, key=lambda r: r[0]["i"]):
         log.append({k: metrics[k] for k in metrics if k in problems or k.endswith("_threshold")})
