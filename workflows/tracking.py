@@ -5,8 +5,8 @@ Who logs what (Ray Train V2 accepts no Tune callbacks, so these are plain `Mlflo
     driver, before fit     create the run: params = the full resolved config flattened (`model.hidden`, `optim.lr_max`,
                            ...; credentials redacted), plus `data.features`, `data.labels`, `data.annotations`,
                            `train.workers`, ...; tags `valor.preset`, `valor.labels`, `valor.teachers`
-    rank-0 worker, epoch   `train_loss`, `lr`, `epoch_seconds`, `val.segment.audio` ... `val.event.event` (step = epoch);
-                           other ranks never touch MLflow
+    rank-0 worker, epoch   `train_loss`, `lr`, `epoch_seconds`, `train_seconds`, `videos_per_s`, `val.segment.audio`
+                           ... `val.event.event` (step = epoch); other ranks never touch MLflow
     driver, after fit      `best_epoch`, `final.val.<level>.<key>` and `final.test.<level>.<key>` (all ten numbers
                            each); artifacts `checkpoint/` (best_model.pt + config.json + state.json), `labels/`
                            (thresholds and teacher ids actually used), `figures/*.png`, `scores/final.json`
@@ -147,6 +147,9 @@ def scores_flat(scores: Mapping[str, Mapping[str, float]], prefix: str) -> dict[
 def epoch_metrics(epoch_record: Mapping[str, Any]) -> dict[str, float]:
     """What rank 0 logs per epoch (step = epoch)."""
     out = {"train_loss": epoch_record["loss"], "lr": epoch_record["lr"], "epoch_seconds": epoch_record["seconds"]}
+    for key in ("train_seconds", "videos_per_s"):
+        if epoch_record.get(key) is not None:
+            out[key] = epoch_record[key]
     if epoch_record.get("val") is not None:
         out.update(scores_flat(epoch_record["val"], "val"))
     return out

@@ -216,7 +216,8 @@ def train_loop(config: dict) -> None:
                     best_value, best_epoch = value, epoch
                     best_state = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
                 record_e = {"epoch": epoch, "lr": lr_at_epoch(epoch, cfg.optim), "loss": loss,
-                            "seconds": time.perf_counter() - t0,
+                            "seconds": time.perf_counter() - t0, "train_seconds": train_seconds,
+                            "videos_per_s": len(index) * world / max(train_seconds, 1e-9),
                             "val": val_scores.as_dict() if val_scores is not None else None}
                 history.append(record_e)
                 metrics.update({"val_select": value, "best_value": best_value, "best_epoch": best_epoch})
