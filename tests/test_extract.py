@@ -1,0 +1,300 @@
+"""`valor extract` end to end: 30 real mp4 files (every broken kind among them) -> Ray Data on real local Ray with the
+tiny teachers -> Parquet on a real SeaweedFS S3 server (videos read from S3 too), killed with SIGKILL mid-run and re-run
+(exactly once), then the same run into a local directory through an in-process `ray.init()`. No S3 mocks.
+
+Every process started here is stopped here: SeaweedFS by `storage.down`, the module's Ray head and each `valor extract`
+by their own session (started with start_new_session; leftovers found by session id, never by name).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from tests.media_fixtures import tiny_teachers  # noqa: F401 - session fixture
+from workflows import objstore, storage
+
+VENV_BIN = Path(sys.executable).parent
+GOOD, SEED = 17, 5  # 17 good + 13 broken/awkward (valor_core.media.synth.BROKEN_KINDS) = 30 videos
+FATAL = {"empty": "empty", "truncated": "truncated", "not_video": "not_video", "audio_only": "no_video_stream",
+         "unknown_codec": "unknown_codec", "tiny": "too_short"}  # broken kind -> failure kind (stage decode)
+CLIP_DIM, CLAP_DIM = 32, 512  # the tiny teachers
+FAST = ["--rows-per-file", "4", "--clip-actors", "1,1", "--clap-actors", "1,1", "--teacher-batch", "10",
+        "--clip-batch", "8", "--clap-batch", "4"]
+
+
+def _session_pids(sid: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(stat.parent.name))
+    return pids
+
+
+def _kill_session(sid: int, grace: float = 5.0) -> None:
+    """Stop every process of the session we created (SIGTERM, then SIGKILL what is left)."""
+    for pid in _session_pids(sid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + grace
+    while _session_pids(sid) and time.time() < deadline:
+        time.sleep(0.2)
+    for pid in _session_pids(sid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks, ports = [], []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            port = s.getsockname()[1]
+            if port not in ports and 20000 < port < 55000:
+                ports.append(port)
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def _env(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env.update(RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
+               PYTHONUNBUFFERED="1", PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
+    env.pop("RAY_ADDRESS", None)
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from valor_core.media.synth import synth_corpus
+
+    d = tmp_path_factory.mktemp("corpus")
+    manifest = synth_corpus(d, GOOD, broken=True, seed=SEED)
+    kinds = json.loads((d / "broken.json").read_text())  # {video_id: kind}
+    ids = [line.split("\t")[0] for line in manifest.read_text().splitlines()[1:]]
+    assert len(ids) == 30
+    return {"dir": d, "manifest": manifest, "kinds": kinds, "ids": ids}
+
+
+@pytest.fixture(scope="module")
+def s3():
+    d = tempfile.mkdtemp(prefix="vxs3", dir="/tmp")
+    info = storage.up(d)
+    try:
+        yield info
+    finally:
+        storage.down(d)
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """One Ray head per module on 127.0.0.1 (every port free-picked, 2 CPUs, no dashboard); yields its GCS address."""
+    (gcs, dash, client, nm, om, agent, agent_grpc, metrics, rtenv, wmin) = _free_ports(10)
+    temp = tempfile.mkdtemp(prefix="vx", dir="/tmp")  # short: Ray's unix sockets live under it
+    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+           "--include-dashboard=false", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+           f"--node-manager-port={nm}", f"--object-manager-port={om}", f"--dashboard-agent-listen-port={agent}",
+           f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+           f"--runtime-env-agent-port={rtenv}", f"--min-worker-port={wmin}", f"--max-worker-port={wmin + 200}",
+           "--num-cpus=2", "--object-store-memory=600000000", "--disable-usage-stats", f"--temp-dir={temp}"]
+    log = open(Path(temp) / "ray-start.log", "w")
+    proc = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while "Ray runtime started" not in (Path(temp) / "ray-start.log").read_text():
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"ray head did not start: {(Path(temp) / 'ray-start.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield f"127.0.0.1:{gcs}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+        _kill_session(proc.pid)
+        log.close()
+        assert not _session_pids(proc.pid)
+
+
+def _extract_cmd(corpus_manifest: str, videos: str, out: str, specs: dict, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "workflows.cli", "extract", "--manifest", corpus_manifest, "--videos", videos,
+            "--clip", specs["clip"], "--clap", specs["clap"], "--out", out, "--json", *FAST, *extra]
+
+
+def _run(cmd: list[str], env: dict, timeout: float = 900) -> tuple[int, dict, str]:
+    """Run `valor extract` in its own session; returns (rc, last JSON line, output). Leftovers of the session die."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        _kill_session(proc.pid)
+    last = out.strip().splitlines()[-1] if out.strip() else ""
+    try:
+        result = json.loads(last)
+    except ValueError:
+        raise AssertionError(f"no JSON last line (rc {proc.returncode}):\n{out[-4000:]}") from None
+    return proc.returncode, result, out
+
+
+def _check_dataset(out: str, opts: dict | None, corpus: dict) -> None:
+    """Every decodable video exactly once with the right shapes; every fatal broken kind in failures with its reason."""
+    import pyarrow.dataset as pads
+
+    from workflows.extract import column_to_numpy, failures_uri, read_failures
+
+    fs, path = objstore.fs_for(out, opts)
+    table = pads.dataset(path, filesystem=fs, format="parquet").to_table()  # plain pyarrow, as a user reads it
+    ids = table.column("video_id").to_pylist()
+    fatal_ids = {v for v, k in corpus["kinds"].items() if k in FATAL}
+    expected = set(corpus["ids"]) - fatal_ids
+    assert len(ids) == len(set(ids)), "a video was written twice"
+    assert set(ids) == expected
+    n = len(ids)
+    assert column_to_numpy(table.column("clip_logits")).shape == (n, 10, 25)
+    assert column_to_numpy(table.column("clip_emb")).shape == (n, 10, CLIP_DIM)
+    clap = column_to_numpy(table.column("clap_logits"))
+    assert clap.shape == (n, 10, 25) and column_to_numpy(table.column("clap_emb")).shape == (n, 10, CLAP_DIM)
+    emb = column_to_numpy(table.column("clip_emb"))
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, atol=1e-4)
+    assert column_to_numpy(table.column("weak"), np.uint8).shape == (n, 25)
+    rows = {r["video_id"]: r for r in table.select(["video_id", "status", "error", "issues", "clap_ok", "clip_ok",
+                                                    "schema_version", "clip_teacher", "clap_checkpoint"]).to_pylist()}
+    for vid, row in rows.items():
+        kind = corpus["kinds"].get(vid)
+        assert row["clip_ok"] and row["schema_version"] == 1 and row["clip_teacher"] and row["clap_checkpoint"]
+        if kind == "no_audio":
+            assert row["status"] == "partial" and not row["clap_ok"] and "no_audio" in row["error"]
+            assert np.isnan(clap[ids.index(vid)]).all()
+        else:
+            assert row["status"] == "ok" and row["clap_ok"], (vid, row)
+            assert np.isfinite(clap[ids.index(vid)]).all()
+    # the awkward-but-decodable kinds say what happened to them
+    issues = {corpus["kinds"][v]: rows[v]["issues"] for v in rows if v in corpus["kinds"]}
+    for kind, word in (("silent", "silent_audio"), ("short", "short_clip"), ("long", "long_clip"),
+                       ("vfr", "variable_frame_rate"), ("portrait", "unusual_geometry")):
+        assert word in issues[kind], (kind, issues[kind])
+
+    fails = read_failures(out, opts).to_pylist()
+    fatal_rows = [f for f in fails if f["fatal"]]
+    assert sorted(f["video_id"] for f in fatal_rows) == sorted(fatal_ids), "each broken video exactly once"
+    for f in fatal_rows:
+        assert f["stage"] == "decode" and f["kind"] == FATAL[corpus["kinds"][f["video_id"]]] and f["reason"], f
+    partial = [f for f in fails if not f["fatal"]]
+    assert [(f["stage"], f["kind"]) for f in partial] == [("clap", "no_audio")]
+    # the raw failures table is a plain Parquet dataset beside the features
+    ffs, fpath = objstore.fs_for(failures_uri(out), opts)
+    assert pads.dataset(fpath, filesystem=ffs, format="parquet").count_rows() == len(fails)
+
+
+def _visible_parts(out: str, opts: dict | None) -> list[str]:
+    return [p for p in objstore.list_files(out, opts, suffix=".parquet")]
+
+
+def test_extract_s3_killed_and_rerun_exactly_once(corpus, s3, ray_head, tiny_teachers):  # noqa: F811
+    import pyarrow.parquet as pq
+
+    opts = objstore.s3_options(s3.config())
+    # the videos and the manifest live on the S3 server too: workers read bytes over S3
+    for p in sorted(corpus["dir"].glob("*.mp4")) + [corpus["manifest"]]:
+        objstore.write_bytes(f"s3://{s3.bucket}/videos/{p.name}", p.read_bytes(), opts)
+    out = f"s3://{s3.bucket}/run/features"
+    env = _env({**tiny_teachers["env"], **s3.env()})
+    cmd = _extract_cmd(f"s3://{s3.bucket}/videos/manifest.csv", f"s3://{s3.bucket}/videos", out, tiny_teachers,
+                       "--address", ray_head)
+
+    # 1. start, wait for the first published part, SIGKILL the driver mid-run
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while not _visible_parts(out, opts):
+            assert proc.poll() is None, proc.stdout.read().decode()[-4000:]
+            assert time.time() < deadline, "no part published in time"
+            time.sleep(0.3)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        _kill_session(proc.pid)
+        proc.stdout.close()
+    first = _visible_parts(out, opts)
+    fs, _ = objstore.fs_for(out, opts)
+    for part in first:  # whatever is visible is a complete Parquet file
+        with fs.open_input_file(part) as f:
+            assert pq.read_metadata(f).num_rows > 0
+    from workflows.extract import read_features
+
+    written = read_features(out, opts, columns=["video_id"]).num_rows
+    assert 0 < written < 30 - len(FATAL), "the kill was not mid-run"
+
+    # 2. re-run: finishes the rest, skips what was written
+    rc, res, log = _run(cmd, env)
+    assert rc == 0, log[-4000:]
+    assert res["out"] == out and res["done"] + res["failed"] + res["skipped"] == 30, res
+    assert res["skipped"] >= written and res["seconds"] > 0
+    _check_dataset(out, opts, corpus)
+
+    # 3. a third run has nothing to do and writes nothing
+    before = _visible_parts(out, opts)
+    rc, res, log = _run(cmd, env)
+    assert rc == 0 and res["done"] == 0 and res["failed"] == 0 and res["skipped"] == 30, (res, log[-2000:])
+    assert _visible_parts(out, opts) == before
+    assert not objstore.list_files(objstore.join(out, "_staging"), opts, recursive=True)
+
+
+def test_extract_local_dir_with_local_ray(corpus, tmp_path, tiny_teachers):  # noqa: F811
+    out = str(tmp_path / "out" / "features")
+    env = _env(tiny_teachers["env"])
+    for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        env.pop(k, None)
+    cmd = _extract_cmd(str(corpus["manifest"]), str(corpus["dir"]), out, tiny_teachers, "--num-cpus", "2",
+                       "--no-dashboard", "--object-store-mb", "600")
+    rc, res, log = _run(cmd, env)
+    assert rc == 0, log[-4000:]
+    assert res == {"done": 30 - len(FATAL), "failed": len(FATAL), "skipped": 0, "seconds": res["seconds"],
+                   "out": out}, res
+    _check_dataset(out, None, corpus)
+    files = sorted(Path(out).glob("part-*.parquet"))
+    assert 1 < len(files) <= 30 // 4 + 2 and not list(Path(out).glob("_staging/*"))
+    runs = list((Path(out) / "_runs").glob("*.json"))
+    assert len(runs) == 1 and json.loads(runs[0].read_text())["summary"]["done"] == res["done"]
+
+
+def test_extract_exit_code_when_nothing_succeeds(tmp_path, tiny_teachers):  # noqa: F811
+    """All videos broken: the failures table says why and the command fails (no Ray work needed to know that)."""
+    from valor_core.media.synth import write_broken
+
+    vids = tmp_path / "v"
+    for kind in ("empty", "not_video"):
+        write_broken(vids / f"bad-{kind}.mp4", kind)
+    (vids / "m.csv").write_text("filename\tevent_labels\nbad-empty\tSpeech\nbad-not_video\tDog\nmissing\t\n")
+    out = str(tmp_path / "features")
+    cmd = _extract_cmd(str(vids / "m.csv"), str(vids), out, tiny_teachers, "--num-cpus", "2", "--no-dashboard",
+                       "--object-store-mb", "300")
+    rc, res, log = _run(cmd, _env(tiny_teachers["env"]))
+    assert rc == 1 and res["done"] == 0 and res["failed"] == 3, (res, log[-3000:])
+    from workflows.extract import read_failures
+
+    fails = {f["video_id"]: f for f in read_failures(out).to_pylist()}
+    assert fails["bad-empty"]["kind"] == "empty" and fails["bad-not_video"]["kind"] == "not_video"
+    assert fails["missing"]["stage"] == "read"
