@@ -39,3 +39,15 @@ def get_preset(name: str) -> TrainConfig:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; available presets: {', '.join(PRESETS)}") from None
+
+
+def shorten(cfg: TrainConfig, epochs: int) -> TrainConfig:
+    """`cfg` trained for `epochs` instead of cfg.optim.epochs with the same schedule *shape*: the warm-up length and the
+    StepLR step size scale by epochs / cfg.optim.epochs (rounded, at least 1 where they were set). For quick runs."""
+    o = cfg.optim
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    ratio = epochs / o.epochs
+    warm = max(1, round(o.warmup_epochs * ratio)) if o.warmup_epochs > 0 else 0
+    step = max(1, round(o.step_size * ratio))
+    return replace(cfg, **{"optim.epochs": epochs, "optim.warmup_epochs": warm, "optim.step_size": step})
