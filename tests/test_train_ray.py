@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pytest
 
 from tests.conftest import LLP_DIR
@@ -44,46 +43,39 @@ def store(tmp_path_factory):
     return {"dir": d, "uri": f"sqlite:///{d}/mlflow.db", "storage": str(d / "ray")}
 
 
-@pytest.fixture(scope="module")
-def sim_data():
-    from valor_core.config import replace
-    from valor_core.presets import get_preset
-    from workflows.datasets import load_training_data
+def _train_cli(store, epochs, run_name, capsys):
+    """`valor train ... --json` in-process (the module's Ray instance); returns the last stdout line as JSON."""
+    from workflows.cli import main
 
-    cfg = replace(get_preset("valor"), **OVERRIDES)
-    data, cfg, meta = load_training_data(FEATURES, cfg, annotations=str(LLP_DIR), max_train=TRAIN_VIDEOS)
-    return data, cfg, meta
-
-
-def _train(cfg, sim_data, store, epochs, **kw):
-    from valor_core.config import replace
-    from workflows.train_ray import train
-
-    data, _, meta = sim_data
-    return train(replace(cfg, **{"optim.epochs": epochs}), data, workers=2, tracking_uri=store["uri"],
-                 storage=store["storage"], data_meta=meta, **kw)
+    argv = ["train", "--preset", "valor", "--features", FEATURES, "--workers", "2", "--epochs", str(epochs),
+            "--tracking-uri", store["uri"], "--storage", store["storage"], "--annotations", str(LLP_DIR),
+            "--max-train-videos", str(TRAIN_VIDEOS), "--run-name", run_name, "--json"]
+    for key, value in OVERRIDES.items():
+        argv += ["--set", f"{key}={value}"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def _history(client, run_id, key):
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
-def test_ddp_training_tracks_everything(ray_local, store, sim_data, tmp_path, monkeypatch):
+def test_ddp_training_tracks_everything(ray_local, store, tmp_path, monkeypatch, capsys):
+    from valor_core.llp import load_weak_csv
     from workflows import tracking
 
-    data, cfg, meta = sim_data
-    assert meta["adapted"]["frame_steps"] == [8, 1] and meta["adapted"]["frame_dim"] == [2048, 128]
     shards = tmp_path / "shards"
     monkeypatch.setenv("VALOR_TRAIN_RECORD_SHARDS", str(shards))
-    out = _train(cfg, sim_data, store, epochs=2, run_name="valor-2ep")
-    assert out.epochs == 2 and out.best_epoch in (1, 2)
-    for split in ("val", "test"):
-        scores = getattr(out, split)
-        assert set(scores) == {"segment", "event"}
-        assert all(set(scores[lvl]) == {"audio", "visual", "av", "type", "event"} for lvl in scores)
+    out = _train_cli(store, 2, "valor-2ep", capsys)
+    assert out["epochs"] == 2 and out["tracking_uri"] == store["uri"] and out["run_id"]
+    for split, videos in (("val", 649), ("test", 1200)):
+        scores = out[split]
+        assert scores["split"] == split and scores["videos"] == videos
+        assert all(set(scores[lvl]) == {"audio", "visual", "av", "type", "event"} for lvl in ("segment", "event"))
 
-    # the two workers saw disjoint, equal shards covering the (even part of the) train set, reshuffled per epoch
-    train_ids = set(data["train"].video_ids.tolist())
+    # the two workers saw disjoint, equal shards covering the (even part of the) train subset, reshuffled per epoch
+    train_ids = set(load_weak_csv(LLP_DIR / "AVVP_train.csv")[0].tolist())
     per_epoch = []
     for epoch in (1, 2):
         r0 = json.loads((shards / f"epoch{epoch}_rank0.json").read_text())["ids"]
@@ -95,50 +87,51 @@ def test_ddp_training_tracks_everything(ray_local, store, sim_data, tmp_path, mo
     assert per_epoch[0] != per_epoch[1]
 
     c = tracking.client(store["uri"])
-    run = c.get_run(out.run_id)
+    run = c.get_run(out["run_id"])
     assert run.info.status == "FINISHED"
     p = run.data.params
     assert p["preset"] == "valor" and p["model.hidden"] == "64" and p["optim.lr_max"] == "0.001"
-    assert p["model.frame_dim"] == "128" and p["data.features"] == FEATURES and p["train.workers"] == "2"
-    assert json.loads(p["data.thresholds.audio"])[0] == 0.0  # Table 6 theta^CLAP of Speech
+    assert p["optim.epochs"] == "2" and p["optim.batch_size"] == "64" and p["loss"] == "valor"
+    assert p["model.frame_dim"] == "128" and p["model.frame_steps"] == "1"  # input sizes follow the data
+    assert p["data.features"] == FEATURES and p["train.workers"] == "2" and p["train.per_worker_batch"] == "32"
+    assert json.loads(p["data.thresholds.visual"])[0] == 20.0  # Table 6 theta^CLIP of Speech
     assert not any("secret" in k or "access_key" in k for k in p)
     # per-epoch metrics from rank 0: train loss decreases
-    loss = _history(c, out.run_id, "train_loss")
+    loss = _history(c, out["run_id"], "train_loss")
     assert [s for s, _ in loss] == [1, 2]
     assert loss[1][1] < loss[0][1], loss
-    assert [s for s, _ in _history(c, out.run_id, "val.segment.type")] == [1, 2]
-    # final metrics: all ten numbers for val and test, equal to what train() returned
+    assert [s for s, _ in _history(c, out["run_id"], "val.segment.type")] == [1, 2]
+    # final metrics: all ten numbers for val and test, equal to what was printed
     m = run.data.metrics
     for split in ("val", "test"):
         for lvl in ("segment", "event"):
             for k in ("audio", "visual", "av", "type", "event"):
-                assert m[f"final.{split}.{lvl}.{k}"] == pytest.approx(getattr(out, split)[lvl][k], abs=0.006)
-    arts = {a.path for a in c.list_artifacts(out.run_id, "figures")}
+                assert m[f"final.{split}.{lvl}.{k}"] == pytest.approx(out[split][lvl][k], abs=0.006)
+    arts = {a.path for a in c.list_artifacts(out["run_id"], "figures")}
     assert {"figures/classwise_f_val.png", "figures/classwise_f_test.png", "figures/timelines_val.png",
             "figures/timelines_test.png"} <= arts
-    assert {a.path for a in c.list_artifacts(out.run_id, "checkpoint")} >= {"checkpoint/best_model.pt",
-                                                                             "checkpoint/config.json"}
-    png = c.download_artifacts(out.run_id, "figures/classwise_f_test.png", str(tmp_path))
+    assert {a.path for a in c.list_artifacts(out["run_id"], "checkpoint")} >= {"checkpoint/best_model.pt",
+                                                                                "checkpoint/config.json"}
+    png = c.download_artifacts(out["run_id"], "figures/classwise_f_test.png", str(tmp_path))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     # Ray Train checkpoints, one per epoch, in the run's storage path
-    assert out.checkpoint.endswith("epoch_002") and os.path.exists(os.path.join(out.checkpoint, "best_model.pt"))
+    assert out["checkpoint"].endswith("epoch_002") and os.path.exists(os.path.join(out["checkpoint"], "best_model.pt"))
 
 
-def test_worker_killed_in_epoch_2_resumes_from_epoch_1(ray_local, store, sim_data, tmp_path, monkeypatch):
+def test_worker_killed_in_epoch_2_resumes_from_epoch_1(ray_local, store, tmp_path, monkeypatch, capsys):
     from workflows import tracking
 
     marker = tmp_path / "killed"
     monkeypatch.setenv("VALOR_TEST_KILL_WORKER", f"epoch=2,rank=1,marker={marker}")
-    data, cfg, meta = sim_data
-    out = _train(cfg, sim_data, store, epochs=3, run_name="valor-kill")
+    out = _train_cli(store, 3, "valor-kill", capsys)
     assert marker.exists(), "the kill hook never fired"
-    assert out.epochs == 3
+    assert out["epochs"] == 3
     c = tracking.client(store["uri"])
-    resumed = _history(c, out.run_id, "resumed_from_epoch")
+    resumed = _history(c, out["run_id"], "resumed_from_epoch")
     assert resumed == [(1, 1.0)], resumed  # restarted once, from the epoch-1 checkpoint
-    assert [s for s, _ in _history(c, out.run_id, "train_loss")] == [1, 2, 3]
-    assert c.get_run(out.run_id).data.metrics["epochs_completed"] == 3
-    assert out.checkpoint.endswith("epoch_003")
+    assert [s for s, _ in _history(c, out["run_id"], "train_loss")] == [1, 2, 3]
+    assert c.get_run(out["run_id"]).data.metrics["epochs_completed"] == 3
+    assert out["checkpoint"].endswith("epoch_003")
 
 
 def test_compare_and_evaluate_checkpoint(ray_local, store, capsys):

@@ -243,7 +243,7 @@ def train_loop(config: dict) -> None:
 class TrainOutcome:
     run_id: Optional[str]
     tracking_uri: Optional[str]
-    val: dict  # {"segment": {...}, "event": {...}} percent, best epoch
+    val: dict  # best-val weights scored as `valor evaluate --json` does: split, videos, segment, event, fidelity
     test: Optional[dict]
     epochs: int
     best_epoch: int
@@ -377,8 +377,9 @@ def finish(ckpt_dir: str, data: dict, cfg, *, tracking_uri: Optional[str], run_i
            figures: bool = True) -> TrainOutcome:
     """Best-val weights -> final val/test scores; with a run: final metrics, checkpoint, labels, figures."""
     from valor_core.fit import predict
-    from valor_core.metrics import evaluate
+    from valor_core.llp import LLPSplit
     from workflows import tracking
+    from workflows.evaluate import score
 
     model, cfg_loaded, meta = load_checkpoint_model(ckpt_dir)
     with open(os.path.join(ckpt_dir, "state.json")) as f:
@@ -391,7 +392,8 @@ def finish(ckpt_dir: str, data: dict, cfg, *, tracking_uri: Optional[str], run_i
             continue
         pa, pv = predict(model, arrays)
         preds[split] = (pa, pv)
-        results[split] = evaluate(pa, pv, arrays.audio_gt, arrays.visual_gt).as_dict(decimals=2)
+        results[split] = score(LLPSplit(name=split, video_ids=arrays.video_ids, weak=arrays.weak,
+                                        audio_gt=arrays.audio_gt, visual_gt=arrays.visual_gt), pa, pv)
     outcome = TrainOutcome(run_id=run_id, tracking_uri=tracking_uri, val=results.get("val"), test=results.get("test"),
                            epochs=int(state["epoch"]), best_epoch=int(state["best_epoch"]), checkpoint=ckpt_dir,
                            storage="", history=state.get("history", []))
@@ -399,6 +401,7 @@ def finish(ckpt_dir: str, data: dict, cfg, *, tracking_uri: Optional[str], run_i
         metrics = {"best_epoch": state["best_epoch"], "epochs_completed": state["epoch"]}
         for split, scores in results.items():
             metrics.update(tracking.scores_flat(scores, f"final.{split}"))
+            metrics.update({f"final.{split}.fidelity.{k}": v for k, v in scores.get("fidelity", {}).items()})
         tracking.log_metrics(tracking_uri, run_id, metrics, step=int(state["epoch"]))
         tracking.log_dir(tracking_uri, run_id, ckpt_dir, "checkpoint")
         data_meta = meta.get("data", {})
@@ -434,6 +437,8 @@ def add_arguments(parser) -> None:
     g.add_argument("--annotations", default=None, metavar="DIR",
                    help="LLP annotation CSVs (default: $VALOR_ANNOTATIONS or ../shared/data/llp)")
     g.add_argument("--workers", type=int, default=None, metavar="N", help="Ray Train DDP workers (default 2)")  # default applied in run_cli
+    g.add_argument("--epochs", type=int, default=None, metavar="E", help="epochs (default: the preset's; same as "
+                   "--set optim.epochs=E)")
     g.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL); default CPU (gloo)")
     g.add_argument("--tracking-uri", default=None, metavar="URI",
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")
@@ -455,7 +460,11 @@ def run_cli(args, cfg) -> int:
 
     from workflows.datasets import DataError, load_training_data
 
+    from valor_core.config import replace
+
     features = getattr(args, "features", None) or "sim"
+    if getattr(args, "epochs", None):
+        cfg = replace(cfg, **{"optim.epochs": int(args.epochs)})
     workers = int(getattr(args, "workers", None) or 2)
     use_gpu = bool(getattr(args, "gpu", False) or cfg.use_gpu)
     try:
