@@ -18,3 +18,5 @@ for _key, _value in {
 
 REPO = Path(__file__).resolve().parents[1]
 LLP_DIR = REPO.parent / "shared" / "data" / "llp"
+
+from tests.media_fixtures import *  # noqa: E402,F401,F403  (synth_clips, broken_files, synth_corpus, tiny_teachers, ...)
