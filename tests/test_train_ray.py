@@ -153,3 +153,68 @@ def test_compare_and_evaluate_checkpoint(ray_local, store, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["split"] == "val" and result["videos"] == 649 and set(result["fidelity"]) == {"audio", "visual", "av"}
     assert result["segment"] == runs[1]["val"]["segment"] and result["event"] == runs[1]["val"]["event"]
+
+
+def _nested(x):
+    import pyarrow as pa
+
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[-1])
+    return pa.FixedSizeListArray.from_arrays(inner, x.shape[1])
+
+
+def test_extraction_dataset_with_harvest_beside_it(tmp_path):
+    """workflows.datasets on the extraction schema (features/ + harvest labels/ beside it), no Ray: VALOR++-style inputs
+    (clap_emb, clip_emb), harvested labels joined by id, partial rows dropped, real val/test GT attached."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from valor_core.classes import CLAP_THRESHOLDS, CLIP_THRESHOLDS
+    from valor_core.labels import harvest_labels
+    from valor_core.llp import load_split
+    from valor_core.presets import get_preset
+    from workflows.datasets import load_training_data
+    from workflows.harvest import harvest
+
+    splits = {s: load_split(LLP_DIR, s) for s in ("train", "val", "test")}
+    picks = {"train": 40, "val": 8, "test": 8}
+    ids = np.concatenate([splits[s].video_ids[:k] for s, k in picks.items()])
+    split_names = sum(([s] * k for s, k in picks.items()), [])
+    weak = np.concatenate([splits[s].weak[:k] for s, k in picks.items()])
+    n = len(ids)
+    rng = np.random.default_rng(0)
+    clip_emb = rng.normal(size=(n, 10, 32)).astype(np.float32)
+    clap_emb = rng.normal(size=(n, 10, 16)).astype(np.float32)
+    clip_logits = rng.normal(16, 3, (n, 10, 25)).astype(np.float32)
+    clap_logits = rng.normal(1, 2, (n, 10, 25)).astype(np.float32)
+    status = ["ok"] * n
+    status[3] = "partial"  # no audio track: CLAP columns NaN
+    clap_emb[3] = np.nan
+    clap_logits[3] = np.nan
+    table = pa.table({
+        "video_id": pa.array(ids.tolist()), "split": pa.array(split_names),
+        "weak": pa.FixedSizeListArray.from_arrays(pa.array(weak.reshape(-1)), 25),
+        "clip_ok": pa.array(np.ones(n, bool)), "clap_ok": pa.array([s == "ok" for s in status]),
+        "clip_logits": _nested(clip_logits), "clap_logits": _nested(clap_logits),
+        "clip_emb": _nested(clip_emb), "clap_emb": _nested(clap_emb), "status": pa.array(status),
+        "clip_teacher": pa.array(["tiny-clip"] * n), "clap_teacher": pa.array(["tiny-clap"] * n)})
+    feats = tmp_path / "out" / "features"
+    feats.mkdir(parents=True)
+    pq.write_table(table.slice(0, 30), str(feats / "part-a-0.parquet"))
+    pq.write_table(table.slice(30), str(feats / "part-a-1.parquet"))
+    harvest(str(feats), annotations=str(LLP_DIR))
+
+    data, cfg, meta = load_training_data(str(feats), get_preset("valor++"), annotations=str(LLP_DIR))
+    assert meta["labels"].endswith("labels") and meta["teachers"]["clip"] == "tiny-clip"
+    assert (cfg.model.audio_dim, cfg.model.frame_dim, cfg.model.frame_steps, cfg.model.clip_dim) == (16, 32, 1, 0)
+    tr = data["train"]
+    assert len(tr) == 39 and ids[3] not in set(tr.video_ids.tolist())  # the partial row is not trained on
+    rows = np.array([np.flatnonzero(ids == v)[0] for v in tr.video_ids])
+    np.testing.assert_array_equal(tr.frames, clip_emb[rows])
+    np.testing.assert_array_equal(tr.audio, clap_emb[rows])
+    np.testing.assert_array_equal(tr.audio_labels, harvest_labels(clap_logits[rows], weak[rows], CLAP_THRESHOLDS))
+    np.testing.assert_array_equal(tr.visual_labels, harvest_labels(clip_logits[rows], weak[rows], CLIP_THRESHOLDS))
+    for s in ("val", "test"):
+        assert len(data[s]) == 8
+        np.testing.assert_array_equal(data[s].audio_gt, splits[s].audio_gt[:8])
+        np.testing.assert_array_equal(data[s].visual_gt, splits[s].visual_gt[:8])

@@ -152,9 +152,24 @@ def _first(table, name: str) -> Optional[str]:
     return values[0] if len(values) == 1 else json.dumps(values)
 
 
-def _load_uri(uri: str, annotations: str, splits) -> tuple[dict, dict]:
-    import pyarrow.dataset as ds
+def _inner_dim(table, name: str) -> int:
+    """d of a (T, d) per-row column (fixed-size or variable lists, or a fixed-shape tensor)."""
+    import pyarrow as pa
 
+    t = table.schema.field(name).type
+    if isinstance(t, pa.FixedShapeTensorType):
+        return int(t.shape[-1])
+    if pa.types.is_fixed_size_list(t) and pa.types.is_fixed_size_list(t.value_type):
+        return int(t.value_type.list_size)
+    for value in table.column(name).to_pylist():  # variable lists: the first non-null row
+        if value:
+            return len(value[0])
+    raise DataError(f"column {name!r} is empty")
+
+
+def _load_uri(uri: str, annotations: str, splits) -> tuple[dict, dict]:
+    """An extraction features dataset -> {split: AVVPArrays}. Rows are selected in NumPy after conversion, never with
+    Arrow filter/take (wrong values on sliced nested fixed_size_list arrays in pyarrow 25, see harvest.column_array)."""
     from valor_core.llp import load_split
     from workflows.harvest import column_array, features_dataset
 
@@ -164,32 +179,37 @@ def _load_uri(uri: str, annotations: str, splits) -> tuple[dict, dict]:
     missing = [c for c in needed if c not in names]
     if missing:
         raise DataError(f"features {uri}: column(s) {', '.join(missing)} missing (has {', '.join(names)})")
-    flt = (ds.field("status") == "ok") if "status" in names else None
-    cols = [c for c in needed + ["split", "clip_logits", "clap_logits", "clip_teacher", "clip_checkpoint",
+    cols = [c for c in needed + ["split", "status", "clip_logits", "clap_logits", "clip_teacher", "clip_checkpoint",
                                  "clap_teacher", "clap_checkpoint"] if c in names]
-    table = dataset.to_table(columns=cols, filter=flt)
+    table = dataset.to_table(columns=cols)
     if table.num_rows == 0:
-        raise DataError(f"features {uri}: no rows with status ok")
+        raise DataError(f"features {uri}: empty dataset")
     ids = np.asarray(table.column("video_id").to_pylist()).astype(str)
-    row0 = table.slice(0, 1)
-    d_clip = len(row0.column("clip_emb")[0].as_py()[0])
-    d_clap = len(row0.column("clap_emb")[0].as_py()[0])
+    d_clip, d_clap = _inner_dim(table, "clip_emb"), _inner_dim(table, "clap_emb")
     arrays = {
         "weak": column_array(table, "weak", (25,), np.uint8, ids),
-        "frames": column_array(table, "clip_emb", (10, d_clip), np.float32, ids),
-        "audio": column_array(table, "clap_emb", (10, d_clap), np.float32, ids),
+        "frames": column_array(table, "clip_emb", (10, d_clip), np.float32, ids, allow_null=True),
+        "audio": column_array(table, "clap_emb", (10, d_clap), np.float32, ids, allow_null=True),
     }
     for name in ("clip_logits", "clap_logits"):
         if name in table.column_names:
-            arrays[name] = column_array(table, name, (10, 25), np.float32, ids)
+            arrays[name] = column_array(table, name, (10, 25), np.float32, ids, allow_null=True)
+    usable = np.ones(len(ids), bool)
+    if "status" in table.column_names:  # "partial" rows lack one teacher: no student input for that modality
+        usable &= np.asarray(table.column("status").to_pylist(), dtype=object) == "ok"
+    usable &= np.isfinite(arrays["frames"]).all(axis=(1, 2)) & np.isfinite(arrays["audio"]).all(axis=(1, 2))
+    _, first = np.unique(ids, return_index=True)  # a video written twice is used once
+    once = np.zeros(len(ids), bool)
+    once[first] = True
+    usable &= once
     split_col = np.asarray(table.column("split").to_pylist()).astype(str) if "split" in table.column_names else None
     data: dict[str, AVVPArrays] = {}
     for split in splits:
         if split_col is not None:
-            rows = np.flatnonzero(split_col == split)
+            mask = split_col == split
         else:  # no split column: place videos by the LLP split files
-            members = set(load_split(annotations, split).video_ids.tolist())
-            rows = np.flatnonzero(np.isin(ids, list(members)))
+            mask = np.isin(ids, load_split(annotations, split).video_ids)
+        rows = np.flatnonzero(mask & usable)
         if rows.size == 0:
             continue
         a = AVVPArrays(video_ids=ids[rows], weak=arrays["weak"][rows], audio=arrays["audio"][rows],
@@ -200,6 +220,8 @@ def _load_uri(uri: str, annotations: str, splits) -> tuple[dict, dict]:
             gt = load_split(annotations, split)
             where = gt.index()
             keep = np.array([where.get(v, -1) for v in a.video_ids.tolist()])
+            if (keep < 0).all():
+                raise DataError(f"features {uri}: none of its {split} videos is in the LLP {split} annotations")
             a = a.take(np.flatnonzero(keep >= 0))
             keep = keep[keep >= 0]
             a.audio_gt, a.visual_gt = gt.audio_gt[keep], gt.visual_gt[keep]
