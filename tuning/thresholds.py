@@ -185,6 +185,7 @@ def _make_coordinate_searcher(problems: dict, init: dict, objective: str, block_
                                  "gained": 0.0, "done": False, "history": []}
                 self._refill(m)
             self.pending: dict[str, tuple[str, list[int]]] = {}
+            self.errors = 0
             self.log: list[dict] = []
             self._rr = 0
 
@@ -224,6 +225,8 @@ def _make_coordinate_searcher(problems: dict, init: dict, objective: str, block_
             s = self.state[m]
             s["inflight"] -= 1
             accepted = False
+            if error:
+                self.errors += 1
             if not error and result and "block" in result:
                 cand = s["th"].copy()
                 cand[block] = result["block"]
@@ -264,6 +267,8 @@ def search_coord(problems: dict, init: dict, cfg: TuneConfig) -> tuple[dict, lis
                                     reuse_actors=True),
         run_config=_run_config(cfg, "coord"))
     _fit(tuner)
+    if searcher.errors:
+        raise RuntimeError(f"coord search: {searcher.errors} trial(s) failed (see the Tune errors above)")
     best = {m: {"thresholds": s["th"], "score": s["score"], "sweeps": s["sweep"]} for m, s in searcher.state.items()}
     return best, searcher.log
 
@@ -304,6 +309,9 @@ def search_optuna(problems: dict, init: dict, cfg: TuneConfig, algo: str = "tpe"
         run_config=_run_config(cfg, algo, [collect]))
     _fit(tuner)
     best, log = {}, []
+    if len(collect.rows) < cfg.trials:
+        raise RuntimeError(f"{algo} search: only {len(collect.rows)} of {cfg.trials} trials finished "
+                           "(see the Tune errors above)")
     for config, metrics in collect.rows:
         log.append({m: metrics[m] for m in problems} | {"score": metrics["score"]})
         for m, prob in problems.items():  # modalities are independent: best of each, possibly from different trials
@@ -342,8 +350,9 @@ def search_unified(problems: dict, cfg: TuneConfig) -> tuple[dict, list]:
         for m in problems:
             if m not in best or metrics[m] > best[m]["score"]:
                 best[m] = {"threshold": float(metrics[f"{m}_threshold"]), "score": float(metrics[m])}
-    if set(best) != set(problems):
-        raise RuntimeError("unified grid: no trial finished (see the Tune errors above)")
+    if len(collect.rows) < cfg.grid_points:
+        raise RuntimeError(f"unified grid: only {len(collect.rows)} of {cfg.grid_points} trials finished "
+                           "(see the Tune errors above)")
     return best, log
 
 
