@@ -39,6 +39,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 import warnings
@@ -175,7 +176,8 @@ def train_loop(config: dict) -> None:
         start_epoch = state["epoch"] + 1
         best_value, best_epoch, history = state["best_value"], state["best_epoch"], state["history"]
         resumed_from = state["epoch"]
-        print(f"[valor train] rank {rank}: resumed from the epoch-{resumed_from} checkpoint", flush=True)
+        print(f"[valor train] rank {rank}: resumed from the epoch-{resumed_from} checkpoint", file=sys.stderr,
+              flush=True)
 
     tracking = None
     if rank == 0 and config.get("tracking_uri") and config.get("run_id"):
@@ -258,13 +260,14 @@ class TrainOutcome:
                 "seconds": round(self.seconds, 2)}
 
 
-def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
+def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> bool:
+    """Connect to / start Ray (in-process when no address); True when this call started or connected it."""
     import ray
 
     for k, v in HEALTH_CHECK_ENV.items():
         os.environ.setdefault(k, v)
     if ray.is_initialized():
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS")
     kw: dict[str, Any] = {"runtime_env": {"env_vars": {k: os.environ[k] for k in HEALTH_CHECK_ENV}},
                           "log_to_driver": True}
@@ -272,6 +275,7 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> N
         ray.init(address=address, **kw)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, **kw)
+    return True
 
 
 def _train_payload(data: dict, cfg) -> dict:
@@ -312,7 +316,9 @@ def train(cfg, data: dict, *, workers: int = 2, use_gpu: bool = False, tracking_
     data_meta = dict(data_meta or {})
     cfg_dict = to_dict(cfg)
     cpus = ray.available_resources().get("CPU", 1.0)
-    threads = max(1, int(cpus // max(workers, 1))) if not use_gpu else 1
+    node_cpus = max([n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")] or [cpus])
+    # CPU workers: an equal share of the cluster's CPUs, at most one node's worth (a worker lives on one node)
+    threads = max(1, int(min(cpus // max(workers, 1), node_cpus))) if not use_gpu else 1
     run_name = run_name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     run_id = None
@@ -456,7 +462,6 @@ def add_arguments(parser) -> None:
 
 def run_cli(args, cfg) -> int:
     """Train `cfg` as the parsed `args` say; prints the summary (or with --json one JSON line, last)."""
-    import sys
 
     from workflows.datasets import DataError, load_training_data
 
@@ -474,11 +479,17 @@ def run_cli(args, cfg) -> int:
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"valor train: error: {err}", file=sys.stderr)
         return 1
-    outcome = train(cfg, data, workers=workers, use_gpu=use_gpu, tracking_uri=getattr(args, "tracking_uri", None),
-                    experiment=getattr(args, "experiment", "valor"), storage=getattr(args, "storage", None),
-                    run_name=getattr(args, "run_name", None), data_meta=meta,
-                    max_failures=getattr(args, "max_failures", 3), ray_address=getattr(args, "ray_address", None),
-                    figures=not getattr(args, "no_figures", False))
+    started = init_ray(getattr(args, "ray_address", None))
+    try:
+        outcome = train(cfg, data, workers=workers, use_gpu=use_gpu, tracking_uri=getattr(args, "tracking_uri", None),
+                        experiment=getattr(args, "experiment", "valor"), storage=getattr(args, "storage", None),
+                        run_name=getattr(args, "run_name", None), data_meta=meta,
+                        max_failures=getattr(args, "max_failures", 3), figures=not getattr(args, "no_figures", False))
+    finally:
+        if started:  # also stops the forwarding of worker logs, so the JSON below stays the last stdout line
+            import ray
+
+            ray.shutdown()
     if getattr(args, "json", False):
         print(json.dumps(outcome.as_json()))
     else:
@@ -533,22 +544,29 @@ def resolve_checkpoint(ref: str, tracking_uri: Optional[str] = None) -> str:
 
 
 def checkpoint_predictions(args, split) -> tuple[np.ndarray, np.ndarray]:
-    """(audio, visual) 0/1 predictions of a trained HAN for the LLP split `split` (official rule), aligned to its ids.
-    Features: --features, else the source recorded with the checkpoint."""
+    """`valor evaluate --checkpoint`: predict_split with the CLI's arguments."""
+    return predict_split(args.checkpoint, split, features=getattr(args, "features", None),
+                         annotations=args.annotations, tracking_uri=getattr(args, "tracking_uri", None))
+
+
+def predict_split(checkpoint: str, split, *, features: str | None = None, annotations: str | None = None,
+                  tracking_uri: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(audio, visual) 0/1 predictions of a trained HAN (a checkpoint path or an MLflow run id) for the LLP split
+    `split` (official rule), aligned to its ids. Features: `features`, else the source recorded with the checkpoint."""
     from valor_core.fit import predict
     from workflows.datasets import load_eval_split
     from workflows.evaluate import EvaluateError, align_predictions
 
     try:
-        ckpt = resolve_checkpoint(args.checkpoint, getattr(args, "tracking_uri", None))
+        ckpt = resolve_checkpoint(checkpoint, tracking_uri)
         model, cfg, meta = load_checkpoint_model(ckpt)
-        features = getattr(args, "features", None) or meta.get("data", {}).get("features")
+        features = features or meta.get("data", {}).get("features")
         if not features:
-            raise EvaluateError(f"{args.checkpoint}: the checkpoint records no features source; pass --features")
-        arrays = load_eval_split(features, split.name, cfg, annotations=args.annotations)
+            raise EvaluateError(f"{checkpoint}: the checkpoint records no features source; pass --features")
+        arrays = load_eval_split(features, split.name, cfg, annotations=annotations)
     except (FileNotFoundError, ValueError) as err:
         raise EvaluateError(str(err)) from None
     pa, pv = predict(model, arrays)
     audio, visual, extra = align_predictions(split.video_ids, arrays.video_ids, pa, pv,
-                                             source=f"checkpoint {args.checkpoint} on {features}")
+                                             source=f"checkpoint {checkpoint} on {features}")
     return audio.astype(np.uint8), visual.astype(np.uint8)
