@@ -231,7 +231,8 @@ def memory(cache: Path, sizes: list[int], teacher: str, num_cpus: int) -> dict:
     for n in sizes:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--mem-child", str(n), "--mem-teacher", teacher,
                "--cache", str(cache), "--num-cpus", str(num_cpus)]
-        p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, start_new_session=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, start_new_session=True, env=env)
         if p.returncode != 0:
             raise RuntimeError(f"memory run {n} failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
         r = json.loads(p.stdout.strip().splitlines()[-1])

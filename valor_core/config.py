@@ -145,6 +145,7 @@ class ExtractConfig:
     clap_actors: tuple[int, int] = (1, 2)
     num_gpus: float = 1.0  # per teacher actor when GPUs exist (fractions share a GPU)
     actor_num_cpus: float = 1.0  # per teacher actor on a CPU-only cluster (with GPUs: 1 CPU for host work)
+    torch_threads: int = 0  # torch threads per teacher actor; 0 = auto: all cores of the node (CPU-only), 1 (GPU)
     rows_per_file: int = 256  # videos per Parquet file (the last file of a run may hold fewer)
     dense: bool = False  # also store CLIP embeddings of the 8-fps frame stack (clip_dense_emb, (80, d) per video)
     retry_failed: bool = False  # re-run videos that have a row in <out>/_failures (default: they count as skipped)

@@ -144,6 +144,13 @@ def read_failures(out: str, opts: Optional[dict] = None, failures: Optional[str]
         done = feats.column("video_id")
         stale = pc.and_(table.column("fatal"), pc.is_in(table.column("video_id"), value_set=done))
         table = table.filter(pc.invert(stale))
+    if table.num_rows and len(set(table.column("run_id").to_pylist())) > 1:
+        # a video retried (--retry-failed) and failing again: keep the rows of its latest run (run ids sort by time)
+        vids, runs = table.column("video_id").to_pylist(), table.column("run_id").to_pylist()
+        latest: dict[str, str] = {}
+        for v, r in zip(vids, runs):
+            latest[v] = max(latest.get(v, r), r)
+        table = table.filter(pa.array([latest[v] == r for v, r in zip(vids, runs)]))
     return table
 
 
@@ -220,7 +227,9 @@ class Decode:
                 a = np.ascontiguousarray(d.audio, np.float32)
                 audio[i], audio_len[i], audio_ok[i] = a.tobytes(), a.shape[1], True
             else:
-                fail["fail_stage"][i], fail["fail_kind"][i] = "clap", "no_audio"
+                fail["fail_stage"][i] = "clap"  # the visual teacher still runs; the row will be "partial"
+                fail["fail_kind"][i] = next((e.kind for e in d.issues if e.kind in ("no_audio", "audio_failed")),
+                                            "no_audio")
                 fail["fail_reason"][i] = d.audio_reason or "audio missing"
             issues[i] = "; ".join(f"{e.kind}: {e.reason}" for e in d.issues)
             notes[i] = "; ".join(d.notes)
@@ -240,10 +249,10 @@ def default_loader(kind: str) -> Callable:
     return getattr(teachers, f"load_{kind}_teacher")
 
 
-def _set_threads(num_cpus: float) -> None:
+def _set_threads(threads: float) -> None:
     import torch
 
-    torch.set_num_threads(max(1, int(round(num_cpus))))
+    torch.set_num_threads(max(1, int(round(threads))))
 
 
 class _TeacherStage:
@@ -516,10 +525,14 @@ def build_dataset(todo: list[Entry], clip: str, clap: str, cfg: ExtractConfig, t
     resources = ray.cluster_resources()
     gpus = float(resources.get("GPU", 0.0))
     cpus = float(resources.get("CPU", 1.0))
+    node_cpus = max([n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")] or [cpus])
     if gpus > 0 and cfg.num_gpus > 0:
         actor_res = {"num_gpus": cfg.num_gpus, "num_cpus": 1}
-        actor_cpus = 1.0
+        threads = cfg.torch_threads or 1
     else:
+        # the teacher stages are the bottleneck on CPU and the other stages are mostly idle: by default each teacher
+        # actor's torch uses every core of its node (decode tasks and the other pool share them when they run)
+        threads = cfg.torch_threads or max(1, int(node_cpus))
         # CPU-only: leave room for decode and write tasks beside the minimum actor pools (no scheduling deadlock)
         min_actors = cfg.clip_actors[0] + cfg.clap_actors[0]
         room = max(0.25, (cpus - cfg.decode_num_cpus - 0.25) / max(1, min_actors))
@@ -531,11 +544,11 @@ def build_dataset(todo: list[Entry], clip: str, clap: str, cfg: ExtractConfig, t
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     ds = ds.map_batches(_decode_fn(media, opts), batch_size=cfg.decode_batch_size, num_cpus=cfg.decode_num_cpus,
                         batch_format="numpy")
-    ds = ds.map_batches(ClipStage, fn_constructor_kwargs={"spec": clip, "tcfg": teachers, "num_cpus": actor_cpus,
+    ds = ds.map_batches(ClipStage, fn_constructor_kwargs={"spec": clip, "tcfg": teachers, "num_cpus": threads,
                                                           "dense": cfg.dense, "loader": (loaders or {}).get("clip")},
                         compute=ray.data.ActorPoolStrategy(min_size=cfg.clip_actors[0], max_size=cfg.clip_actors[1]),
                         batch_size=cfg.clip_batch_size, batch_format="numpy", **actor_res)
-    ds = ds.map_batches(ClapStage, fn_constructor_kwargs={"spec": clap, "tcfg": teachers, "num_cpus": actor_cpus,
+    ds = ds.map_batches(ClapStage, fn_constructor_kwargs={"spec": clap, "tcfg": teachers, "num_cpus": threads,
                                                           "segments": media.segments,
                                                           "loader": (loaders or {}).get("clap")},
                         compute=ray.data.ActorPoolStrategy(min_size=cfg.clap_actors[0], max_size=cfg.clap_actors[1]),
