@@ -91,6 +91,18 @@ def _descendants(root: int) -> list[int]:
     return out
 
 
+def _kill_session(sid: int) -> None:
+    import signal
+
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid:
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+        except (OSError, IndexError, ValueError):
+            pass
+
+
 def _pss_mb(pids: list[int]) -> float:
     total = 0
     for pid in pids:
@@ -232,7 +244,11 @@ def memory(cache: Path, sizes: list[int], teacher: str, num_cpus: int) -> dict:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--mem-child", str(n), "--mem-teacher", teacher,
                "--cache", str(cache), "--num-cpus", str(num_cpus)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, start_new_session=True, env=env)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True, env=env)
+        stdout, stderr = proc.communicate()
+        _kill_session(proc.pid)  # whatever Ray left behind in that run's session
+        p = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
         if p.returncode != 0:
             raise RuntimeError(f"memory run {n} failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
         r = json.loads(p.stdout.strip().splitlines()[-1])

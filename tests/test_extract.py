@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.media_fixtures import tiny_teachers  # noqa: F401 - session fixture
 from workflows import objstore, storage
 
 VENV_BIN = Path(sys.executable).parent
@@ -211,7 +210,7 @@ def _visible_parts(out: str, opts: dict | None) -> list[str]:
     return [p for p in objstore.list_files(out, opts, suffix=".parquet")]
 
 
-def test_extract_s3_killed_and_rerun_exactly_once(corpus, s3, ray_head, tiny_teachers):  # noqa: F811
+def test_extract_s3_killed_and_rerun_exactly_once(corpus, s3, ray_head, tiny_teachers):
     import pyarrow.parquet as pq
 
     opts = objstore.s3_options(s3.config())
@@ -262,7 +261,7 @@ def test_extract_s3_killed_and_rerun_exactly_once(corpus, s3, ray_head, tiny_tea
     assert not objstore.list_files(objstore.join(out, "_staging"), opts, recursive=True)
 
 
-def test_extract_local_dir_with_local_ray(corpus, tmp_path, tiny_teachers):  # noqa: F811
+def test_extract_local_dir_with_local_ray(corpus, tmp_path, tiny_teachers):
     out = str(tmp_path / "out" / "features")
     env = _env(tiny_teachers["env"])
     for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
@@ -315,3 +314,54 @@ def test_failures_uri_and_manifest(tmp_path):
     m.write_text("filename\tevent_labels\na\tNotAClass\n")
     with pytest.raises(ManifestError, match="unknown class"):
         read_manifest(str(m), str(tmp_path))
+
+
+class _StubTeacher:
+    """Teacher interface stand-in for the Ray-free stage test; raises on frames whose mean is `poison`."""
+
+    def __init__(self, dim: int, poison: float | None = None):
+        self.name, self.checkpoint, self.dim, self.poison = "stub", "none", dim, poison
+
+    def segment_logits(self, batch):
+        items = [np.asarray(v, np.float32) for v in batch]
+        if self.poison is not None and any(abs(float(v.mean()) - self.poison) < 1e-6 for v in items):
+            raise ValueError("poisoned video")
+        T = items[0].shape[0]
+        emb = np.ones((len(items), T, self.dim), np.float32) / np.sqrt(self.dim)
+        return np.zeros((len(items), T, 25), np.float32), emb
+
+
+def test_stages_in_process_dense_and_teacher_failure_isolated(synth_corpus, tmp_path):
+    """Decode -> ClipStage -> ClapStage -> Write called directly (no Ray): dense stack, a teacher that fails on one
+    video (the others of its batch still get outputs; the bad one becomes a `clip` failure, partial row)."""
+    import pyarrow.dataset as pads
+
+    from valor_core.config import MediaConfig, TeacherConfig
+    from workflows.extract import ClapStage, ClipStage, Decode, Write, WriteSpec, column_to_numpy, read_failures
+    from workflows.manifest import read_manifest
+
+    entries = read_manifest(str(synth_corpus), str(Path(synth_corpus).parent))
+    batch = {"video_id": np.array([e.video_id for e in entries], object),
+             "source": np.array([e.source for e in entries], object),
+             "split": np.array([e.split for e in entries], object),
+             "labels": np.array([e.labels for e in entries], object),
+             "weak": np.stack([np.asarray(e.weak, np.uint8) for e in entries])}
+    dec = Decode(MediaConfig(dense_frames=True), None)(batch)
+    assert dec["frames"].shape[1:] == (10, 224, 224, 3) and dec["dense"].shape[1:] == (80, 224, 224, 3)
+    good = [i for i, v in enumerate(dec["video_id"]) if not str(v).startswith("broken-") and dec["ok"][i]]
+    victim = good[0]
+    poison = float(dec["frames"][victim].astype(np.float32).mean())
+    clip = ClipStage("s", TeacherConfig(), 1, dense=True, loader=lambda spec, cfg: _StubTeacher(8, poison))
+    clap = ClapStage("s", TeacherConfig(), 1, segments=10, loader=lambda spec, cfg: _StubTeacher(6))
+    out = str(tmp_path / "features")
+    res = Write(WriteSpec(out=out, failures=out + "_failures", opts=None, run_id="r1", segments=10, dense=True))(
+        clap(clip(dec)))
+    table = pads.dataset(out, format="parquet").to_table()
+    rows = {r["video_id"]: r for r in table.select(["video_id", "status", "error", "clip_ok"]).to_pylist()}
+    vid = str(dec["video_id"][victim])
+    assert rows[vid]["status"] == "partial" and not rows[vid]["clip_ok"] and "poisoned" in rows[vid]["error"]
+    assert all(rows[str(dec["video_id"][i])]["clip_ok"] for i in good[1:])
+    assert column_to_numpy(table.column("clip_dense_emb")).shape == (table.num_rows, 80, 8)
+    fails = {(f["video_id"], f["stage"]) for f in read_failures(out, failures=out + "_failures").to_pylist()}
+    assert (vid, "clip") in fails
+    assert sorted(set(res["outcome"])) == ["failed", "ok", "partial"]
