@@ -37,7 +37,10 @@ QUIET_ENV = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="valor", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="valor",
+        description="valor: VALOR audio-visual video parsing (CLIP/CLAP teachers -> HAN) on Ray; one sub-command per stage.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
