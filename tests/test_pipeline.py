@@ -251,12 +251,59 @@ def test_cli_reports_nothing_to_do(tmp_path, monkeypatch, capsys):
     assert "expected an integer" in capsys.readouterr().err
 
 
+def _fake_demo_out(args) -> dict:
+    scores = {lvl: {k: 50.0 + i for i, k in enumerate(("audio", "visual", "av", "type", "event"))}
+              for lvl in ("segment", "event")}
+    model = {"val": scores, "test": scores, "best_epoch": 1, "seconds": 0.1}
+    return {"train_videos": args.train_videos, "epochs": args.epochs, "hidden": args.hidden, "lr_scale": args.lr_scale,
+            "fidelity": {"audio": 1.0}, "seconds": 0.2, "han": model, "valor": model}
+
+
+def test_demo_stage_calls_valor_demo_and_is_skipped_after(tmp_path, monkeypatch):
+    """The demo stage runs workflows.demo in-process with `valor demo`'s defaults + demo.args, writes demo.json/png/txt
+    to demo.out, is fingerprinted on the demo section, and re-runs alone when its pictures are gone."""
+    from workflows import demo as D
+
+    calls = []
+
+    def fake_run_demo(args, log=print):
+        calls.append(args)
+        return _fake_demo_out(args)
+
+    monkeypatch.setattr(D, "run_demo", fake_run_demo)
+    fake = FakeStages()
+    runners = {**fake.runners(), "demo": pl.run_demo}
+
+    def run(*overrides):
+        cfg = _cfg(tmp_path, "demo.enabled=true", *overrides)
+        reports = pl.run_pipeline(cfg, runners=runners, prepare=lambda c, log: (c, {}),
+                                  init_ray=lambda c, env: (lambda: None), log=lambda m: None)
+        return cfg, {r.name: r.status for r in reports}
+
+    cfg, status = run("demo.args=['--epochs', '2']")
+    assert status["demo"] == "ran" and len(calls) == 1
+    assert calls[0].epochs == 2 and calls[0].train_videos == 3000 and calls[0].out == str(tmp_path / "out" / "demo")
+    for f in ("demo.json", "demo.png", "demo.txt"):
+        assert (tmp_path / "out" / "demo" / f).stat().st_size > 0
+    assert "Type@AV" in (tmp_path / "out" / "demo" / "demo.txt").read_text()
+    _, status = run("demo.args=['--epochs', '2']")
+    assert status["demo"] == "skipped" and len(calls) == 1
+    (tmp_path / "out" / "demo" / "demo.png").unlink()
+    _, status = run("demo.args=['--epochs', '2']")
+    assert status["demo"] == "ran" and status["train"] == "skipped" and len(calls) == 2
+    _, status = run("demo.args=['--epochs', '3']")  # its own section only: nothing else re-runs
+    assert status["demo"] == "ran" and set(status.values()) == {"ran", "skipped"} and calls[-1].epochs == 3
+    assert [k for k, v in status.items() if v == "ran"] == ["demo"]
+    with pytest.raises(pl.PipelineError, match=r"demo.args \['--nope'\]: not valid `valor demo` arguments"):
+        run("demo.args=['--nope']")
+
+
 # --- the real thing: `ray job submit` to a Ray head on 127.0.0.1, outputs on the SeaweedFS S3 server -----------------
 # Teardown stops exactly the head this test started (its process group) instead of `ray stop`, which would kill every
 # Ray process on the machine, including other test sessions' clusters.
 
 VENV_BIN = Path(sys.executable).parent
-E2E_VIDEOS = 12
+E2E_VIDEOS = 8
 
 
 def _free_ports(n: int) -> list[int]:
@@ -309,21 +356,35 @@ def ray_head():
             time.sleep(1)
         yield address
     finally:
-        # the head and everything it spawned share the session/process group we created: stop exactly that
+        # SIGTERM to `ray start --block` alone: it drains the node and stops its GCS/raylet/workers (a SIGTERM to the
+        # whole group at once kills the GCS first and the drain waits 30 s for it). Then whatever is left of the
+        # session/process group we created - and only that group - is killed.
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        time.sleep(2)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.kill(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=20)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            time.sleep(1)
         log.close()
+        assert _group_alive(proc.pid) == [], f"processes of the Ray head's group still alive: {_group_alive(proc.pid)}"
+
+
+def _group_alive(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group `pgid`."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                alive.append(int(stat.parent.name))
+    return alive
 
 
 @pytest.fixture(scope="module")
 def s3():
+    """A SeaweedFS S3 server of its own (state in a temp dir), stopped with `valor storage down --dir`."""
     from workflows import storage
 
     d = tempfile.mkdtemp(prefix="vs3", dir="/tmp")
@@ -331,7 +392,10 @@ def s3():
     try:
         yield info
     finally:
-        storage.down(d)
+        r = subprocess.run([str(VENV_BIN / "valor"), "storage", "down", "--dir", d, "--json"], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert not storage.status(d)["running"], f"SeaweedFS (pid {info.pid}) still running"
 
 
 def _runtime_env(tmp: Path, extra_env: dict) -> Path:
@@ -372,7 +436,7 @@ def _last_json(logs: str) -> dict:
 def test_job_submit_on_loopback_with_s3(ray_head, s3, tmp_path_factory):
     """The cluster path on one machine: a job runs `valor run --config configs/local.yaml` against a Ray head on
     127.0.0.1 with its outputs on the S3 server; a re-run does nothing; a thresholds change re-runs only harvest,
-    train and evaluate."""
+    train and evaluate. Scale: 8 videos, 1 epoch of a 1-layer 32-wide HAN on 1 worker, 2 tune sweeps."""
     import pyarrow.dataset as pads
 
     from workflows import objstore
@@ -384,9 +448,10 @@ def test_job_submit_on_loopback_with_s3(ray_head, s3, tmp_path_factory):
         f"paths.videos={tmp / 'videos'}", f"paths.annotations={tmp / 'videos'}", f"paths.work={work}",
         f"paths.output={prefix}", f"corpus.videos={E2E_VIDEOS}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
         f"storage.endpoint={s3.endpoint}", "demo.enabled=false",
-        "train.optim.epochs=2", "train.optim.warmup_epochs=1", "train.num_workers=2", "train.optim.batch_size=4",
+        "train.optim.epochs=1", "train.optim.warmup_epochs=0", "train.num_workers=1", "train.optim.batch_size=4",
         "train.model.hidden=32", "train.model.ff=64", "train.model.heads=2", "train.model.layers=1",
-        "tune.max_sweeps=2", "tune.grid_points=9",
+        "tune.max_sweeps=2", "tune.grid_points=5",
+        "extract.clip_actors=[1, 1]", "extract.clap_actors=[1, 1]",  # fixed pools: no second model load
     ]
     extra_env = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
                  "AWS_REGION": s3.region, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -398,6 +463,10 @@ def test_job_submit_on_loopback_with_s3(ray_head, s3, tmp_path_factory):
     assert status == "SUCCEEDED", logs[-6000:]
     s = _last_json(logs)
     assert s["ran"] == ["extract", "tune", "harvest", "train", "evaluate"], s
+    assert s["stages"]["demo"]["status"] == "disabled"
+    assert "RANDOM-INIT" in logs  # the tiny teachers say what they are
+
+    # Parquet on the S3 server: one features row and one labels row per video, val/test split as the corpus has them
     opts = objstore.s3_options(s3.config())
     fs, path = objstore.fs_for(f"{prefix}/features", opts)
     feats = pads.dataset(path, filesystem=fs, format="parquet").to_table()
@@ -405,31 +474,57 @@ def test_job_submit_on_loopback_with_s3(ray_head, s3, tmp_path_factory):
     fs, path = objstore.fs_for(f"{prefix}/labels", opts)
     labels = pads.dataset(path, filesystem=fs, format="parquet").to_table()
     assert labels.num_rows == E2E_VIDEOS
+    assert sorted(set(labels.column("video_id").to_pylist())) == sorted(set(feats.column("video_id").to_pylist()))
+    n_split = {name: len((tmp / "videos" / f).read_text().strip().splitlines()) - 1
+               for name, f in (("val", "AVVP_val_pd.csv"), ("test", "AVVP_test_pd.csv"))}
+    assert n_split["val"] == n_split["test"] == E2E_VIDEOS // 4
+
     th = json.loads(objstore.read_bytes(f"{prefix}/thresholds.json", opts))
-    assert len(th["audio"]["thresholds"]) == 25 and len(th["visual"]["thresholds"]) == 25
+    for m in ("audio", "visual"):
+        assert len(th[m]["thresholds"]) == 25 and all(isinstance(x, float) for x in th[m]["thresholds"])
+        assert 0.0 <= th[m]["fidelity"] <= 100.0
+
     ev = json.loads(objstore.read_bytes(f"{prefix}/eval.json", opts))
-    assert "test" in ev or "val" in ev
-    assert objstore.list_files(f"{prefix}/train", opts, recursive=True), "no checkpoint files under train/"
-    assert "***" in objstore.read_bytes(f"{prefix}/config.yaml", opts).decode() or s3.access_key not in \
-        objstore.read_bytes(f"{prefix}/config.yaml", opts).decode()
+    for split in ("val", "test"):
+        assert set(ev[split]) >= {"segment", "event"}
+        assert all(0.0 <= v <= 100.0 for lvl in ("segment", "event") for v in ev[split][lvl].values())
+    ckpt = objstore.list_files(f"{prefix}/train", opts, recursive=True)
+    assert ckpt, "no checkpoint files under train/"
+    assert any("epoch_001" in f for f in ckpt), ckpt[:5]
+    config_text = objstore.read_bytes(f"{prefix}/config.yaml", opts).decode()
+    assert s3.access_key not in config_text and s3.secret_key not in config_text
+
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     exp = client.get_experiment_by_name("valor-local")
     runs = client.search_runs([exp.experiment_id])
     train_runs = [r for r in runs if any(k.startswith("final.") for k in r.data.metrics)]
-    assert train_runs, [r.info.run_name for r in runs]
-    assert any("pipeline.paths.videos" in r.data.params or "paths.videos" in json.dumps(r.data.params)
-               for r in train_runs)
+    assert len(train_runs) == 1, [r.info.run_name for r in runs]
+    run = train_runs[0]
+    assert run.info.status == "FINISHED" and run.info.run_id == s["results"]["train"]["run_id"]
+    metrics = run.data.metrics
+    assert {"eval.test.segment.type", "eval.val.event.av", "train_loss"} <= set(metrics), sorted(metrics)
+    assert metrics["eval.test.segment.type"] == pytest.approx(ev["test"]["segment"]["type"], abs=1e-6)
+    assert any("pipeline.paths.videos" in k for k in run.data.params) or "paths.videos" in json.dumps(run.data.params)
+    tune_runs = [r for r in runs if r.info.run_id == s["results"]["tune"]["mlflow_run"]]
+    assert tune_runs and tune_runs[0].info.status == "FINISHED"
 
-    # nothing changed: nothing runs
+    # nothing changed: nothing runs, and it says so
     status, logs = _submit(ray_head, renv, args)
     assert status == "SUCCEEDED", logs[-6000:]
-    assert "nothing to do" in logs and _last_json(logs)["ran"] == []
+    s2 = _last_json(logs)
+    assert "nothing to do" in logs and s2["ran"] == []
+    assert {k: v["status"] for k, v in s2["stages"].items()} == {
+        "extract": "skipped", "tune": "skipped", "harvest": "skipped", "train": "skipped", "evaluate": "skipped",
+        "demo": "disabled"}
 
     # only the thresholds changed: harvest, train and evaluate re-run; extract and tune do not
     status, logs = _submit(ray_head, renv, ["--config", "configs/local.yaml", *overrides,
                                             "thresholds.unified_clip=0.0", "--json"])
     assert status == "SUCCEEDED", logs[-6000:]
-    assert _last_json(logs)["ran"] == ["harvest", "train", "evaluate"]
-
+    s3_ = _last_json(logs)
+    assert s3_["ran"] == ["harvest", "train", "evaluate"]
+    assert s3_["stages"]["extract"]["status"] == s3_["stages"]["tune"]["status"] == "skipped"
+    fs, path = objstore.fs_for(f"{prefix}/labels", opts)
+    assert pads.dataset(path, filesystem=fs, format="parquet").to_table().num_rows == E2E_VIDEOS

@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import posixpath
@@ -204,6 +205,11 @@ class Stage:
     resumable: bool = False  # an interrupted run with the same fingerprint continues in place (else outputs are cleared)
     also_clears: tuple[str, ...] = ()  # outputs that may legitimately be absent (not checked) but are cleared with the rest
     help: str = ""
+    produced: Callable[[PipelineConfig], tuple[str, ...]] = lambda cfg: ()  # outputs outside <output> (checked too)
+
+    def missing(self, cfg: PipelineConfig, layout: "Layout", store: "Store") -> list[str]:
+        uris = [getattr(layout, o) for o in self.outputs] + list(self.produced(cfg))
+        return [u for u in uris if not store.exists(u)]
 
 
 def _section(obj: Any, drop: tuple[str, ...] = ()) -> dict:
@@ -246,9 +252,11 @@ STAGES: tuple[Stage, ...] = (
     Stage("evaluate", ("train",), lambda c, s=None: {"annotations": annotations_digest(c.paths.annotations, s)},
           ("eval",), help="official segment/event F on val/test -> eval.json + MLflow"),
     Stage("demo", (), lambda c, s=None: {"demo": to_dict(c.demo)}, (), enabled=lambda c: c.demo.enabled,
-          uses_ray=False, help="the LLP-sim science demo (pictures)"),
+          uses_ray=False, help="the LLP-sim science demo: han vs valor table + pictures",
+          produced=lambda c: tuple(posixpath.join(c.demo.out, f) for f in DEMO_FILES)),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
+DEMO_FILES = ("demo.json", "demo.png", "demo.txt")
 
 
 def fingerprints(cfg: PipelineConfig, store: Optional[Store] = None,
@@ -302,7 +310,7 @@ def stage_status(cfg: PipelineConfig, store: Store, stages: tuple[Stage, ...] = 
             parts = (["its config changed"] if section_changed else []) + [f"{c} changed" for c in changed]
             state, why = "todo", ", ".join(parts) or "fingerprint changed"
         else:
-            missing = [o for o in st.outputs if not store.exists(getattr(layout, o))]
+            missing = st.missing(cfg, layout, store)
             state, why = ("todo", f"outputs missing: {', '.join(missing)}") if missing else ("done", "up to date")
         out[st.name] = {"state": state, "reason": why, "fingerprint": fps[st.name], "marker": marker}
     return out
@@ -366,7 +374,10 @@ def run_pipeline(cfg: PipelineConfig, *, only: Optional[str] = None, force: bool
     if any(st.uses_ray for st in todo):
         shutdown = (init_ray or start_ray)(cfg, env)
     try:
-        for st in todo:
+        for i, st in enumerate(todo):
+            if not any(t.uses_ray for t in todo[i:]):  # the rest (the demo) runs without Ray: give its CPUs back
+                shutdown()
+                shutdown = lambda: None  # noqa: E731
             fp = fps[st.name]
             started = store.read_json(layout.marker(st.name, "started"))
             if force or not st.resumable or not (started and started.get("fingerprint") == fp):
@@ -382,7 +393,7 @@ def run_pipeline(cfg: PipelineConfig, *, only: Optional[str] = None, force: bool
             t0 = time.time()
             result = runners[st.name](ctx) or {}
             seconds = time.time() - t0
-            missing = [o for o in st.outputs if not store.exists(getattr(layout, o))]
+            missing = st.missing(cfg, layout, store)
             if missing:
                 raise PipelineError(f"stage {st.name} finished without writing {', '.join(missing)}")
             results[st.name] = result
@@ -542,6 +553,15 @@ FORWARD_ENV_PREFIXES = ("HF_", "TRANSFORMERS_", "HUGGINGFACE_", "VALOR_", "TORCH
 RAY_DEFAULT_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}  # Train's report() blocks ~2 s per call otherwise
 
 
+def _job_env_vars() -> dict:
+    """The env_vars of the job's runtime_env when this driver runs under `ray job submit` (Ray injects the job config)."""
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")  # ray._private.runtime_env.constants
+        return dict((job.get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError, TypeError):
+        return {}
+
+
 def start_ray(cfg: PipelineConfig, env: dict) -> Callable[[], None]:
     """Connect to Ray (ray.address, or the job's cluster under `ray job submit`) or start it in-process.
 
@@ -555,6 +575,8 @@ def start_ray(cfg: PipelineConfig, env: dict) -> Callable[[], None]:
         os.environ.setdefault(k, v)
     env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV_PREFIXES)}
     env_vars.update(env)
+    for k in _job_env_vars():  # under `ray job submit`: Ray refuses a driver env var the job's runtime_env also sets
+        env_vars.pop(k, None)
     kwargs: dict[str, Any] = {"namespace": cfg.ray.namespace, "log_to_driver": True,
                               "runtime_env": {"env_vars": env_vars} if env_vars else None}
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
@@ -604,7 +626,7 @@ def run_tune(ctx: Context) -> dict:
     with tempfile.TemporaryDirectory() as d:
         local = os.path.join(d, "thresholds.json")
         Path(local).write_text(json.dumps(summary, indent=1))
-        run_id = T._mlflow_log({**summary, "_logs": logs}, tcfg, params, local)
+        run_id = T.mlflow_log({**summary, "_logs": logs}, tcfg, params, local)
     return {"mlflow_run": run_id, "searcher": tcfg.searcher, "seconds": summary["seconds"],
             **{m: {k: summary[m][k] for k in ("fidelity", "official")} for m in T.MODALITIES if m in summary},
             "paper": summary.get("paper")}
@@ -646,24 +668,21 @@ def run_train(ctx: Context) -> dict:
 def run_evaluate(ctx: Context) -> dict:
     """Score the trained model on val and test with the official metric (workflows.evaluate + train_ray's checkpoint
     predictions) -> eval.json, and add the numbers to the training run in MLflow."""
-    import types
-
     from valor_core.llp import load_split
     from workflows import evaluate as E
     from workflows import tracking
-    from workflows.train_ray import checkpoint_predictions
+    from workflows.train_ray import predict_split
 
     cfg = ctx.cfg
     trained = ctx.results.get("train", {})
     ref = trained.get("run_id") or trained.get("checkpoint")
     if not ref:
         raise PipelineError("evaluate: the train stage recorded no run id or checkpoint")
-    args = types.SimpleNamespace(checkpoint=ref, tracking_uri=cfg.tracking.uri, features=ctx.layout.features,
-                                 annotations=cfg.paths.annotations)
     out: dict[str, Any] = {"checkpoint": ref}
     for name in ("val", "test"):
         split = load_split(cfg.paths.annotations, name)
-        audio, visual = checkpoint_predictions(args, split)
+        audio, visual = predict_split(ref, split, features=ctx.layout.features, annotations=cfg.paths.annotations,
+                                      tracking_uri=cfg.tracking.uri)
         out[name] = E.score(split, audio, visual)
     ctx.store.write_json(ctx.layout.eval, out)
     if trained.get("run_id"):
@@ -674,15 +693,51 @@ def run_evaluate(ctx: Context) -> dict:
     return {name: {lvl: out[name][lvl] for lvl in ("segment", "event")} for name in ("val", "test")}
 
 
-def _todo(name: str) -> Runner:
-    def run(ctx: Context) -> dict:
-        raise PipelineError(f"stage {name} is not wired into the pipeline yet")
+def demo_args(cfg: PipelineConfig) -> argparse.Namespace:
+    """`valor demo`'s own arguments (its parser and defaults) with `demo.args` applied: the demo runs exactly as the CLI
+    would run it."""
+    from workflows import demo as D
 
-    return run
+    parser = argparse.ArgumentParser(prog="valor", exit_on_error=False)
+    D.register(parser.add_subparsers(dest="command"))
+    argv = ["demo", *map(str, cfg.demo.args)]
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args, extra = parser.parse_known_args(argv)
+    except (argparse.ArgumentError, SystemExit):
+        extra = None
+    if extra is None or extra:
+        why = f"unrecognized {extra}" if extra else err.getvalue().strip().splitlines()[-1]
+        raise PipelineError(f"demo.args {list(cfg.demo.args)}: not valid `valor demo` arguments: {why}")
+    args.out = cfg.demo.out
+    return args
 
 
-RUNNERS: dict[str, Runner] = {name: _todo(name) for name in STAGE_NAMES}
-RUNNERS.update(extract=run_extract, tune=run_tune, harvest=run_harvest, train=run_train, evaluate=run_evaluate)
+def run_demo(ctx: Context) -> dict:
+    """workflows.demo (`valor demo`) in this process: LLP-sim -> Table 6 harvest -> han vs valor on CPU -> the val/test
+    table; demo.json, demo.png and demo.txt (the table) in demo.out."""
+    from workflows import demo as D
+
+    cfg = ctx.cfg
+    args = demo_args(cfg)
+    ctx.log(f"[valor run] demo: `valor demo {' '.join(map(str, cfg.demo.args))}` -> {cfg.demo.out}")
+    try:
+        out = D.run_demo(args, log=ctx.log)
+    except (FileNotFoundError, ValueError) as err:
+        raise PipelineError(f"demo: {err}") from None
+    table = D.format_table(out)
+    ctx.log(table)
+    D.write_outputs(out, cfg.demo.out)
+    Path(cfg.demo.out, "demo.txt").write_text(table + "\n")
+    keep = ("train_videos", "epochs", "hidden", "lr_scale", "fidelity", "seconds")
+    return {**{k: out[k] for k in keep if k in out}, "out": cfg.demo.out,
+            **{m: {"test": {lvl: out[m]["test"][lvl] for lvl in ("segment", "event")}, "best_epoch": out[m]["best_epoch"]}
+               for m in D.MODELS}}
+
+
+RUNNERS: dict[str, Runner] = dict(extract=run_extract, tune=run_tune, harvest=run_harvest, train=run_train,
+                                  evaluate=run_evaluate, demo=run_demo)
 
 
 # --- CLI -----------------------------------------------------------------------------------------------------------
