@@ -58,6 +58,75 @@ def ray_data_loop(config: dict) -> None:
         ray.train.report({"epoch": epoch, "train_seconds": seconds, "loss": loss})
 
 
+def feed_loop(config: dict) -> None:
+    """Data feeding only (no model): one epoch = every batch of this rank's shard, materialised as float32 tensors."""
+    import ray
+    import ray.train
+    import torch
+
+    from workflows.train_ray import _batches, shard_indices
+
+    torch.set_num_threads(int(config["threads"]))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if config["mode"] == "arrays":
+        payload = ray.get(config["data_ref"])
+        tensors = {k: torch.from_numpy(v) for k, v in payload.items()}
+        n = len(next(iter(tensors.values())))
+    else:
+        shard = ray.train.get_dataset_shard("train")
+    for epoch in range(1, config["epochs"] + 1):
+        t0 = time.perf_counter()
+        rows = 0
+        if config["mode"] == "arrays":
+            batches = _batches(tensors, shard_indices(n, world, rank, 0, epoch), config["batch"])
+        else:
+            batches = shard.iter_torch_batches(batch_size=config["batch"],
+                                               local_shuffle_buffer_size=config["batch"] * 8, drop_last=True)
+        for batch in batches:
+            rows += len(next(iter(batch.values())))
+            for t in batch.values():
+                t.float()
+        seconds = time.perf_counter() - t0
+        if rank == 0:
+            with open(config["timings"], "a") as f:
+                f.write(f"{seconds} {rows}\n")
+        ray.train.report({"epoch": epoch, "seconds": seconds})
+
+
+def run_feed_only(cfg, data, workers: int, mode: str, epochs: int = 3) -> dict:
+    import numpy as np
+    import pyarrow as pa
+    import ray
+    import ray.train
+    from ray.data.extensions import ArrowTensorArray
+    from ray.train.torch import TorchTrainer
+
+    from valor_core.fit import to_tensors
+    from workflows.train_ray import per_worker_batch
+
+    arrays = {k: np.ascontiguousarray(t.numpy()) for k, t in to_tensors(data["train"], cfg).items()}
+    timings = tempfile.mktemp(prefix="valor-bench-feed-")
+    config = {"mode": mode, "epochs": epochs, "threads": 1, "timings": timings,
+              "batch": per_worker_batch(cfg.optim.batch_size, workers)}
+    datasets = None
+    if mode == "arrays":
+        config["data_ref"] = ray.put(arrays)
+    else:
+        datasets = {"train": ray.data.from_arrow(pa.table({k: ArrowTensorArray.from_numpy(v)
+                                                           for k, v in arrays.items()}))}
+    TorchTrainer(feed_loop, train_loop_config=config, datasets=datasets,
+                 scaling_config=ray.train.ScalingConfig(num_workers=workers),
+                 run_config=ray.train.RunConfig(name=f"bench-feed-{mode}-{os.getpid()}",
+                                                storage_path=tempfile.mkdtemp(prefix="valor-bench-"))).fit()
+    with open(timings) as f:
+        rows = [line.split() for line in f if line.strip()]
+    os.remove(timings)
+    secs = [float(r[0]) for r in rows]
+    return {"mode": f"feed-only {mode}", "workers": workers, "epoch_seconds": secs,
+            "rows_per_rank": int(rows[-1][1]) if rows else 0}
+
+
 def run_ray_data(cfg, data, workers: int, epochs: int) -> dict:
     import numpy as np
     import pyarrow as pa
@@ -134,7 +203,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--preset", default="valor")
-    ap.add_argument("--no-ray-data", action="store_true")
+    ap.add_argument("--no-ray-data", action="store_true", help="skip the Ray Data comparison runs")
+    ap.add_argument("--feed-only", action="store_true", help="only the data-feeding comparison (no training runs)")
     ap.add_argument("--gpu", choices=("auto", "yes", "no"), default="auto")
     ap.add_argument("--annotations", default=None)
     ap.add_argument("--json", action="store_true")
@@ -158,13 +228,19 @@ def main(argv=None) -> int:
     gpu = args.gpu == "yes" or (args.gpu == "auto" and torch.cuda.is_available())
     init_ray()
     results = []
-    for w in args.workers:
+    for w in ([] if args.feed_only else args.workers):
         results.append(summarize(run_arrays(cfg, data, w, args.epochs), n, full_epochs))
         print(json.dumps(results[-1]), flush=True)
-    if not args.no_ray_data:
+    if not args.no_ray_data and not args.feed_only:
         w = max(args.workers)
         results.append(summarize(run_ray_data(cfg, data, w, args.epochs), n, full_epochs))
         print(json.dumps(results[-1]), flush=True)
+    feed = []
+    if not args.no_ray_data:  # what the data path alone costs per epoch (no model): arrays vs Ray Data
+        w = max(args.workers)
+        for mode in ("arrays", "ray_data"):
+            feed.append(run_feed_only(cfg, data, w, mode))
+            print(json.dumps(feed[-1]), flush=True)
     if gpu:
         results.append(summarize(run_arrays(cfg, data, 1, args.epochs, use_gpu=True), n, full_epochs))
         print(json.dumps(results[-1]), flush=True)
@@ -179,10 +255,13 @@ def main(argv=None) -> int:
         print(f"{name:24s} {r['train_seconds_per_epoch']:14.2f} {r['videos_per_s']:10.0f} "
               f"{r.get('epoch_seconds_with_val', float('nan')):12.2f} {r.get('fixed_overhead_seconds', float('nan')):11.1f} "
               f"{(f'{est / 60:.1f} min' if est else '-'):>14s}")
+    for r in feed:
+        print(f"{r['mode']:24s} {r['workers']} workers: seconds per epoch "
+              f"{', '.join(f'{x:.2f}' for x in r['epoch_seconds'])} ({r['rows_per_rank']} videos per rank)")
     print(f"(60-epoch times are extrapolated: fixed overhead + {full_epochs} x the mean epoch after the first of "
           f"{args.epochs} measured; target <= 3 min CPU-only)")
     if args.json:
-        print(json.dumps({"videos": n, "results": results}))
+        print(json.dumps({"videos": n, "results": results, "feed_only": feed}))
     return 0
 
 
