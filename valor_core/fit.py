@@ -32,12 +32,13 @@ from valor_core.schedule import lr_at_epoch
 
 
 def configure_threads(threads: Optional[int] = None) -> int:
-    """Set torch's intra-op threads to `threads` or the CPUs this process may run on; returns the number set."""
+    """Set torch's intra-op CPU threads: `threads`, else $VALOR_THREADS, else 1; returns the number set.
+
+    One thread by default: the HAN's matrices are small (10 segments x d), so intra-op threads gain little even on idle
+    cores, and on shared/oversubscribed cores they collapse (measured: 2 threads ran 25-40x *slower* than 1 on a loaded
+    2-core machine). Parallelism comes from Ray Train workers instead; pass threads explicitly on a dedicated box."""
     if threads is None:
-        try:
-            threads = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            threads = os.cpu_count() or 1
+        threads = int(os.environ.get("VALOR_THREADS") or 1)
     torch.set_num_threads(max(1, threads))
     return torch.get_num_threads()
 

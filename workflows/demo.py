@@ -36,11 +36,11 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="LLP-sim, subset, init and shuffling seed (default: %(default)s)")
     p.add_argument("--train-videos", type=int, default=3000, metavar="N",
                    help="seeded subset of the 10,000 train videos; 0 = all (default: %(default)s)")
-    p.add_argument("--hidden", type=int, default=64,
+    p.add_argument("--hidden", type=int, default=128,
                    help="HAN width for both models; 0 = the presets' 512 (default: %(default)s)")
     p.add_argument("--lr-scale", type=float, default=10.0,
                    help="multiply both presets' learning rates (default: %(default)s; 1 = the paper's)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the CPUs available)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: $VALOR_THREADS or 1; see valor_core.fit.configure_threads)")
     p.add_argument("--out", default=None, metavar="DIR", help="also write demo.json and demo.png there")
     p.add_argument("--json", action="store_true", help="print one JSON object of the numbers as the last line")
     p.set_defaults(func=main)

@@ -1,0 +1,87 @@
+"""Seconds per training epoch of a HAN preset (default `valor`: d=512 x 1 layer, batch 64, AdamW, Eq. 9 loss) on
+10,000 LLP-sim train videos, in-process on CPU (valor_core.fit.train_epoch), plus videos/s.
+
+    .venv/bin/python bench/train_cpu.py [--preset valor] [--videos 10000] [--epochs 1] [--threads N] [--set k=v ...]
+
+Inputs: LLP-sim with the preset's real input widths (VGGish-like 128, ResNet-like 2048, R(2+1)D-like 512); the sim
+has one frame step per segment, which is what the model sees anyway: `fit.to_tensors` averages the ResNet stream's
+8 steps per segment once, before training (identical result, see valor_core/han.py). Targets: Table 6 harvested
+labels. The figure excludes the one-off simulation and tensor set-up (printed separately) and the val evaluation
+(printed separately). The epoch runs at the preset's epoch-1 learning rate.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+DEFAULT_LLP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "llp")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--annotations", default=DEFAULT_LLP)
+    ap.add_argument("--preset", default="valor")
+    ap.add_argument("--videos", type=int, default=10000)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: $VALOR_THREADS or 1)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args()
+
+    import torch
+
+    from valor_core.fit import (build_model, build_optimizer, configure_threads, evaluate_model, iterate_batches,
+                                to_tensors, train_epoch)
+    from valor_core.labels import harvest_labels, thresholds_for
+    from valor_core.sim import simulate
+    from workflows.train import resolve_config
+
+    threads = configure_threads(args.threads)
+    cfg = resolve_config(argparse.Namespace(preset=args.preset, overrides=args.overrides + ["model.frame_steps=1"]))
+    t0 = time.perf_counter()
+    features = "clip_clap" if cfg.features == "clip_clap" else "vggish_resnet_r2p1d"
+    dims = {} if features == "clip_clap" else {"audio_dim": cfg.model.audio_dim, "frame_dim": cfg.model.frame_dim,
+                                               "clip_dim": cfg.model.clip_dim}
+    data = simulate(args.annotations, seed=0, splits=("train", "val"), features=features, **dims)
+    train, val = data["train"], data["val"]
+    if args.videos < len(train):
+        train = train.take(np.arange(args.videos))
+    elif args.videos > len(train):  # more than LLP has: repeat rows
+        train = train.take(np.arange(args.videos) % len(train))
+    th = cfg.labels
+    train.audio_labels = harvest_labels(train.clap_logits, train.weak, thresholds_for(th, "audio"))
+    train.visual_labels = harvest_labels(train.clip_logits, train.weak, thresholds_for(th, "visual"))
+    t_sim = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model = build_model(cfg)
+    optimizer = build_optimizer(model, cfg)
+    tensors = to_tensors(train, cfg)
+    t_setup = time.perf_counter() - t0
+    gen = torch.Generator().manual_seed(0)
+    n = len(train)
+    print(f"preset {cfg.preset}: d={cfg.model.hidden} x {cfg.model.layers}, batch {cfg.optim.batch_size}, loss "
+          f"{cfg.loss}; {n} LLP-sim train videos; torch {torch.__version__}, {threads} CPU thread(s); "
+          f"sim+harvest {t_sim:.1f} s, model+tensors {t_setup:.2f} s")
+    times = []
+    for epoch in range(1, args.epochs + 1):
+        t0 = time.perf_counter()
+        loss = train_epoch(model, optimizer, iterate_batches(tensors, cfg.optim.batch_size, gen), cfg, epoch)
+        times.append(time.perf_counter() - t0)
+        print(f"epoch {epoch}: {times[-1]:.1f} s ({n / times[-1]:.0f} videos/s), loss {loss:.4f}", flush=True)
+    t0 = time.perf_counter()
+    scores = evaluate_model(model, val)
+    t_eval = time.perf_counter() - t0
+    best = min(times)
+    print(f"val evaluation ({len(val)} videos, predict + official metrics): {t_eval:.2f} s; "
+          f"segment Type@AV {scores.segment['type']:.2f}")
+    print(f"seconds per epoch: {best:.1f}  ({n / best:.0f} videos/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
