@@ -342,7 +342,8 @@ def ray_head():
            f"--runtime-env-agent-port={rtenv}", f"--min-worker-port={wmin}", f"--max-worker-port={wmin + 200}",
            "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp}"]
     log = open(Path(temp) / "ray-start.log", "w")
-    proc = subprocess.Popen(cmd, env=_loopback_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {**_loopback_env(), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2"}  # SIGTERM: drain 2 s (not 30), then stop
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     try:
         deadline = time.time() + 120
@@ -356,8 +357,8 @@ def ray_head():
             time.sleep(1)
         yield address
     finally:
-        # SIGTERM to `ray start --block` alone: it drains the node and stops its GCS/raylet/workers (a SIGTERM to the
-        # whole group at once kills the GCS first and the drain waits 30 s for it). Then whatever is left of the
+        # SIGTERM to `ray start --block` alone: it drains the node (2 s) and stops its GCS/raylet/workers (a SIGTERM to
+        # the whole group at once kills the GCS first and the drain waits out its timeout for it). Then whatever is left of the
         # session/process group we created - and only that group - is killed.
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGTERM)

@@ -7,7 +7,7 @@
     harvest   features + θ      ──► <output>/labels                           Ray Data
     train     features + labels ──► <output>/train (checkpoints) + MLflow run Ray Train
     evaluate  checkpoint        ──► <output>/eval.json (+ MLflow metrics)
-    demo      (optional) the LLP-sim science demo: pictures
+    demo      LLP-sim (no Ray) ──► <demo.out>/demo.{png,json,txt}               `valor demo` in-process (demo.enabled)
 
 Skipping. Each stage has a *fingerprint*: the SHA-256 of the stage's resolved config section and the fingerprints of the
 stages (or input files) it reads. After a stage's outputs are written, a completion marker `<output>/_pipeline/<stage>.json`
@@ -721,7 +721,8 @@ def run_demo(ctx: Context) -> dict:
 
     cfg = ctx.cfg
     args = demo_args(cfg)
-    ctx.log(f"[valor run] demo: `valor demo {' '.join(map(str, cfg.demo.args))}` -> {cfg.demo.out}")
+    flags = " ".join(map(str, cfg.demo.args)) or "(its defaults)"
+    ctx.log(f"[valor run] demo: valor demo {flags} -> {cfg.demo.out}")
     try:
         out = D.run_demo(args, log=ctx.log)
     except (FileNotFoundError, ValueError) as err:
@@ -822,5 +823,5 @@ def where_things_are(s: dict) -> str:
              f"  resolved config   {s['config']}",
              f"  MLflow runs       {s['tracking_uri']}   (mlflow ui --backend-store-uri {s['tracking_uri']})"]
     if s.get("pictures"):
-        lines.append(f"  pictures          {s['pictures']}")
+        lines.append(f"  pictures          {s['pictures']}/demo.png  (the LLP-sim han vs valor table: demo.txt, demo.json)")
     return "\n".join(lines)
