@@ -553,7 +553,9 @@ def build_dataset(todo: list[Entry], clip: str, clap: str, cfg: ExtractConfig, t
                                                           "loader": (loaders or {}).get("clap")},
                         compute=ray.data.ActorPoolStrategy(min_size=cfg.clap_actors[0], max_size=cfg.clap_actors[1]),
                         batch_size=cfg.clap_batch_size, batch_format="numpy", **actor_res)
-    ds = ds.map_batches(_write_fn(spec), batch_size=cfg.rows_per_file, num_cpus=0.25, batch_format="numpy")
+    # writers are I/O: a small fixed pool (more would only add worker processes, i.e. memory, not speed)
+    ds = ds.map_batches(_write_fn(spec), batch_size=cfg.rows_per_file, num_cpus=0.25, batch_format="numpy",
+                        compute=ray.data.TaskPoolStrategy(size=2))
     return ds
 
 
