@@ -306,14 +306,18 @@ class ThresholdProblem:
         return float(cand[j]), float(score[j])
 
     def block_update(self, thresholds, classes: Iterable[int], objective: Objective = "fidelity",
-                     passes: int = 1) -> tuple[np.ndarray, float]:
-        """Gauss-Seidel over `classes` (exact line search each), `passes` times; returns new thresholds and score."""
+                     passes: int = 1, tol: float = 1e-9) -> tuple[np.ndarray, float]:
+        """Gauss-Seidel over `classes` (an exact line search each), up to `passes` times or until a pass gains less
+        than `tol`; returns the new thresholds and their score."""
         th = np.array(np.broadcast_to(np.asarray(thresholds, np.float64), (self.num_classes,)))
-        score = None
-        for _ in range(passes):
+        score = self.score(th, objective)
+        for _ in range(max(1, passes)):
+            before = score
             for c in classes:
                 th[c], score = self.line_search(th, int(c), objective)
-        return th, (self.score(th, objective) if score is None else score)
+            if score - before < tol:
+                break
+        return th, score
 
 
 def _micro(tp: int, k: int, positives: int) -> float:
