@@ -33,7 +33,9 @@ epochs e+1..E, so the run ends with the same number of epochs.
 
 Test-only hooks (environment of the driver, passed to the workers through the loop config; never set in normal use):
     VALOR_TEST_KILL_WORKER="epoch=2,rank=1,marker=/tmp/x"   the worker of that rank SIGKILLs itself after its first
-                                                            batch of that epoch, once (the marker file remembers)
+                                                            batch of that epoch, once (the marker file remembers),
+                                                            after the controller has registered the previous
+                                                            epoch's checkpoint (local storage)
     VALOR_TRAIN_RECORD_SHARDS=DIR                          every rank writes DIR/epoch<E>_rank<R>.json (its video ids)
 """
 from __future__ import annotations
@@ -122,12 +124,30 @@ def _parse_kill_hook(text: Optional[str]) -> Optional[dict]:
             "after_batches": int(hook.get("after_batches", 1))}
 
 
+def _wait_committed(snapshot: Optional[str], name: str, timeout: float = 60.0) -> None:
+    """Test hook helper: wait until the Ray Train controller has registered checkpoint `name` (it appears in the run's
+    checkpoint_manager_snapshot.json). A worker group that dies between `ray.train.report` and the controller's next
+    poll loses that report, and the restart would resume from the checkpoint before it."""
+    if not snapshot:
+        return
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with open(snapshot) as f:
+                if f'"{name}"' in f.read():
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+
+
 def _batches(tensors: dict, index: np.ndarray, batch_size: int, kill: Optional[dict] = None):
     import torch
 
     idx = torch.from_numpy(np.ascontiguousarray(index))
     for b, start in enumerate(range(0, len(idx), batch_size)):
         if kill is not None and b == kill["after_batches"] and not os.path.exists(kill["marker"]):
+            _wait_committed(kill.get("snapshot"), f"epoch_{kill['epoch'] - 1:03d}")
             with open(kill["marker"], "w") as f:
                 f.write(f"killed pid {os.getpid()} at {time.time()}\n")
             os.kill(os.getpid(), signal.SIGKILL)  # a real, unclean worker death
@@ -342,9 +362,12 @@ def train(cfg, data: dict, *, workers: int = 2, use_gpu: bool = False, tracking_
     storage_path, storage_fs, storage_uri = _storage(storage)
     trial_name = f"{run_name}-{run_id[:8]}" if run_id else f"{run_name}-{os.getpid()}"
     data_ref = ray.put(_train_payload(data, cfg))
+    kill = _parse_kill_hook(os.environ.get("VALOR_TEST_KILL_WORKER"))
+    if kill is not None and storage_fs is None:
+        kill["snapshot"] = os.path.join(storage_path, trial_name, "checkpoint_manager_snapshot.json")
     loop_config = {
         "train": cfg_dict, "data_ref": data_ref, "threads": threads, "tracking_uri": tracking_uri, "run_id": run_id,
-        "data_meta": data_meta, "kill": _parse_kill_hook(os.environ.get("VALOR_TEST_KILL_WORKER")),
+        "data_meta": data_meta, "kill": kill,
         "record_shards": os.environ.get("VALOR_TRAIN_RECORD_SHARDS"),
     }
     scaling = ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
