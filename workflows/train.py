@@ -48,6 +48,8 @@ def resolve_config(args) -> TrainConfig:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     overrides = list(getattr(args, "overrides", None) or [])
+    if getattr(args, "epochs", None):  # --epochs E (workflows.train_ray.add_arguments) == --set optim.epochs=E
+        overrides.append(f"optim.epochs={int(args.epochs)}")
     if not overrides:
         return base
     data = apply_overrides({}, overrides)
