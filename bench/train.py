@@ -12,6 +12,14 @@ scoring) + 60 x the mean measured epoch -- an extrapolation from `--epochs` epoc
 The Ray Data variant feeds the same DDP loop from `ray.data.from_arrow(...)` (tensor columns) through
 `get_dataset_shard("train").iter_torch_batches(...)` with a local shuffle buffer instead of index batches over the
 arrays in the object store: same model, same batch size, only the batch source differs.
+
+Measured (Nov 2026, this project's 2-core CPU machine, shared with other jobs; `valor` preset d=512x1, batch 64):
+    nearly idle (load ~2):  2 workers 52 s/epoch (193 videos/s), 1 worker (2 threads) 51-95 s/epoch; Ray start +
+                            worker group + final scoring ~20-25 s; 60 epochs extrapolated ~54 min (2 workers)
+    loaded (load 12-30):    2 workers 119-175 s/epoch, 1 worker 444 s/epoch (2 threads contend badly)
+    data feeding only:      object-store arrays 0.6-2.1 s/epoch vs Ray Data iter_torch_batches 7-26 s/epoch
+The 3-min target for 60 epochs is out of reach on 2 cores: 600,000 video passes of a 5.1M-parameter HAN at ~190
+videos/s take ~53 min; the work divides over more CPU workers or GPUs (`--workers N`, `--gpu`).
 """
 from __future__ import annotations
 
