@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -123,10 +124,11 @@ def run_feed_only(cfg, data, workers: int, mode: str, epochs: int = 3) -> dict:
     else:
         datasets = {"train": ray.data.from_arrow(pa.table({k: ArrowTensorArray.from_numpy(v)
                                                            for k, v in arrays.items()}))}
+    storage = tempfile.mkdtemp(prefix="valor-bench-")
     TorchTrainer(feed_loop, train_loop_config=config, datasets=datasets,
                  scaling_config=ray.train.ScalingConfig(num_workers=workers),
-                 run_config=ray.train.RunConfig(name=f"bench-feed-{mode}-{os.getpid()}",
-                                                storage_path=tempfile.mkdtemp(prefix="valor-bench-"))).fit()
+                 run_config=ray.train.RunConfig(name=f"bench-feed-{mode}-{os.getpid()}", storage_path=storage)).fit()
+    shutil.rmtree(storage, ignore_errors=True)
     with open(timings) as f:
         rows = [line.split() for line in f if line.strip()]
     os.remove(timings)
@@ -155,14 +157,15 @@ def run_ray_data(cfg, data, workers: int, epochs: int) -> dict:
     threads = max(1, int(ray.available_resources().get("CPU", 1) // workers))
 
     timings = tempfile.mktemp(prefix="valor-bench-raydata-")
+    storage = tempfile.mkdtemp(prefix="valor-bench-")
     trainer = TorchTrainer(
         ray_data_loop, train_loop_config={"train": to_dict(cfg), "threads": threads, "timings": timings,
                                           "batch": per_worker_batch(cfg.optim.batch_size, workers)},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": threads}),
         datasets={"train": ds},
-        run_config=ray.train.RunConfig(name=f"bench-raydata-{os.getpid()}-{workers}",
-                                       storage_path=tempfile.mkdtemp(prefix="valor-bench-")))
+        run_config=ray.train.RunConfig(name=f"bench-raydata-{os.getpid()}-{workers}", storage_path=storage))
     trainer.fit()
+    shutil.rmtree(storage, ignore_errors=True)
     total = time.perf_counter() - t0
     with open(timings) as f:
         epochs_s = [float(line) for line in f if line.strip()]
@@ -175,10 +178,12 @@ def run_arrays(cfg, data, workers: int, epochs: int, use_gpu: bool = False) -> d
     from workflows.train_ray import train
 
     cfg = replace(cfg, **{"optim.epochs": epochs})
+    storage = tempfile.mkdtemp(prefix="valor-bench-")
     t0 = time.perf_counter()
-    out = train(cfg, data, workers=workers, use_gpu=use_gpu, track=False, figures=False,
-                storage=tempfile.mkdtemp(prefix="valor-bench-"), run_name=f"bench-{workers}w")
+    out = train(cfg, data, workers=workers, use_gpu=use_gpu, track=False, figures=False, storage=storage,
+                run_name=f"bench-{workers}w")
     total = time.perf_counter() - t0
+    shutil.rmtree(storage, ignore_errors=True)
     hist = out.history
     return {"mode": "arrays", "workers": workers, "gpu": use_gpu,
             "epoch_train_seconds": [h["train_seconds"] for h in hist],
