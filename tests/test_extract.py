@@ -7,7 +7,6 @@ by their own session (started with start_new_session; leftovers found by session
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -20,66 +19,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import loopback
 from tests.conftest import REPO
+from tests.loopback import kill_session, loopback_env
 from workflows import objstore, storage
 
-VENV_BIN = Path(sys.executable).parent
 GOOD, SEED = 17, 5  # 17 good + 13 broken/awkward (valor_core.media.synth.BROKEN_KINDS) = 30 videos
 FATAL = {"empty": "empty", "truncated": "truncated", "not_video": "not_video", "audio_only": "no_video_stream",
          "unknown_codec": "unknown_codec", "tiny": "too_short"}  # broken kind -> failure kind (stage decode)
 CLIP_DIM, CLAP_DIM = 32, 512  # the tiny teachers
 FAST = ["--rows-per-file", "4", "--clip-actors", "1,1", "--clap-actors", "1,1", "--teacher-batch", "10",
         "--clip-batch", "8", "--clap-batch", "4"]
-
-
-def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[3]) == sid and fields[0] != "Z":
-                pids.append(int(stat.parent.name))
-    return pids
-
-
-def _kill_session(sid: int, grace: float = 5.0) -> None:
-    """Stop every process of the session we created (SIGTERM, then SIGKILL what is left)."""
-    for pid in _session_pids(sid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.time() + grace
-    while _session_pids(sid) and time.time() < deadline:
-        time.sleep(0.2)
-    for pid in _session_pids(sid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    socks, ports = [], []
-    try:
-        while len(ports) < n:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            port = s.getsockname()[1]
-            if port not in ports and 20000 < port < 55000:
-                ports.append(port)
-    finally:
-        for s in socks:
-            s.close()
-    return ports
-
-
-def _env(extra: dict | None = None) -> dict:
-    env = dict(os.environ)
-    env.update(RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
-               PYTHONUNBUFFERED="1", PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
-    env.pop("RAY_ADDRESS", None)
-    env.update(extra or {})
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -107,29 +57,8 @@ def s3():
 @pytest.fixture(scope="module")
 def ray_head():
     """One Ray head per module on 127.0.0.1 (every port free-picked, 2 CPUs, no dashboard); yields its GCS address."""
-    (gcs, dash, client, nm, om, agent, agent_grpc, metrics, rtenv, wmin) = _free_ports(10)
-    temp = tempfile.mkdtemp(prefix="vx", dir="/tmp")  # short: Ray's unix sockets live under it
-    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-           "--include-dashboard=false", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
-           f"--node-manager-port={nm}", f"--object-manager-port={om}", f"--dashboard-agent-listen-port={agent}",
-           f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-           f"--runtime-env-agent-port={rtenv}", f"--min-worker-port={wmin}", f"--max-worker-port={wmin + 200}",
-           "--num-cpus=2", "--object-store-memory=600000000", "--disable-usage-stats", f"--temp-dir={temp}"]
-    log = open(Path(temp) / "ray-start.log", "w")
-    proc = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 180
-        while "Ray runtime started" not in (Path(temp) / "ray-start.log").read_text():
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"ray head did not start: {(Path(temp) / 'ray-start.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield f"127.0.0.1:{gcs}"
-    finally:
-        _kill_session(proc.pid)  # the head and everything it started (SIGTERM, 5 s, then SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-        log.close()
-        assert not _session_pids(proc.pid)
+    with loopback.ray_head(extra_args=("--object-store-memory=600000000",)) as address:
+        yield address["gcs"]
 
 
 def _extract_cmd(corpus_manifest: str, videos: str, out: str, specs: dict, *extra: str) -> list[str]:
@@ -144,7 +73,7 @@ def _run(cmd: list[str], env: dict, timeout: float = 900) -> tuple[int, dict, st
     try:
         out, _ = proc.communicate(timeout=timeout)
     finally:
-        _kill_session(proc.pid)
+        kill_session(proc.pid)
     last = out.strip().splitlines()[-1] if out.strip() else ""
     try:
         result = json.loads(last)
@@ -218,7 +147,7 @@ def test_extract_s3_killed_and_rerun_exactly_once(corpus, s3, ray_head, tiny_tea
     for p in sorted(corpus["dir"].glob("*.mp4")) + [corpus["manifest"]]:
         objstore.write_bytes(f"s3://{s3.bucket}/videos/{p.name}", p.read_bytes(), opts)
     out = f"s3://{s3.bucket}/run/features"
-    env = _env({**tiny_teachers["env"], **s3.env()})
+    env = loopback_env({**tiny_teachers["env"], **s3.env()})
     cmd = _extract_cmd(f"s3://{s3.bucket}/videos/manifest.csv", f"s3://{s3.bucket}/videos", out, tiny_teachers,
                        "--address", ray_head)
 
@@ -234,7 +163,7 @@ def test_extract_s3_killed_and_rerun_exactly_once(corpus, s3, ray_head, tiny_tea
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:
-        _kill_session(proc.pid)
+        kill_session(proc.pid)
         proc.stdout.close()
     first = _visible_parts(out, opts)
     fs, _ = objstore.fs_for(out, opts)
@@ -263,7 +192,7 @@ def test_extract_s3_killed_and_rerun_exactly_once(corpus, s3, ray_head, tiny_tea
 
 def test_extract_local_dir_with_local_ray(corpus, tmp_path, tiny_teachers):
     out = str(tmp_path / "out" / "features")
-    env = _env(tiny_teachers["env"])
+    env = loopback_env(tiny_teachers["env"])
     for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         env.pop(k, None)
     manifest = tmp_path / "manifest.csv"  # the corpus plus one video whose file does not exist

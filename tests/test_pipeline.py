@@ -6,18 +6,15 @@ import contextlib
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests import loopback
 from tests.conftest import REPO
+from tests.loopback import VENV_BIN, loopback_env
 from valor_core.config import ConfigError, PipelineConfig, build, load_config, redacted
 from workflows import pipeline as pl
 
@@ -302,85 +299,14 @@ def test_demo_stage_calls_valor_demo_and_is_skipped_after(tmp_path, monkeypatch)
 # Teardown stops exactly the head this test started (its process group) instead of `ray stop`, which would kill every
 # Ray process on the machine, including other test sessions' clusters.
 
-VENV_BIN = Path(sys.executable).parent
 E2E_VIDEOS = 8
-
-
-def _free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    try:
-        while len(ports) < n:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            port = s.getsockname()[1]
-            if port not in ports and 20000 < port < 55000:
-                ports.append(port)
-    finally:
-        for s in socks:
-            s.close()
-    return ports
-
-
-def _loopback_env() -> dict:
-    env = dict(os.environ)
-    env.update(RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
-               PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", PYTHONUNBUFFERED="1")
-    env.pop("RAY_ADDRESS", None)
-    return env
 
 
 @pytest.fixture(scope="module")
 def ray_head():
     """`ray start --head --block` on 127.0.0.1 (every port free-picked, 2 CPUs); yields the job API address."""
-    (gcs, dash, client, nm, om, agent, agent_grpc, metrics, rtenv, wmin) = _free_ports(10)
-    temp = tempfile.mkdtemp(prefix="vr", dir="/tmp")  # short: Ray's unix sockets live under it
-    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
-           f"--node-manager-port={nm}", f"--object-manager-port={om}", f"--dashboard-agent-listen-port={agent}",
-           f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-           f"--runtime-env-agent-port={rtenv}", f"--min-worker-port={wmin}", f"--max-worker-port={wmin + 200}",
-           "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp}"]
-    log = open(Path(temp) / "ray-start.log", "w")
-    env = {**_loopback_env(), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2"}  # SIGTERM: drain 2 s (not 30), then stop
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dash}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{address}/api/version", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"ray head did not start: {(Path(temp) / 'ray-start.log').read_text()[-3000:]}")
-            time.sleep(1)
-        yield address
-    finally:
-        # SIGTERM to `ray start --block` alone: it drains the node (2 s) and stops its GCS/raylet/workers (a SIGTERM to
-        # the whole group at once kills the GCS first and the drain waits out its timeout for it). Then whatever is left of the
-        # session/process group we created - and only that group - is killed.
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=20)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            time.sleep(1)
-        log.close()
-        assert _group_alive(proc.pid) == [], f"processes of the Ray head's group still alive: {_group_alive(proc.pid)}"
-
-
-def _group_alive(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of process group `pgid`."""
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                alive.append(int(stat.parent.name))
-    return alive
+    with loopback.ray_head(dashboard=True) as address:
+        yield address["dashboard"]
 
 
 @pytest.fixture(scope="module")
@@ -418,7 +344,7 @@ def _submit(address: str, runtime_env: Path, args: list[str], timeout: float = 4
     """`ray job submit --working-dir . --runtime-env F -- python -m workflows.cli run ...`: (status, logs)."""
     cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
            "--runtime-env", str(runtime_env), "--", "python", "-m", "workflows.cli", "run", *args]
-    r = subprocess.run(cmd, env=_loopback_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    r = subprocess.run(cmd, env=loopback_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
     out = r.stdout + r.stderr
     m = re.findall(r"Job '([^']+)' (succeeded|failed|stopped)", out)
     status = m[-1][1].upper() if m else f"UNKNOWN (rc {r.returncode})"
