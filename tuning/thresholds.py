@@ -378,7 +378,6 @@ def tune_thresholds(problems: dict, cfg: TuneConfig, searcher: Optional[str] = N
     """Run the searches on validated problems (Ray must be reachable unless searcher == 'exact'); the summary dict."""
     searcher = searcher or cfg.searcher
     check_searcher(searcher)
-    t0 = time.perf_counter()
     out: dict[str, Any] = {}
     paper = {m: paper_thresholds(m) for m in problems}
     out["paper"] = {m: _scores(p, paper[m]) for m, p in problems.items()}
@@ -449,7 +448,6 @@ def mlflow_log(summary: dict, cfg: TuneConfig, params: dict, json_path: Optional
     return run_id
 
 
-_mlflow_log = mlflow_log  # the name workflows.pipeline calls
 
 
 def run(args: argparse.Namespace) -> int:

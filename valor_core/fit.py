@@ -12,7 +12,6 @@ evaluation of the best checkpoint. Deterministic for a given `cfg.seed` on a giv
 """
 from __future__ import annotations
 
-import copy
 import os
 import time
 from dataclasses import dataclass, field

@@ -8,7 +8,6 @@ then averaged over the batch); the paper publishes no code for it.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

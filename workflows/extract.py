@@ -43,7 +43,6 @@ import os
 import posixpath
 import sys
 import time
-import traceback
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -385,7 +384,6 @@ class Write:
         import pyarrow as pa
 
         s = self.spec
-        n = len(batch["video_id"])
         ok = batch["ok"].astype(bool)
         clip_ok, clap_ok = batch["clip_ok"].astype(bool), batch["clap_ok"].astype(bool)
         done = ok & (clip_ok | clap_ok)

@@ -199,9 +199,6 @@ def read_val_logits(source: str, annotations: str, storage_opts: Optional[dict] 
     if missing_cols:
         raise LogitsError(f"{source}: features dataset lacks column(s) {', '.join(missing_cols)} "
                           f"(has {', '.join(dataset.schema.names)})")
-    import pyarrow as pa
-    import pyarrow.dataset as ds
-
     extra = [f for f in (*OK_FLAGS.values(), "status") if f in dataset.schema.names]
     table = dataset.to_table(columns=needed + extra)  # no Arrow filter/take on nested lists (see column_array)
     ids = np.asarray(table.column("video_id").to_pylist(), dtype=object)

@@ -110,7 +110,7 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 def start_run(uri: str, experiment: str, run_name: str, params: Mapping[str, str],
               tags: Optional[Mapping[str, str]] = None) -> str:
     """Create the run (status RUNNING) with its params and tags; returns the run id."""
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
     c = client(uri)
     exp_id = ensure_experiment(c, experiment, uri)

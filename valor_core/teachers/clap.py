@@ -140,8 +140,6 @@ class CLAPTeacher(Teacher):
     modality = "audio"
 
     def __init__(self, spec: str, cfg: TeacherConfig = TeacherConfig(), captions: Sequence[str] = CLAP_CAPTIONS):
-        import torch
-
         opts = parse_clap_spec(spec)
         ckpt = opts["checkpoint"]
         if ckpt is not None and not Path(ckpt).is_file():
