@@ -166,7 +166,8 @@ def corpus(cache: Path, n: int, duration: float) -> Path:
 def throughput(cache: Path, n: int, num_cpus: int) -> dict:
     import torch
 
-    from valor_core.config import ExtractConfig, MediaConfig, TeacherConfig
+    from valor_core.config import MediaConfig, TeacherConfig
+    from workflows.config import ExtractConfig
     from valor_core.media import decode
     from valor_core.teachers import load_clap_teacher, load_clip_teacher
     from workflows.extract import run_extract
@@ -214,7 +215,8 @@ def throughput(cache: Path, n: int, num_cpus: int) -> dict:
 
 def memory_child(cache: Path, n: int, teacher: str, num_cpus: int) -> dict:
     """One pipeline run over n short clips, in this (fresh) process; returns peak PSS."""
-    from valor_core.config import ExtractConfig, TeacherConfig
+    from valor_core.config import TeacherConfig
+    from workflows.config import ExtractConfig
     from workflows.extract import run_extract
 
     base = corpus(cache, 50, 2.0)

@@ -17,10 +17,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from valor_core.llp import load_split  # noqa: E402
+from valor_core.llp import DEFAULT_ANNOTATIONS, load_split  # noqa: E402
 from valor_core.metrics import evaluate  # noqa: E402
 
-DEFAULT_LLP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "llp")
+DEFAULT_LLP = DEFAULT_ANNOTATIONS  # the LLP files shipped with valor
 
 
 def timed(fn, repeat: int) -> float:

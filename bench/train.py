@@ -45,7 +45,7 @@ def ray_data_loop(config: dict) -> None:
     import torch.distributed as dist
 
     from valor_core.fit import build_model, build_optimizer, train_epoch
-    from workflows.train_ray import config_from_dict
+    from workflows.checkpoints import config_from_dict
 
     torch.set_num_threads(int(config["threads"]))
     cfg = config_from_dict(config["train"])
@@ -180,7 +180,7 @@ def run_arrays(cfg, data, workers: int, epochs: int, use_gpu: bool = False) -> d
     cfg = replace(cfg, **{"optim.epochs": epochs})
     storage = tempfile.mkdtemp(prefix="valor-bench-")
     t0 = time.perf_counter()
-    out = train(cfg, data, workers=workers, use_gpu=use_gpu, track=False, figures=False, storage=storage,
+    out = train(cfg, data, workers=workers, use_gpu=use_gpu, track=False, make_figures=False, storage=storage,
                 run_name=f"bench-{workers}w")
     total = time.perf_counter() - t0
     shutil.rmtree(storage, ignore_errors=True)
@@ -226,8 +226,8 @@ def main(argv=None) -> int:
     import torch
 
     from valor_core.presets import get_preset
-    from workflows.datasets import load_training_data
-    from workflows.train_ray import init_ray
+    from workflows.trainset import load_training_data
+    from workflows.runtime import start_ray
 
     cfg0 = get_preset(args.preset)
     full_epochs = cfg0.optim.epochs
@@ -239,7 +239,7 @@ def main(argv=None) -> int:
           f"{load_s:.1f} s; preset {args.preset} (hidden {cfg.model.hidden} x {cfg.model.layers}, batch "
           f"{cfg.optim.batch_size}), inputs adapted {meta['adapted']}", flush=True)
     gpu = args.gpu == "yes" or (args.gpu == "auto" and torch.cuda.is_available())
-    init_ray()
+    start_ray()
     results = []
     for w in ([] if args.feed_only else args.workers):
         results.append(summarize(run_arrays(cfg, data, w, args.epochs), n, full_epochs))

@@ -20,7 +20,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-DEFAULT_LLP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "llp")
+from valor_core.llp import DEFAULT_ANNOTATIONS  # noqa: E402
+
+DEFAULT_LLP = DEFAULT_ANNOTATIONS  # the LLP files shipped with valor
 
 
 def main() -> int:

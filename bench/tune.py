@@ -26,10 +26,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from valor_core.llp import DEFAULT_ANNOTATIONS  # noqa: E402
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--annotations", default=str(REPO.parent / "shared" / "data" / "llp"))
+    ap.add_argument("--annotations", default=DEFAULT_ANNOTATIONS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num-cpus", type=int, default=2)
     ap.add_argument("--trials", type=int, default=200)
@@ -38,7 +40,7 @@ def main() -> int:
     for k, v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}.items():
         os.environ.setdefault(k, v)
 
-    from valor_core.config import TuneConfig
+    from tuning.config import TuneConfig, TuneResources
     from valor_core.sim import simulate
     from valor_core.tuning_objective import ThresholdProblem, coordinate_ascent
     from tuning.thresholds import paper_thresholds, search_coord, search_optuna
@@ -67,14 +69,15 @@ def main() -> int:
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     ray_s = time.perf_counter() - t
     store = tempfile.mkdtemp(prefix="valor-bench-tune-")
-    cfg = TuneConfig(storage_dir=store, trials=args.trials, objective=obj, seed=args.seed)
+    cfg = TuneConfig(trials=args.trials, objective=obj, seed=args.seed)
+    res = TuneResources(storage_dir=store)
     try:
         t = time.perf_counter()
-        best, log = search_coord(problems, init, cfg)
+        best, log = search_coord(problems, init, cfg, res)
         row("default (Tune)", time.perf_counter() - t, {m: best[m]["score"] for m in best},
             f"{len(log)} trials, {max(b['sweeps'] for b in best.values())} sweeps")
         t = time.perf_counter()
-        best, log = search_optuna(problems, init, cfg, "tpe")
+        best, log = search_optuna(problems, init, cfg, "tpe", res)
         row("optuna (Tune)", time.perf_counter() - t, {m: best[m]["score"] for m in best}, f"{len(log)} trials")
     finally:
         ray.shutdown()

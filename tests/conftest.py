@@ -16,7 +16,9 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
+from valor_core.llp import DEFAULT_ANNOTATIONS  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-LLP_DIR = REPO.parent / "shared" / "data" / "llp"
+LLP_DIR = Path(DEFAULT_ANNOTATIONS)  # the LLP files shipped with valor (valor_core/data/llp)
 
 from tests.media_fixtures import *  # noqa: E402,F401,F403  (synth_clips, broken_files, synth_corpus, tiny_teachers, ...)

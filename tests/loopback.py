@@ -73,8 +73,10 @@ def kill_session(sid: int, grace: float = 5.0) -> None:
 
 
 @contextlib.contextmanager
-def ray_head(dashboard: bool = False, extra_args: tuple[str, ...] = (), timeout: float = 180) -> Iterator[dict]:
-    """A Ray head on 127.0.0.1 with 2 CPUs; yields {"gcs": "127.0.0.1:PORT", "dashboard": "http://127.0.0.1:PORT"}.
+def ray_head(dashboard: bool = False, extra_args: tuple[str, ...] = (), timeout: float = 180,
+             env: Optional[dict] = None) -> Iterator[dict]:
+    """A Ray head on 127.0.0.1 with 2 CPUs (`env`: extra variables of its environment, which its workers inherit);
+    yields {"gcs": "127.0.0.1:PORT", "dashboard": "http://127.0.0.1:PORT", "temp": its --temp-dir}.
 
     Ready when the job API answers (with a dashboard) or when `ray start` says the runtime started. Teardown: SIGTERM to
     `ray start --block` alone (it drains the node for 2 s and stops GCS/raylet/workers), then whatever is left of its
@@ -90,9 +92,9 @@ def ray_head(dashboard: bool = False, extra_args: tuple[str, ...] = (), timeout:
            "--dashboard-host=127.0.0.1" if dashboard else "--include-dashboard=false", *extra_args]
     log_path = temp / "ray-start.log"
     log = open(log_path, "w")
-    env = loopback_env({"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2"})
+    env = loopback_env({"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2", **(env or {})})
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}"}
+    address = {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}", "temp": str(temp)}
     try:
         deadline = time.time() + timeout
         while not _head_ready(address["dashboard"] if dashboard else None, log_path):

@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.integration  # real Ray / S3 / MLflow or minutes of CPU training
+
 
 @pytest.fixture(scope="module")
 def uri(tmp_path_factory):
@@ -73,16 +75,16 @@ def test_compare_unknown_experiment(uri, capsys):
 
 
 def test_classwise_f_and_figures(tmp_path):
-    from workflows import tracking
+    from workflows import figures
 
     rng = np.random.default_rng(0)
     gt_a = (rng.random((20, 10, 25)) < 0.1).astype(np.uint8)
     gt_v = (rng.random((20, 10, 25)) < 0.1).astype(np.uint8)
-    f = tracking.classwise_f(gt_a, gt_a)
+    f = figures.classwise_f(gt_a, gt_a)
     assert np.all((f == 100.0) | np.isnan(f))
-    zero = tracking.classwise_f(np.zeros_like(gt_a), gt_a)
+    zero = figures.classwise_f(np.zeros_like(gt_a), gt_a)
     assert np.nanmax(zero) == 0.0
     ids = [f"v{i}" for i in range(20)]
-    for path in (tracking.plot_classwise(gt_a, gt_v, gt_a, gt_v, str(tmp_path / "c.png")),
-                 tracking.plot_timelines(ids, gt_a, 1 - gt_v, gt_a, gt_v, str(tmp_path / "t.png"))):
+    for path in (figures.plot_classwise(gt_a, gt_v, gt_a, gt_v, str(tmp_path / "c.png")),
+                 figures.plot_timelines(ids, gt_a, 1 - gt_v, gt_a, gt_v, str(tmp_path / "t.png"))):
         assert open(path, "rb").read(4) == b"\x89PNG"

@@ -8,10 +8,10 @@ import pytest
 from tests.conftest import LLP_DIR
 from workflows.cli import main
 
-needs_llp = pytest.mark.skipif(not (LLP_DIR / "AVVP_train.csv").exists(), reason="LLP annotations not available")
+pytestmark = pytest.mark.integration  # real Ray / S3 / MLflow or minutes of CPU training
 
 
-@needs_llp
+
 def test_demo_json_and_table(capsys, tmp_path):
     rc = main(["demo", "--annotations", str(LLP_DIR), "--epochs", "1", "--train-videos", "128", "--hidden", "16",
                "--out", str(tmp_path), "--json"])

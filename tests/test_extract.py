@@ -22,7 +22,9 @@ import pytest
 from tests import loopback
 from tests.conftest import REPO
 from tests.loopback import kill_session, loopback_env
-from workflows import objstore, storage
+from workflows import objstore, s3server as storage
+
+pytestmark = pytest.mark.integration  # real Ray / S3 / MLflow or minutes of CPU training
 
 GOOD, SEED = 17, 5  # 17 good + 13 broken/awkward (valor_core.media.synth.BROKEN_KINDS) = 30 videos
 FATAL = {"empty": "empty", "truncated": "truncated", "not_video": "not_video", "audio_only": "no_video_stream",
@@ -86,7 +88,7 @@ def _check_dataset(out: str, opts: dict | None, corpus: dict, missing: tuple[str
     """Every decodable video exactly once with the right shapes; every fatal broken kind in failures with its reason."""
     import pyarrow.dataset as pads
 
-    from workflows.extract import column_to_numpy, failures_uri, read_failures
+    from workflows.features import column_array, failures_uri, read_failures
 
     fs, path = objstore.fs_for(out, opts)
     table = pads.dataset(path, filesystem=fs, format="parquet").to_table()  # plain pyarrow, as a user reads it
@@ -96,13 +98,13 @@ def _check_dataset(out: str, opts: dict | None, corpus: dict, missing: tuple[str
     assert len(ids) == len(set(ids)), "a video was written twice"
     assert set(ids) == expected
     n = len(ids)
-    assert column_to_numpy(table.column("clip_logits")).shape == (n, 10, 25)
-    assert column_to_numpy(table.column("clip_emb")).shape == (n, 10, CLIP_DIM)
-    clap = column_to_numpy(table.column("clap_logits"))
-    assert clap.shape == (n, 10, 25) and column_to_numpy(table.column("clap_emb")).shape == (n, 10, CLAP_DIM)
-    emb = column_to_numpy(table.column("clip_emb"))
+    assert column_array(table, "clip_logits", (10, 25)).shape == (n, 10, 25)
+    assert column_array(table, "clip_emb", (10, CLIP_DIM)).shape == (n, 10, CLIP_DIM)
+    clap = column_array(table, "clap_logits", (10, 25))
+    assert clap.shape == (n, 10, 25) and column_array(table, "clap_emb", (10, CLAP_DIM)).shape == (n, 10, CLAP_DIM)
+    emb = column_array(table, "clip_emb", (10, CLIP_DIM))
     np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, atol=1e-4)
-    assert column_to_numpy(table.column("weak"), np.uint8).shape == (n, 25)
+    assert column_array(table, "weak", (25,), np.uint8).shape == (n, 25)
     rows = {r["video_id"]: r for r in table.select(["video_id", "status", "error", "issues", "clap_ok", "clip_ok",
                                                     "schema_version", "clip_teacher", "clap_checkpoint"]).to_pylist()}
     for vid, row in rows.items():
@@ -170,7 +172,7 @@ def test_extract_s3_killed_and_rerun_exactly_once(corpus, s3, ray_head, tiny_tea
     for part in first:  # whatever is visible is a complete Parquet file
         with fs.open_input_file(part) as f:
             assert pq.read_metadata(f).num_rows > 0
-    from workflows.extract import read_features
+    from workflows.features import read_features
 
     written = read_features(out, opts, columns=["video_id"]).num_rows
     assert 0 < written < 30 - len(FATAL), "the kill was not mid-run"
@@ -225,7 +227,7 @@ def test_exit_code_only_when_nothing_succeeded(monkeypatch, capsys):
 
 
 def test_failures_uri_and_manifest(tmp_path):
-    from workflows.extract import failures_uri
+    from workflows.features import failures_uri
     from workflows.manifest import ManifestError, read_manifest
 
     assert failures_uri("s3://b/run/features") == "s3://b/run/failures"
@@ -266,7 +268,8 @@ def test_stages_in_process_dense_and_teacher_failure_isolated(synth_corpus, tmp_
     import pyarrow.dataset as pads
 
     from valor_core.config import MediaConfig, TeacherConfig
-    from workflows.extract import ClapStage, ClipStage, Decode, Write, WriteSpec, column_to_numpy, read_failures
+    from workflows.extract import ClapStage, ClipStage, Decode, Write, WriteSpec
+    from workflows.features import column_array, read_failures
     from workflows.manifest import read_manifest
 
     entries = read_manifest(str(synth_corpus), str(Path(synth_corpus).parent))
@@ -290,7 +293,7 @@ def test_stages_in_process_dense_and_teacher_failure_isolated(synth_corpus, tmp_
     vid = str(dec["video_id"][victim])
     assert rows[vid]["status"] == "partial" and not rows[vid]["clip_ok"] and "poisoned" in rows[vid]["error"]
     assert all(rows[str(dec["video_id"][i])]["clip_ok"] for i in good[1:])
-    assert column_to_numpy(table.column("clip_dense_emb")).shape == (table.num_rows, 80, 8)
+    assert column_array(table, "clip_dense_emb", (80, 8)).shape == (table.num_rows, 80, 8)
     fails = {(f["video_id"], f["stage"]) for f in read_failures(out, failures=out + "_failures").to_pylist()}
     assert (vid, "clip") in fails
     assert sorted(set(res["outcome"])) == ["failed", "ok", "partial"]

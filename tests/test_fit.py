@@ -14,7 +14,8 @@ import torch
 
 from tests.conftest import LLP_DIR
 
-pytestmark = pytest.mark.skipif(not (LLP_DIR / "AVVP_train.csv").exists(), reason="LLP annotations not available")
+pytestmark = pytest.mark.integration  # real Ray / S3 / MLflow or minutes of CPU training
+
 
 TRAIN_VIDEOS = 2400
 EPOCHS = 6

@@ -15,6 +15,7 @@ from tests.conftest import LLP_DIR
 from valor_core.classes import CLAP_THRESHOLDS, CLIP_THRESHOLDS
 from valor_core.tuning_objective import LogitsError
 from workflows import harvest as H
+from workflows.features import column_array, read_labels
 
 
 def _reference(z, y, th, filt):
@@ -91,7 +92,7 @@ def test_harvest_dataset_beside_features(tmp_path):
     out = str(tmp_path / "labels")
     assert summary["out"] == out and summary["videos"] == 30 and summary["files"] == 4
     assert summary["splits"] == {"train": 20, "val": 5, "test": 5}
-    meta, table = H.read_harvest(out)
+    meta, table = read_labels(out)
     assert meta["thresholds"]["audio"] == [float(t) for t in CLAP_THRESHOLDS]
     file_meta = json.loads(ds.dataset(out).schema.metadata[H.HARVEST_META_KEY.encode()])
     assert file_meta["thresholds"]["visual"] == [float(t) for t in CLIP_THRESHOLDS] and file_meta["filter_by_weak"]
@@ -103,7 +104,7 @@ def test_harvest_dataset_beside_features(tmp_path):
     # a re-run replaces the output (no stale parts), here with the ablation: no filter, unified thresholds
     th2, where2 = H.resolve_thresholds("table6", unified_audio=1.0, unified_visual=17.0)
     s2 = H.harvest(feats, thresholds=th2, provenance=where2, filter_by_weak=False, rows_per_file=100)
-    meta2, t2 = H.read_harvest(out)
+    meta2, t2 = read_labels(out)
     assert s2["files"] == 1 and t2.num_rows == 30 and not meta2["filter_by_weak"]
     assert len([f for f in os.listdir(out) if f.endswith(".parquet")]) == 1
     assert meta2["thresholds"]["audio"] == [1.0] * 25 and meta2["from"]["visual"] == "unified 17.0"
@@ -114,7 +115,7 @@ def test_harvest_dataset_beside_features(tmp_path):
 def test_partial_rows_and_nan_rows(tmp_path):
     feats, ids, weak, clip, clap, clap_ok = _write_features(str(tmp_path / "p"), partial_row=3)
     s = H.harvest(feats, str(tmp_path / "p" / "out"))
-    _, t = H.read_harvest(s["out"])
+    _, t = read_labels(s["out"])
     row = t.column("video_id").to_pylist().index(ids[3])
     assert t.column("audio_ok")[row].as_py() is False and t.column("visual_ok")[row].as_py() is True
     assert np.asarray(t.column("audio_labels")[row].as_py()).sum() == 0
@@ -147,12 +148,12 @@ def test_column_array_encodings():
     tensor = pa.table({"z": pa.ExtensionArray.from_storage(
         tensor_type, pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 250))})
     for t in (nested, flat, tensor):
-        np.testing.assert_array_equal(H.column_array(t, "z", (10, 25)), x)
+        np.testing.assert_array_equal(column_array(t, "z", (10, 25)), x)
     ragged = pa.table({"z": pa.array([x[0].tolist(), x[1].tolist()[:9]])})
     with pytest.raises(LogitsError, match="ragged"):
-        H.column_array(ragged, "z", (10, 25))
+        column_array(ragged, "z", (10, 25))
     with pytest.raises(LogitsError, match="no value"):
-        H.column_array(pa.table({"z": pa.array([x[0].tolist(), None])}), "z", (10, 25), ids=["a", "b"])
+        column_array(pa.table({"z": pa.array([x[0].tolist(), None])}), "z", (10, 25), ids=["a", "b"])
 
 
 def test_cli_harvest_sim(tmp_path, capsys):
@@ -167,7 +168,7 @@ def test_cli_harvest_sim(tmp_path, capsys):
     from valor_core.sim import simulate
 
     val = simulate(LLP_DIR, seed=0, splits=("val",))["val"]
-    _, t = H.read_harvest(str(out))
+    _, t = read_labels(str(out))
     assert t.column("video_id").to_pylist() == list(val.video_ids)
     np.testing.assert_array_equal(np.asarray(t.column("visual_labels").to_pylist(), np.uint8),
                                   _reference(val.clip_logits, val.weak, CLIP_THRESHOLDS, True))
@@ -175,11 +176,12 @@ def test_cli_harvest_sim(tmp_path, capsys):
     assert rc == 2 and "needs --out" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_tune_and_harvest_on_s3(tmp_path, monkeypatch, capsys):
     """Real S3 (SeaweedFS on loopback): features on s3://, `valor tune thresholds --searcher exact` reads the val logits
     from there, `valor harvest` writes the labels beside the features on the same store."""
     from valor_core.llp import load_split
-    from workflows import objstore, storage
+    from workflows import objstore, s3server as storage
     from workflows.cli import main
 
     val = load_split(LLP_DIR, "val")
@@ -203,7 +205,7 @@ def test_tune_and_harvest_on_s3(tmp_path, monkeypatch, capsys):
         rc = main(["harvest", "--logits", feats, "--thresholds", str(tmp_path / "th.json"), "--json"])
         summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert rc == 0 and summary["out"] == f"s3://{s3.bucket}/run1/labels" and summary["videos"] == n
-        meta, t = H.read_harvest(summary["out"])
+        meta, t = read_labels(summary["out"])
         assert meta["thresholds"]["audio"] == tuned["audio"]["thresholds"]
         a = np.asarray(t.column("audio_labels").to_pylist(), np.uint8)
         order = {v: i for i, v in enumerate(val.video_ids)}

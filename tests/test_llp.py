@@ -1,4 +1,4 @@
-"""LLP annotation loading: real files (../shared/data/llp), the official quirks, and errors naming file and line."""
+"""LLP annotation loading: real files (shipped in valor_core/data/llp), the official quirks, and errors naming file and line."""
 from __future__ import annotations
 
 import os
@@ -10,8 +10,9 @@ import pytest
 from valor_core.classes import CLASSES
 from valor_core.llp import AnnotationError, load_dense_gt, load_split, load_weak_csv, read_eval_csv
 
-LLP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "llp"
-needs_llp = pytest.mark.skipif(not LLP.is_dir(), reason="LLP annotations not found at ../shared/data/llp")
+from valor_core.llp import DEFAULT_ANNOTATIONS  # noqa: E402
+
+LLP = Path(DEFAULT_ANNOTATIONS)  # the LLP files shipped with valor
 
 
 def official_gt(eval_csv: Path, video_ids) -> np.ndarray:
@@ -32,7 +33,6 @@ def official_gt(eval_csv: Path, video_ids) -> np.ndarray:
 # --- the real files -----------------------------------------------------------------------------------------------
 
 
-@needs_llp
 def test_split_sizes_and_label_counts():
     sizes = {"train": 10000, "val": 649, "test": 1200, "full": 11849}
     for split, n in sizes.items():
@@ -46,7 +46,6 @@ def test_split_sizes_and_label_counts():
     assert set(full.video_ids) == set(train.video_ids) | set(val.video_ids) | set(load_split(LLP, "test").video_ids)
 
 
-@needs_llp
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_dense_gt_matches_official_construction(split):
     s = load_split(LLP, split)
@@ -56,7 +55,6 @@ def test_dense_gt_matches_official_construction(split):
     np.testing.assert_array_equal(s.av_gt, s.audio_gt * s.visual_gt)
 
 
-@needs_llp
 def test_gt_quirks_kept():
     val, test = load_split(LLP, "val"), load_split(LLP, "test")
     rows = read_eval_csv(LLP / "AVVP_eval_audio.csv")
@@ -78,7 +76,6 @@ def test_gt_quirks_kept():
     assert outside > 0
 
 
-@needs_llp
 def test_2020_audio_file_differs_in_test_only():
     new_v, old_v = load_split(LLP, "val"), load_split(LLP, "val", audio_file="orig_2020/AVVP_eval_audio.csv")
     np.testing.assert_array_equal(new_v.audio_gt, old_v.audio_gt)
@@ -188,7 +185,6 @@ def test_load_dense_gt_accepts_rows_and_paths(tmp_path):
 # --- valor data stats ------------------------------------------------------------------------------------------------
 
 
-@needs_llp
 def test_cli_data_stats_json(capsys):
     import json
 

@@ -43,6 +43,7 @@ def test_media_synth(tmp_path):
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{11}_\d+_\d+", r["filename"]) for r in rows[:2])
 
 
+@pytest.mark.integration  # builds and runs real (tiny) models: the slowest CPU work of the suite
 def test_teachers_tiny_is_deterministic_and_offline(tmp_path, tiny_teachers):
     import torch
 
@@ -55,6 +56,7 @@ def test_teachers_tiny_is_deterministic_and_offline(tmp_path, tiny_teachers):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.integration  # builds and runs real (tiny) models: the slowest CPU work of the suite
 def test_teach_json_matches_in_process(tmp_path, tiny_teachers, clip_teacher, clap_teacher):
     from valor_core.media import decode
     from valor_core.media.synth import write_video

@@ -306,8 +306,9 @@ def test_label_fidelity_is_global_micro_f():
 
 from pathlib import Path  # noqa: E402
 
-LLP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "llp"
-needs_llp = pytest.mark.skipif(not LLP.is_dir(), reason="LLP annotations not found at ../shared/data/llp")
+from valor_core.llp import DEFAULT_ANNOTATIONS  # noqa: E402
+
+LLP = Path(DEFAULT_ANNOTATIONS)  # the LLP files shipped with valor
 
 
 def ref_micro(p, g):
@@ -315,7 +316,6 @@ def ref_micro(p, g):
     return 100 * 2 * tp / (2 * tp + fp + fn)
 
 
-@needs_llp
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_cli_naive_matches_reference(split, capsys):
     import json
@@ -340,7 +340,6 @@ def test_cli_naive_matches_reference(split, capsys):
                                "av": round(ref_micro(naive, ga * gv), 2)}
 
 
-@needs_llp
 def test_cli_npz_predictions(tmp_path, capsys):
     import json
 

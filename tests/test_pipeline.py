@@ -15,8 +15,10 @@ import pytest
 from tests import loopback
 from tests.conftest import REPO
 from tests.loopback import VENV_BIN, loopback_env
-from valor_core.config import ConfigError, PipelineConfig, build, load_config, redacted
-from workflows import pipeline as pl
+from valor_core.configio import build
+from workflows.config import ConfigError, PipelineConfig, load_config, redacted
+from workflows import outputs
+from workflows.pipeline import engine, layout, stages
 
 # --- config loading --------------------------------------------------------------------------------------------------
 
@@ -99,30 +101,32 @@ class FakeStages:
 
     def runners(self):
         def make(name):
-            def run(ctx: pl.Context) -> dict:
+            def run(ctx: engine.Context) -> dict:
                 self.ran.append(name)
-                stage = next(s for s in pl.STAGES if s.name == name)
+                stage = next(s for s in stages.STAGES if s.name == name)
                 for key in stage.outputs:
                     uri = getattr(ctx.layout, key)
-                    target = uri + "/part-0.parquet" if "." not in key and not uri.endswith(".json") else uri
-                    ctx.store.write_text(target, f"{name} {ctx.cfg.thresholds}")
+                    is_dir = "." not in key and not uri.endswith(".json")
+                    if is_dir:  # as the real stages do: a dir output carries valor's ownership marker
+                        outputs.claim(uri, key)
+                    ctx.store.write_text(uri + "/part-0.parquet" if is_dir else uri, f"{name} {ctx.cfg.thresholds}")
                 return {"stage": name, "inputs": sorted(ctx.results)}
             return run
-        return {s.name: make(s.name) for s in pl.STAGES}
+        return {s.name: make(s.name) for s in stages.STAGES}
 
 
 def _cfg(tmp_path, *overrides):
     corpus = tmp_path / "corpus"
     corpus.mkdir(exist_ok=True)
     (corpus / "manifest.csv").write_text("filename\tevent_labels\na_0_10\tDog\n")
-    return pl.resolve(load_config(None, [f"paths.videos={corpus}", f"paths.annotations={corpus}",
+    return layout.resolve(load_config(None, [f"paths.videos={corpus}", f"paths.annotations={corpus}",
                                          f"paths.output={tmp_path / 'out'}", f"paths.work={tmp_path / 'work'}",
                                          *overrides]))
 
 
 def _run(cfg, fake, **kw):
     before = len(fake.ran)
-    reports = pl.run_pipeline(cfg, runners=fake.runners(), prepare=lambda c, log: (c, {}),
+    reports = stages.run_pipeline(cfg, runners=fake.runners(), prepare=lambda c, log, create=True: (c, {}),
                               init_ray=lambda c, env: (lambda: None), log=lambda m: None, **kw)
     return fake.ran[before:], {r.name: r.status for r in reports}
 
@@ -185,7 +189,7 @@ def test_changed_stage_clears_old_outputs_interrupted_one_resumes(tmp_path):
     assert not stale.exists()
     # an interrupted stage (started, never finished) with the same fingerprint keeps its partial outputs
     cfg = _cfg(tmp_path, "teachers.clip=new")
-    fp = pl.fingerprints(cfg, pl.Store(cfg))["extract"]
+    fp = engine.fingerprints(cfg, engine.Store(cfg), stages.STAGES)["extract"]
     (tmp_path / "out" / "_pipeline" / "extract.started.json").write_text(json.dumps({"fingerprint": fp}))
     partial = tmp_path / "out" / "features" / "partial.parquet"
     partial.write_text("half")
@@ -195,7 +199,7 @@ def test_changed_stage_clears_old_outputs_interrupted_one_resumes(tmp_path):
 
 def test_only_one_stage_and_stale_inputs(tmp_path):
     fake = FakeStages()
-    with pytest.raises(pl.PipelineError, match="--stage harvest: its input stage\\(s\\) extract, tune"):
+    with pytest.raises(engine.PipelineError, match="--stage harvest: its input stage\\(s\\) extract, tune"):
         _run(_cfg(tmp_path), fake, only="harvest")
     ran, status = _run(_cfg(tmp_path), fake, only="extract")
     assert ran == ["extract"] and list(status) == ["extract"]
@@ -222,7 +226,7 @@ def test_failed_stage_leaves_no_marker(tmp_path):
 
     runners["train"] = boom
     with pytest.raises(RuntimeError, match="train crashed"):
-        pl.run_pipeline(_cfg(tmp_path), runners=runners, prepare=lambda c, log: (c, {}),
+        stages.run_pipeline(_cfg(tmp_path), runners=runners, prepare=lambda c, log, create=True: (c, {}),
                         init_ray=lambda c, env: (lambda: None), log=lambda m: None)
     assert (tmp_path / "out" / "_pipeline" / "harvest.json").exists()
     assert not (tmp_path / "out" / "_pipeline" / "train.json").exists()
@@ -234,7 +238,7 @@ def test_cli_reports_nothing_to_do(tmp_path, monkeypatch, capsys):
     fake = FakeStages()
     cfg = _cfg(tmp_path)
     _run(cfg, fake)
-    monkeypatch.setattr(pl, "prepare_inputs", lambda c, log: (c, {}))
+    monkeypatch.setattr(stages, "prepare_inputs", lambda c, log, create=True: (c, {}))
     from workflows.cli import main
 
     args = ["run", f"paths.videos={cfg.paths.videos}", f"paths.annotations={cfg.paths.annotations}",
@@ -269,11 +273,11 @@ def test_demo_stage_calls_valor_demo_and_is_skipped_after(tmp_path, monkeypatch)
 
     monkeypatch.setattr(D, "run_demo", fake_run_demo)
     fake = FakeStages()
-    runners = {**fake.runners(), "demo": pl.run_demo}
+    runners = {**fake.runners(), "demo": stages.run_demo}
 
     def run(*overrides):
         cfg = _cfg(tmp_path, "demo.enabled=true", *overrides)
-        reports = pl.run_pipeline(cfg, runners=runners, prepare=lambda c, log: (c, {}),
+        reports = stages.run_pipeline(cfg, runners=runners, prepare=lambda c, log, create=True: (c, {}),
                                   init_ray=lambda c, env: (lambda: None), log=lambda m: None)
         return cfg, {r.name: r.status for r in reports}
 
@@ -291,7 +295,7 @@ def test_demo_stage_calls_valor_demo_and_is_skipped_after(tmp_path, monkeypatch)
     _, status = run("demo.args=['--epochs', '3']")  # its own section only: nothing else re-runs
     assert status["demo"] == "ran" and set(status.values()) == {"ran", "skipped"} and calls[-1].epochs == 3
     assert [k for k, v in status.items() if v == "ran"] == ["demo"]
-    with pytest.raises(pl.PipelineError, match=r"demo.args \['--nope'\]: not valid `valor demo` arguments"):
+    with pytest.raises(engine.PipelineError, match=r"demo.args \['--nope'\]: not valid `valor demo` arguments"):
         run("demo.args=['--nope']")
 
 
@@ -303,16 +307,17 @@ E2E_VIDEOS = 8
 
 
 @pytest.fixture(scope="module")
-def ray_head():
-    """`ray start --head --block` on 127.0.0.1 (every port free-picked, 2 CPUs); yields the job API address."""
-    with loopback.ray_head(dashboard=True) as address:
-        yield address["dashboard"]
+def ray_head(s3):
+    """`ray start --head --block` on 127.0.0.1 (every port free-picked, 2 CPUs) whose environment holds this S3
+    server's keys, as a node's would: the job never carries them (its runtime_env has none)."""
+    with loopback.ray_head(dashboard=True, env={k: v for k, v in s3.env().items()}) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
 def s3():
     """A SeaweedFS S3 server of its own (state in a temp dir), stopped with `valor storage down --dir`."""
-    from workflows import storage
+    from workflows import s3server as storage
 
     d = tempfile.mkdtemp(prefix="vs3", dir="/tmp")
     info = storage.up(d)
@@ -360,6 +365,7 @@ def _last_json(logs: str) -> dict:
     raise AssertionError(f"no JSON summary in the job logs:\n{logs[-4000:]}")
 
 
+@pytest.mark.integration
 def test_job_submit_on_loopback_with_s3(ray_head, s3, tmp_path_factory):
     """The cluster path on one machine: a job runs `valor run --config configs/local.yaml` against a Ray head on
     127.0.0.1 with its outputs on the S3 server; a re-run does nothing; a thresholds change re-runs only harvest,
@@ -380,13 +386,11 @@ def test_job_submit_on_loopback_with_s3(ray_head, s3, tmp_path_factory):
         "tune.max_sweeps=2", "tune.grid_points=5",
         "extract.clip_actors=[1, 1]", "extract.clap_actors=[1, 1]",  # fixed pools: no second model load
     ]
-    extra_env = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
-                 "AWS_REGION": s3.region, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                 "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+    extra_env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
     renv = _runtime_env(tmp, extra_env)
     args = ["--config", "configs/local.yaml", *overrides, "--json"]
 
-    status, logs = _submit(ray_head, renv, args)
+    status, logs = _submit(ray_head["dashboard"], renv, args)
     assert status == "SUCCEEDED", logs[-6000:]
     s = _last_json(logs)
     assert s["ran"] == ["extract", "tune", "harvest", "train", "evaluate"], s
@@ -438,7 +442,7 @@ def test_job_submit_on_loopback_with_s3(ray_head, s3, tmp_path_factory):
     assert tune_runs and tune_runs[0].info.status == "FINISHED"
 
     # nothing changed: nothing runs, and it says so
-    status, logs = _submit(ray_head, renv, args)
+    status, logs = _submit(ray_head["dashboard"], renv, args)
     assert status == "SUCCEEDED", logs[-6000:]
     s2 = _last_json(logs)
     assert "nothing to do" in logs and s2["ran"] == []
@@ -447,7 +451,7 @@ def test_job_submit_on_loopback_with_s3(ray_head, s3, tmp_path_factory):
         "demo": "disabled"}
 
     # only the thresholds changed: harvest, train and evaluate re-run; extract and tune do not
-    status, logs = _submit(ray_head, renv, ["--config", "configs/local.yaml", *overrides,
+    status, logs = _submit(ray_head["dashboard"], renv, ["--config", "configs/local.yaml", *overrides,
                                             "thresholds.unified_clip=0.0", "--json"])
     assert status == "SUCCEEDED", logs[-6000:]
     s3_ = _last_json(logs)
@@ -455,3 +459,11 @@ def test_job_submit_on_loopback_with_s3(ray_head, s3, tmp_path_factory):
     assert s3_["stages"]["extract"]["status"] == s3_["stages"]["tune"]["status"] == "skipped"
     fs, path = objstore.fs_for(f"{prefix}/labels", opts)
     assert pads.dataset(path, filesystem=fs, format="parquet").to_table().num_rows == E2E_VIDEOS
+
+    # the keys never reached Ray's logs (runtime_env agent, job driver, workers) nor valor's own records
+    temp = Path(ray_head["temp"])
+    leaked = [str(p) for p in temp.rglob("*") if p.is_file() and not p.is_symlink() and p.stat().st_size < 50_000_000
+              and s3.secret_key.encode() in p.read_bytes()]
+    assert leaked == [], f"the S3 secret is in: {leaked[:5]}"
+    for key in ("config.yaml", "_pipeline/train.json", "_pipeline/extract.json", "features/_valor.json"):
+        assert s3.secret_key not in objstore.read_bytes(f"{prefix}/{key}", opts).decode()

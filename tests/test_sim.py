@@ -13,8 +13,9 @@ from valor_core.labels import harvest_labels
 from valor_core.llp import load_split
 from valor_core.metrics import label_fidelity
 
-LLP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "llp"
-pytestmark = pytest.mark.skipif(not LLP.is_dir(), reason="LLP annotations not found at ../shared/data/llp")
+from valor_core.llp import DEFAULT_ANNOTATIONS  # noqa: E402
+
+LLP = Path(DEFAULT_ANNOTATIONS)  # the LLP files shipped with valor
 SMALL = dict(frame_dim=96, clip_dim=48)  # small student dims keep these tests fast; teachers are unaffected
 
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from valor_core.config import StorageConfig
-from workflows import objstore, storage
+from workflows.config import StorageConfig
+from workflows import objstore, s3server as storage
+
+pytestmark = pytest.mark.integration  # real Ray / S3 / MLflow or minutes of CPU training
 
 ROOT = Path(__file__).resolve().parents[1]
 

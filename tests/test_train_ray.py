@@ -18,7 +18,8 @@ import pytest
 
 from tests.conftest import LLP_DIR
 
-pytestmark = pytest.mark.skipif(not (LLP_DIR / "AVVP_train.csv").exists(), reason="LLP annotations not available")
+pytestmark = pytest.mark.integration  # real Ray / S3 / MLflow or minutes of CPU training
+
 
 FEATURES = "sim:0:frame_dim=128,clip_dim=64"
 TRAIN_VIDEOS = 1024
@@ -28,13 +29,11 @@ OVERRIDES = {"model.hidden": 64, "model.heads": 4, "model.ff": 128, "optim.warmu
 
 @pytest.fixture(scope="module")
 def ray_local():
-    import ray
+    from workflows.runtime import start_ray
 
-    from workflows.train_ray import init_ray
-
-    init_ray(num_cpus=2)
+    shutdown = start_ray(num_cpus=2)
     yield
-    ray.shutdown()
+    shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +172,7 @@ def test_extraction_dataset_with_harvest_beside_it(tmp_path):
     from valor_core.labels import harvest_labels
     from valor_core.llp import load_split
     from valor_core.presets import get_preset
-    from workflows.datasets import load_training_data
+    from workflows.trainset import load_training_data
     from workflows.harvest import harvest
 
     splits = {s: load_split(LLP_DIR, s) for s in ("train", "val", "test")}

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import LLP_DIR
 from valor_core.classes import CLAP_THRESHOLDS, CLIP_THRESHOLDS
-from valor_core.config import TuneConfig
+from tuning.config import TuneConfig, TuneResources
 from valor_core.metrics import label_fidelity, segment_f_score
 from valor_core.tuning_objective import LogitsError, ThresholdProblem, coordinate_ascent, harvest_reference
 
@@ -123,12 +123,13 @@ def test_exact_optimum_beats_planted_and_paper(planted):
         assert label_fidelity(p.harvest(th), p.gt) == pytest.approx(f, abs=1e-9)
 
 
+@pytest.mark.integration
 def test_coord_search_recovers_exact_optimum(planted, ray_local, tmp_path):
     from tuning.thresholds import tune_thresholds
 
     problems, _ = planted
-    cfg = TuneConfig(storage_dir=str(tmp_path / "tune"), grid_points=9, classes_per_trial=13)
-    out = tune_thresholds(problems, cfg, "coord")
+    cfg = TuneConfig(grid_points=9, classes_per_trial=13)
+    out = tune_thresholds(problems, cfg, TuneResources(storage_dir=str(tmp_path / "tune")), "coord")
     for m, p in problems.items():
         exact = p.exact_optimum()[1]
         assert out[m]["fidelity"] >= exact - 0.1, (m, out[m]["fidelity"], exact)
@@ -139,18 +140,19 @@ def test_coord_search_recovers_exact_optimum(planted, ray_local, tmp_path):
     assert out["_logs"]["search"] and len(out["_logs"]["unified"]) == 9
 
 
+@pytest.mark.integration
 def test_optuna_and_official_objective_run_through_tune(planted, ray_local, tmp_path):
     from tuning.thresholds import search_coord, search_optuna
 
     problems, _ = planted
-    cfg = TuneConfig(storage_dir=str(tmp_path / "tune"), trials=12)
-    best, log = search_optuna(problems, PAPER, cfg, "tpe")
+    cfg = TuneConfig(trials=12)
+    best, log = search_optuna(problems, PAPER, cfg, "tpe", TuneResources(storage_dir=str(tmp_path / "tune")))
     assert len(log) == 12
     for m, p in problems.items():  # the first point evaluated is Table 6: never worse than it
         assert best[m]["score"] >= p.fidelity(PAPER[m]) - 1e-9
     official = {"audio": problems["audio"]}
-    best, _ = search_coord(official, {"audio": PAPER["audio"]}, TuneConfig(
-        storage_dir=str(tmp_path / "tune2"), objective="official", max_sweeps=2))
+    best, _ = search_coord(official, {"audio": PAPER["audio"]}, TuneConfig(objective="official", max_sweeps=2),
+                           TuneResources(storage_dir=str(tmp_path / "tune2")))
     assert best["audio"]["score"] >= problems["audio"].official(PAPER["audio"]) - 1e-9
     assert best["audio"]["score"] == pytest.approx(problems["audio"].official(best["audio"]["thresholds"]))
 
@@ -182,12 +184,12 @@ def val_ids():
 
 
 def _no_trials(monkeypatch):
-    import tuning.thresholds as T
+    from workflows import tune as T
 
     def boom(*a, **k):
         raise AssertionError("a trial was about to start")
 
-    monkeypatch.setattr(T, "_ray_init", boom)
+    monkeypatch.setattr(T, "start_ray", boom)
     monkeypatch.setattr(T, "tune_thresholds", boom)
 
 
@@ -221,6 +223,7 @@ def test_malformed_logits_rejected_before_trials(case, tmp_path, val_ids, monkey
     assert not (tmp_path / "t.json").exists()
 
 
+@pytest.mark.integration
 def test_cli_json_contract_on_sim(ray_local, tmp_path, capsys):
     from workflows.cli import main
 
@@ -247,10 +250,10 @@ def test_cli_json_contract_on_sim(ray_local, tmp_path, capsys):
 
 
 def test_cli_exact_searcher_needs_no_ray(tmp_path, monkeypatch, capsys):
-    import tuning.thresholds as T
+    from workflows import tune as T
     from workflows.cli import main
 
-    monkeypatch.setattr(T, "_ray_init", lambda cfg: (_ for _ in ()).throw(AssertionError("no Ray for exact")))
+    monkeypatch.setattr(T, "start_ray", lambda *a, **k: (_ for _ in ()).throw(AssertionError("no Ray for exact")))
     rc = main(["tune", "thresholds", "--annotations", str(LLP_DIR), "--logits", "sim:1", "--modality", "audio",
                "--searcher", "exact", "--json", "--no-mlflow", "--out", str(tmp_path / "t.json")])
     assert rc == 0

@@ -1,15 +1,11 @@
-"""`valor tune thresholds`: Ray Tune searches for VALOR's per-class harvesting thresholds against validation F.
+"""Ray Tune searches for VALOR's per-class harvesting thresholds against validation F (a library: no CLI, no MLflow,
+no Ray start-up -- workflows/tune.py is the `valor tune thresholds` stage over it).
 
-    valor tune thresholds --annotations DIR --logits SOURCE --modality {audio,visual,both}
-                          [--searcher coord|optuna|cmaes|exact] [--objective fidelity|official] [--json]
+    tune_thresholds({modality: ThresholdProblem}, TuneConfig, TuneResources) -> summary dict
 
-SOURCE is an extraction output (`valor extract --out URI`: a local dir or `s3://bucket/prefix`, the features Parquet
-dataset with `video_id`, `clip_logits` (10x25), `clap_logits` (10x25), `status`) or `sim[:SEED]` (LLP-sim teacher
-logits). The val split's videos, weak labels and dense GT come from the LLP annotations in DIR. Audio is tuned on the CLAP
-logits (theta^CLAP), visual on the CLIP logits (theta^CLIP).
-
-Objective (valor_core/tuning_objective.py): "fidelity" (default) = micro F of the harvested labels (z > theta) AND y
-against val GT (VALOR Table 3); "official" = the official segment-level F of those labels as that modality's predictions.
+Problems (valor_core/tuning_objective.py) hold one modality's val logits, weak labels, dense GT and whether labels are
+ANDed with the weak label. Objective: "fidelity" (default) = micro F of the harvested labels (z > theta) AND y against
+val GT (VALOR Table 3); "official" = the official segment-level F of those labels as that modality's predictions.
 
 Searchers, all driven by Ray Tune (one Tuner each; trials receive the val arrays once through the object store):
   coord   (default) block coordinate ascent. Each trial takes a block of classes of one modality and runs exact 1-D line
@@ -21,79 +17,41 @@ Searchers, all driven by Ray Tune (one Tuner each; trials receive the val arrays
   cmaes   Optuna CMA-ES, same space.
   exact   no Tune: the exact fidelity optimum (Dinkelbach) in-process, for reference.
 Plus always: a Tune grid over one unified threshold per modality, and the paper's Table 6 thresholds, evaluated side by
-side. Results: one MLflow parent run (params, final metrics, per-trial metrics as step series, the JSON as an artifact)
-and a thresholds JSON file (`--out`, default runs/thresholds.json) that `valor harvest --thresholds` reads.
+side.
 
-With --json the last stdout line is
-  {"audio": {"thresholds": [25], "fidelity": F, "official": F}, "visual": {...},
-   "paper": {"audio": {"fidelity": F, "official": F}, "visual": {...}},
-   "unified": {"audio": {"threshold": t, "fidelity": F, "official": F}, "visual": {...}},
-   "exact": {"audio": {"fidelity": F}, ...}, "searcher": ..., "objective": ..., "trials": n, "seconds": S}
+Summary: {"audio": {"thresholds": [25], "fidelity": F, "official": F}, "visual": {...},
+          "paper": {"audio": {"fidelity": F, "official": F}, ...}, "unified": {"audio": {"threshold": t, ...}, ...},
+          "exact": {"audio": {"fidelity": F}, ...}, "searcher", "objective", "filter_by_weak", "trials",
+          "search_seconds", "_logs": per-phase trial rows (for MLflow step series)}
 """
 from __future__ import annotations
 
-import argparse
-import json
+import math
 import os
-import sys
 import tempfile
 import time
 from typing import Any, Optional
 
 import numpy as np
 
-from valor_core.config import TuneConfig
+from tuning.config import TuneConfig, TuneResources
+from valor_core.classes import CLAP_THRESHOLDS, CLIP_THRESHOLDS
+from valor_core.tuning_objective import blocks
 
-MODALITIES = ("audio", "visual")
-TEACHER = {"audio": "clap", "visual": "clip"}  # audio <- CLAP logits, visual <- CLIP logits
 SEARCHERS = ("coord", "optuna", "cmaes", "exact")
 
 
-def _log(msg: str) -> None:
-    print(f"[tune] {msg}", file=sys.stderr, flush=True)
-
-
-# --- inputs -----------------------------------------------------------------------------------------------------------
-
-
-def load_problems(source: str, annotations: str, modalities=MODALITIES, filter_by_weak: bool = True,
-                  storage_opts: Optional[dict] = None) -> dict:
-    """The val `ThresholdProblem` of each modality from SOURCE (URI or sim[:SEED]), validated (LogitsError otherwise)."""
-    from valor_core.tuning_objective import ThresholdProblem
-    from workflows.harvest import read_val_logits
-
-    val = read_val_logits(source, annotations, storage_opts)
-    return {m: ThresholdProblem.build(getattr(val, f"{TEACHER[m]}_logits"), val.weak, getattr(val, f"{m}_gt"),
-                                      filter_by_weak, m) for m in modalities}
-
-
 def paper_thresholds(modality: str) -> np.ndarray:
-    from valor_core.classes import CLAP_THRESHOLDS, CLIP_THRESHOLDS
-
     return np.asarray(CLAP_THRESHOLDS if modality == "audio" else CLIP_THRESHOLDS, np.float64)
 
 
 # --- Ray Tune ----------------------------------------------------------------------------------------------------------
 
 
-def _ray_init(cfg: TuneConfig):
-    """Start (or join) Ray; returns the function that undoes it (a no-op when Ray was already up)."""
-    import ray
-
-    if ray.is_initialized():
-        return lambda: None
-    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False)
-    return ray.shutdown
-
-
-def _run_config(cfg: TuneConfig, name: str, callbacks=None):
+def _run_config(res: TuneResources, name: str, callbacks=None):
     from ray import tune
 
-    storage = cfg.storage_dir or os.path.join(tempfile.gettempdir(), "valor-tune")
+    storage = res.storage_dir or os.path.join(tempfile.gettempdir(), "valor-tune")
     return tune.RunConfig(name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
                           storage_path=os.path.abspath(storage), verbose=0, log_to_file=False,
                           callbacks=callbacks)
@@ -147,11 +105,11 @@ def _collector():
     return Collect()
 
 
-def _slots(cfg: TuneConfig) -> int:
+def _slots(res: TuneResources) -> int:
     import ray
 
-    if cfg.max_concurrent:
-        return int(cfg.max_concurrent)
+    if res.max_concurrent:
+        return int(res.max_concurrent)
     return max(1, int(ray.available_resources().get("CPU", ray.cluster_resources().get("CPU", 1))))
 
 
@@ -175,8 +133,6 @@ def _make_coordinate_searcher(problems: dict, init: dict, objective: str, block_
 
         def __init__(self):
             super().__init__(metric="score", mode="max")
-            from valor_core.tuning_objective import blocks
-
             self.state = {}
             for m, prob in problems.items():
                 th = np.asarray(init[m], np.float64).copy()
@@ -247,15 +203,14 @@ def _make_coordinate_searcher(problems: dict, init: dict, objective: str, block_
     return CoordinateSearcher()
 
 
-def search_coord(problems: dict, init: dict, cfg: TuneConfig) -> tuple[dict, list]:
+def search_coord(problems: dict, init: dict, cfg: TuneConfig,
+                 res: TuneResources = TuneResources()) -> tuple[dict, list]:
     """Block coordinate ascent as Tune trials (see the module doc). Block size: `classes_per_trial`, or by default
     the concurrent trial slots shared by the modalities (2 CPUs, 2 modalities: one 25-class block each)."""
-    import math
-
     from ray import tune
 
     _quiet_tune_env()
-    slots = _slots(cfg)
+    slots = _slots(res)
     per_mod = max(1, slots // max(1, len(problems)))
     num_classes = next(iter(problems.values())).num_classes
     block = cfg.classes_per_trial or math.ceil(num_classes / per_mod)
@@ -265,7 +220,7 @@ def search_coord(problems: dict, init: dict, cfg: TuneConfig) -> tuple[dict, lis
         tune.with_parameters(_block_trial, problems=problems),
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, max_concurrent_trials=slots,
                                     reuse_actors=True),
-        run_config=_run_config(cfg, "coord"))
+        run_config=_run_config(res, "coord"))
     _fit(tuner)
     if searcher.errors:
         raise RuntimeError(f"coord search: {searcher.errors} trial(s) failed (see the Tune errors above)")
@@ -282,7 +237,8 @@ def _optuna_trial(config: dict, problems: dict, objective: str) -> dict:
     return out
 
 
-def search_optuna(problems: dict, init: dict, cfg: TuneConfig, algo: str = "tpe") -> tuple[dict, list]:
+def search_optuna(problems: dict, init: dict, cfg: TuneConfig, algo: str = "tpe",
+                  res: TuneResources = TuneResources()) -> tuple[dict, list]:
     import optuna
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
@@ -304,9 +260,9 @@ def search_optuna(problems: dict, init: dict, cfg: TuneConfig, algo: str = "tpe"
     tuner = tune.Tuner(
         tune.with_parameters(_optuna_trial, problems=problems, objective=cfg.objective),
         param_space=space,
-        tune_config=tune.TuneConfig(search_alg=alg, num_samples=cfg.trials, max_concurrent_trials=_slots(cfg),
+        tune_config=tune.TuneConfig(search_alg=alg, num_samples=cfg.trials, max_concurrent_trials=_slots(res),
                                     reuse_actors=True),
-        run_config=_run_config(cfg, algo, [collect]))
+        run_config=_run_config(res, algo, [collect]))
     _fit(tuner)
     best, log = {}, []
     if len(collect.rows) < cfg.trials:
@@ -331,7 +287,7 @@ def _grid_trial(config: dict, problems: dict, grids: dict, objective: str) -> di
     return out
 
 
-def search_unified(problems: dict, cfg: TuneConfig) -> tuple[dict, list]:
+def search_unified(problems: dict, cfg: TuneConfig, res: TuneResources = TuneResources()) -> tuple[dict, list]:
     """Tune grid over one threshold per modality (grid point i of each modality's own range in each trial)."""
     from ray import tune
 
@@ -341,8 +297,8 @@ def search_unified(problems: dict, cfg: TuneConfig) -> tuple[dict, list]:
     tuner = tune.Tuner(
         tune.with_parameters(_grid_trial, problems=problems, grids=grids, objective=cfg.objective),
         param_space={"i": tune.grid_search(list(range(cfg.grid_points)))},
-        tune_config=tune.TuneConfig(metric="score", mode="max", max_concurrent_trials=_slots(cfg), reuse_actors=True),
-        run_config=_run_config(cfg, "unified", [collect]))
+        tune_config=tune.TuneConfig(metric="score", mode="max", max_concurrent_trials=_slots(res), reuse_actors=True),
+        run_config=_run_config(res, "unified", [collect]))
     _fit(tuner)
     best, log = {}, []
     for config, metrics in sorted(collect.rows, key=lambda r: r[0]["i"]):
@@ -374,7 +330,8 @@ def check_searcher(searcher: str) -> None:
                          "or use --searcher optuna (TPE)")
 
 
-def tune_thresholds(problems: dict, cfg: TuneConfig, searcher: Optional[str] = None) -> dict:
+def tune_thresholds(problems: dict, cfg: TuneConfig, res: TuneResources = TuneResources(),
+                    searcher: Optional[str] = None) -> dict:
     """Run the searches on validated problems (Ray must be reachable unless searcher == 'exact'); the summary dict."""
     searcher = searcher or cfg.searcher
     check_searcher(searcher)
@@ -388,7 +345,7 @@ def tune_thresholds(problems: dict, cfg: TuneConfig, searcher: Optional[str] = N
         unified = {m: dict(zip(("threshold", "score"), p.exact_unified())) for m, p in problems.items()}
     else:
         t1 = time.perf_counter()
-        unified, logs["unified"] = search_unified(problems, cfg)
+        unified, logs["unified"] = search_unified(problems, cfg, res)
         out["unified_seconds"] = round(time.perf_counter() - t1, 3)
     out["unified"] = {m: {"threshold": round(unified[m]["threshold"], 6),
                           **_scores(p, np.full(p.num_classes, unified[m]["threshold"]))} for m, p in problems.items()}
@@ -398,151 +355,19 @@ def tune_thresholds(problems: dict, cfg: TuneConfig, searcher: Optional[str] = N
     if searcher == "exact":
         best = {m: {"thresholds": exact[m][0], "score": exact[m][1]} for m in problems}
     elif searcher == "coord":
-        best, logs["search"] = search_coord(problems, init, cfg)
+        best, logs["search"] = search_coord(problems, init, cfg, res)
     else:
-        best, logs["search"] = search_optuna(problems, init, cfg, "cmaes" if searcher == "cmaes" else "tpe")
+        best, logs["search"] = search_optuna(problems, init, cfg, "cmaes" if searcher == "cmaes" else "tpe", res)
     out["search_seconds"] = round(time.perf_counter() - t1, 3)
     for m, p in problems.items():
         th = np.asarray(best[m]["thresholds"], np.float64)
         out[m] = {"thresholds": [round(float(t), 6) for t in th], **_scores(p, th)}
         if "sweeps" in best[m]:
             out[m]["sweeps"] = best[m]["sweeps"]
-    out["searcher"], out["objective"], out["filter_by_weak"] = searcher, cfg.objective, cfg.filter_by_weak
+    filters = {bool(p.filter_by_weak) for p in problems.values()}
+    if len(filters) != 1:
+        raise ValueError("the problems disagree on filter_by_weak: tune both modalities with the same label rule")
+    out["searcher"], out["objective"], out["filter_by_weak"] = searcher, cfg.objective, filters.pop()
     out["trials"] = len(logs.get("search", [])) + len(logs.get("unified", []))
     out["_logs"] = logs
     return out
-
-
-def mlflow_log(summary: dict, cfg: TuneConfig, params: dict, json_path: Optional[str]) -> str:
-    """One MLflow run (the parent of the search): params, final metrics (per modality: tuned / paper / unified /
-    exact), every Tune phase's trials as step series (`unified.trial.audio`, `search.trial.score`, ...), and the
-    thresholds JSON as an artifact. Tracking URI: cfg.mlflow_uri, else $MLFLOW_TRACKING_URI, else runs/mlflow.db."""
-    from mlflow.entities import Metric
-
-    from workflows import tracking
-
-    uri = tracking.resolve_tracking_uri(cfg.mlflow_uri)
-    run_id = tracking.start_run(uri, cfg.experiment, f"tune-thresholds-{summary['searcher']}",
-                                {k: str(v) for k, v in params.items()}, tags={"valor.stage": "tune"})
-    c = tracking.client(uri)
-    final = {"seconds": summary.get("seconds", 0.0), "search_seconds": summary.get("search_seconds", 0.0)}
-    for m in MODALITIES:
-        if m in summary:
-            for kind in ("fidelity", "official"):
-                final[f"{m}.tuned.{kind}"] = summary[m][kind]
-                final[f"{m}.paper.{kind}"] = summary["paper"][m][kind]
-                final[f"{m}.unified.{kind}"] = summary["unified"][m][kind]
-            final[f"{m}.exact.fidelity"] = summary["exact"][m]["fidelity"]
-            final[f"{m}.unified.threshold"] = summary["unified"][m]["threshold"]
-    tracking.log_metrics(uri, run_id, final, c=c)
-    now = int(time.time() * 1000)
-    for phase, rows in (summary.get("_logs") or {}).items():
-        metrics = [Metric(f"{phase}.trial.{k}", float(v), now, step)
-                   for step, row in enumerate(rows) for k, v in row.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        for i in range(0, len(metrics), 1000):
-            c.log_batch(run_id, metrics=metrics[i:i + 1000])
-    if json_path and os.path.exists(json_path):
-        c.log_artifact(run_id, json_path)
-    tracking.end_run(uri, run_id)
-    return run_id
-
-
-
-
-def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from valor_core.tuning_objective import LogitsError
-
-    t0 = time.perf_counter()
-    cfg = TuneConfig()
-    over = {k: v for k, v in {
-        "searcher": args.searcher, "objective": args.objective, "trials": args.trials, "grid_points": args.grid,
-        "classes_per_trial": args.classes_per_trial, "max_sweeps": args.max_sweeps, "num_cpus": args.num_cpus,
-        "max_concurrent": args.max_concurrent, "mlflow_uri": args.mlflow, "experiment": args.experiment,
-        "storage_dir": args.storage_dir, "seed": args.seed, "init": args.init, "ray_address": args.address,
-    }.items() if v is not None}
-    if args.no_filter:
-        over["filter_by_weak"] = False
-    cfg = dataclasses.replace(cfg, **over)
-    modalities = MODALITIES if args.modality == "both" else (args.modality,)
-    try:  # everything is validated before Ray or any trial starts
-        check_searcher(cfg.searcher)
-        problems = load_problems(args.logits, args.annotations, modalities, cfg.filter_by_weak)
-    except (LogitsError, FileNotFoundError, ValueError) as err:
-        print(f"valor tune thresholds: {err}", file=sys.stderr)
-        return 2
-    n = problems[modalities[0]].logits.shape[0]
-    _log(f"{n} val videos, modality {args.modality}, searcher {cfg.searcher}, objective {cfg.objective}")
-    stop = _ray_init(cfg) if cfg.searcher != "exact" else (lambda: None)
-    try:
-        summary = tune_thresholds(problems, cfg)
-    finally:
-        stop()
-    summary["seconds"] = round(time.perf_counter() - t0, 3)
-    summary["source"] = args.logits
-    logs = summary.pop("_logs")
-    out_path = args.out or os.path.join("runs", "thresholds.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "w") as fh:
-        json.dump(summary, fh, indent=1)
-    if not args.no_mlflow:
-        summary["_logs"] = logs
-        try:
-            run_id = mlflow_log(summary, cfg, {"source": args.logits, "modality": args.modality,
-                                                "searcher": cfg.searcher, "objective": cfg.objective,
-                                                "filter_by_weak": cfg.filter_by_weak, "init": cfg.init,
-                                                "classes_per_trial": cfg.classes_per_trial, "trials": cfg.trials},
-                                 out_path)
-            _log(f"MLflow run {run_id}")
-        finally:
-            summary.pop("_logs", None)
-    _print_table(summary, modalities)
-    _log(f"thresholds -> {out_path}")
-    if args.json:
-        print(json.dumps(summary))
-    return 0
-
-
-def _print_table(summary: dict, modalities) -> None:
-    lines = [f"{'':10s}{'thresholds':>12s}{'fidelity':>10s}{'official':>10s}"]
-    for m in modalities:
-        lines.append(f"{m}:")
-        lines.append(f"  {'Table 6':10s}{'':>10s}{summary['paper'][m]['fidelity']:10.2f}{summary['paper'][m]['official']:10.2f}")
-        u = summary["unified"][m]
-        lines.append(f"  {'unified':10s}{u['threshold']:10.3f}{u['fidelity']:10.2f}{u['official']:10.2f}")
-        lines.append(f"  {'tuned':10s}{'(per class)':>10s}{summary[m]['fidelity']:10.2f}{summary[m]['official']:10.2f}")
-        lines.append(f"  {'exact opt':10s}{'(fidelity)':>10s}{summary['exact'][m]['fidelity']:10.2f}")
-    print("\n".join(lines), file=sys.stderr)
-
-
-def register(subparsers: Any) -> None:
-    d = TuneConfig()
-    tune_p = subparsers.add_parser("tune", help="Ray Tune searches (thresholds)")
-    tsub = tune_p.add_subparsers(dest="tune_command", metavar="WHAT")
-    p = tsub.add_parser("thresholds", help="search per-class harvesting thresholds against val F",
-                        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--annotations", required=True, help="dir with the LLP CSVs (AVVP_val_pd.csv, AVVP_eval_*.csv)")
-    p.add_argument("--logits", required=True, metavar="SOURCE", help="extraction output URI (dir or s3://) or sim[:SEED]")
-    p.add_argument("--modality", choices=("audio", "visual", "both"), default="both")
-    p.add_argument("--searcher", choices=SEARCHERS, default=None, help=f"default {d.searcher}")
-    p.add_argument("--objective", choices=("fidelity", "official"), default=None, help=f"default {d.objective}")
-    p.add_argument("--no-filter", action="store_true", help="tune for the no-video-label-filter ablation")
-    p.add_argument("--init", choices=("table6", "unified"), default=None, help="coord/optuna start point")
-    p.add_argument("--trials", type=int, default=None, help=f"optuna/cmaes trials (default {d.trials})")
-    p.add_argument("--grid", type=int, default=None, help=f"unified-threshold grid points (default {d.grid_points})")
-    p.add_argument("--classes-per-trial", type=int, default=None, help=f"coord block size (default {d.classes_per_trial})")
-    p.add_argument("--max-sweeps", type=int, default=None)
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of an in-process Ray (default: all)")
-    p.add_argument("--max-concurrent", type=int, default=None, help="concurrent trials (default: Ray's CPUs)")
-    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or in-process)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--out", default=None, help="thresholds JSON (default runs/thresholds.json)")
-    p.add_argument("--mlflow", default=None, metavar="URI", help="tracking URI (default sqlite:///<cwd>/runs/mlflow.db)")
-    p.add_argument("--experiment", default=None, help=f"MLflow experiment (default {d.experiment})")
-    p.add_argument("--no-mlflow", action="store_true")
-    p.add_argument("--storage-dir", default=None, help="Ray Tune storage (default <tmp>/valor-tune)")
-    p.add_argument("--json", action="store_true", help="last stdout line: the summary as JSON")
-    p.set_defaults(func=run)
-    tune_p.set_defaults(func=lambda a: (tune_p.print_help(), 2)[1])

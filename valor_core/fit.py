@@ -25,6 +25,7 @@ from valor_core.arrays import AVVPArrays
 from valor_core.config import TrainConfig
 from valor_core.han import HAN, HANOutput, count_trainable
 from valor_core.losses import compute_loss
+from valor_core.metrics import evaluate
 from valor_core.schedule import lr_at_epoch
 
 # --- set-up ----------------------------------------------------------------------------------------------------------
@@ -195,8 +196,6 @@ def predict(model: HAN, arrays: AVVPArrays, batch_size: int = 512) -> tuple[np.n
 
 def evaluate_model(model: HAN, arrays: AVVPArrays, batch_size: int = 512):
     """Official segment- and event-level scores (valor_core.metrics.AVVPScores) on a split with dense GT."""
-    from valor_core.metrics import evaluate
-
     if arrays.audio_gt is None or arrays.visual_gt is None:
         raise ValueError("evaluate_model needs dense GT (audio_gt, visual_gt): only val/test splits have it")
     pred_a, pred_v = predict(model, arrays, batch_size)

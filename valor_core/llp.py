@@ -1,7 +1,7 @@
 """LLP (Look, Listen and Parse) annotations: weak labels per split and dense per-modality GT, built exactly as the
 official evaluation (YapengTian/AVVP-ECCV20 `main_avvp.py::eval`) builds them.
 
-Files (tab-separated, one header row; see ../shared/data/llp/SOURCE.md):
+Files (tab-separated, one header row; shipped in valor_core/data/llp, see its SOURCE.md):
   weak:  AVVP_train.csv, AVVP_val_pd.csv, AVVP_test_pd.csv, AVVP_dataset_full.csv    filename, event_labels
   dense: AVVP_eval_audio.csv (or orig_2020/AVVP_eval_audio.csv), AVVP_eval_visual.csv  filename, onset, offset, event_labels
 
@@ -36,6 +36,8 @@ from valor_core.classes import CLASS_INDEX, CLASSES, NUM_CLASSES, NUM_SEGMENTS
 
 __all__ = [
     "AnnotationError",
+    "DEFAULT_ANNOTATIONS",
+    "default_annotations",
     "LLPSplit",
     "SPLIT_FILES",
     "EVAL_AUDIO",
@@ -58,6 +60,14 @@ EVAL_AUDIO = "AVVP_eval_audio.csv"  # current file (2024 fix of 3 test rows)
 EVAL_AUDIO_2020 = os.path.join("orig_2020", "AVVP_eval_audio.csv")  # the file MA / JoMoLD / LSLD ship
 EVAL_VISUAL = "AVVP_eval_visual.csv"
 DENSE_SPLITS = ("val", "test")
+# The real LLP annotation files ship inside the package (valor_core/data/llp); every default points here.
+DEFAULT_ANNOTATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "llp")
+ANNOTATIONS_ENV = "VALOR_ANNOTATIONS"
+
+
+def default_annotations() -> str:
+    """$VALOR_ANNOTATIONS, else the LLP annotations shipped with valor (valor_core/data/llp)."""
+    return os.environ.get(ANNOTATIONS_ENV) or DEFAULT_ANNOTATIONS
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -220,3 +230,41 @@ def load_split(annotations_dir: PathLike, split: Literal["train", "val", "test",
         audio_gt = load_dense_gt(_resolve(annotations_dir, audio_file), ids)
         visual_gt = load_dense_gt(_resolve(annotations_dir, visual_file), ids)
     return LLPSplit(name=split, video_ids=ids, weak=weak, audio_gt=audio_gt, visual_gt=visual_gt)
+
+
+# --- predictions meet a split ---------------------------------------------------------------------------------------
+
+
+class PredictionError(ValueError):
+    """Predictions that cannot be scored against a split (wrong shape, missing videos, duplicate ids)."""
+
+
+def align_predictions(split_ids: np.ndarray, pred_ids: np.ndarray, audio: np.ndarray, visual: np.ndarray,
+                      source: str = "predictions") -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Rows of audio/visual reordered to `split_ids`. Missing split videos and ids listed twice raise PredictionError
+    naming them; returns the extra ids (not in the split) so the caller can warn."""
+    pred_ids = np.asarray(pred_ids)
+    if pred_ids.ndim != 1:
+        raise PredictionError(f"{source}: video_ids must be a 1-D array of ids, got shape {pred_ids.shape}")
+    pred_ids = pred_ids.astype(str)
+    for name, arr in (("audio", audio), ("visual", visual)):
+        if arr.ndim != 3 or arr.shape[0] != len(pred_ids) or arr.shape[1:] != (NUM_SEGMENTS, NUM_CLASSES):
+            raise PredictionError(f"{source}: {name} must be ({len(pred_ids)}, {NUM_SEGMENTS}, {NUM_CLASSES}), "
+                                  f"got {arr.shape}")
+    where: dict[str, int] = {}
+    twice: list[str] = []
+    for i, v in enumerate(pred_ids.tolist()):
+        if v in where:
+            twice.append(v)
+        where.setdefault(v, i)
+    if twice:
+        shown = ", ".join(sorted(set(twice))[:10])
+        raise PredictionError(f"{source}: {len(set(twice))} video id(s) listed more than once: {shown}")
+    missing = [v for v in split_ids.tolist() if v not in where]
+    if missing:
+        shown = ", ".join(missing[:20]) + (f", ... ({len(missing)} in all)" if len(missing) > 20 else "")
+        raise PredictionError(f"{source}: {len(missing)} video(s) of the split missing: {shown}")
+    split_set = set(split_ids.tolist())
+    extra = [v for v in where if v not in split_set]
+    rows = np.fromiter((where[v] for v in split_ids.tolist()), dtype=np.int64, count=len(split_ids))
+    return audio[rows], visual[rows], extra

@@ -284,3 +284,17 @@ def label_fidelity(pred: np.ndarray, gt: np.ndarray) -> float:
     fp = int(np.count_nonzero(p & ~g))
     fn = int(np.count_nonzero(~p & g))
     return micro_f(tp, fp, fn)
+
+
+def score_split(split, audio: np.ndarray, visual: np.ndarray) -> dict:
+    """`valor evaluate --json`'s object for 0/1 predictions aligned to an LLPSplit with dense GT: split, videos, the ten
+    official numbers (segment and event level) and the label fidelity, in percent with 2 decimals."""
+    s = evaluate(audio, visual, split.audio_gt, split.visual_gt)
+    out: dict = {"split": split.name, "videos": int(len(split))}
+    out.update(s.as_dict(decimals=2))
+    out["fidelity"] = {
+        "audio": round(label_fidelity(audio, split.audio_gt), 2),
+        "visual": round(label_fidelity(visual, split.visual_gt), 2),
+        "av": round(label_fidelity(audio * visual, split.av_gt), 2),
+    }
+    return out

@@ -60,12 +60,14 @@ from dataclasses import dataclass
 from typing import Literal, Optional, Sequence, Union
 
 import numpy as np
+import yaml
 
 from valor_core.arrays import AVVPArrays
 from valor_core.classes import CLAP_THRESHOLDS, CLASS_INDEX, CLIP_THRESHOLDS, NUM_CLASSES, NUM_SEGMENTS
-from valor_core.llp import LLPSplit, load_split
+from valor_core.llp import LLPSplit, default_annotations, load_split
 
-__all__ = ["SimConfig", "simulate", "sample_train_activity", "AUDIO_CONFUSIONS", "VISUAL_CONFUSIONS"]
+__all__ = ["SimConfig", "simulate", "sample_train_activity", "parse_sim_source", "AUDIO_CONFUSIONS",
+           "VISUAL_CONFUSIONS"]
 
 SPLITS = ("train", "val", "test")
 CHUNK = 1024  # videos per generation chunk (part of the seeding: changing it changes the draws)
@@ -358,13 +360,35 @@ def simulate(annotations_dir: Union[str, "os.PathLike[str]"], seed: int = 0, spl
     return (out, activity) if return_activity else out
 
 
+def parse_sim_source(text: str) -> Optional[tuple[int, dict]]:
+    """A features SOURCE naming LLP-sim -> (seed, SimConfig overrides); None for anything else (a dataset URI).
+
+    `sim` -> (0, {}), `sim:7` -> (7, {}), `sim:0:frame_dim=256,clip_dim=128` -> (0, {"frame_dim": 256, "clip_dim": 128})
+    (values YAML-typed). ValueError when the seed is not an integer or an override is not key=value."""
+    s = str(text)
+    if s != "sim" and not s.startswith("sim:"):
+        return None
+    parts = s.split(":", 2)
+    try:
+        seed = int(parts[1]) if len(parts) > 1 and parts[1] else 0
+    except ValueError:
+        raise ValueError(f"features {s!r}: expected sim[:SEED[:key=value,...]] with an integer seed") from None
+    overrides: dict = {}
+    for item in (parts[2].split(",") if len(parts) > 2 and parts[2] else ()):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"features {s!r}: override {item!r} is not key=value")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return seed, overrides
+
+
 def _main() -> None:  # python -m valor_core.sim [ANNOTATIONS_DIR] [--clip-clap]
     import resource
     import sys
     import time
 
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    d = args[0] if args else os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "llp")
+    d = args[0] if args else default_annotations()
     features = "clip_clap" if "--clip-clap" in sys.argv else "vggish_resnet_r2p1d"
     t0, c0 = time.perf_counter(), time.process_time()
     out = simulate(d, seed=0, features=features)

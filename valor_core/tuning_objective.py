@@ -28,6 +28,8 @@ from typing import Iterable, Literal, Optional, Sequence
 
 import numpy as np
 
+from valor_core.metrics import segment_f_score
+
 __all__ = [
     "Objective",
     "OBJECTIVES",
@@ -185,8 +187,6 @@ class ThresholdProblem:
         return harvest_reference(self.logits, self.weak, thresholds, self.filter_by_weak)
 
     def official(self, thresholds) -> float:
-        from valor_core.metrics import segment_f_score
-
         return 100.0 * float(np.mean(segment_f_score(self.harvest(thresholds), self.gt)))
 
     def score(self, thresholds, objective: Objective = "fidelity") -> float:

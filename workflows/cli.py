@@ -1,39 +1,33 @@
-"""`valor`: one command-line entry point, one sub-command per stage (litgpt-style: thin parsers over `setup()`-like
-functions in each workflow module).
+"""`valor`: one command-line entry point, one sub-command per stage (litgpt-style: thin parsers over typed functions
+in each workflow module).
 
-Each module listed in COMMANDS defines `register(subparsers)` which adds its parser(s) and sets `func` via
+Each module in COMMANDS defines `register(subparsers)` which adds its parser(s) and sets `func` via
 `parser.set_defaults(func=...)`; the function takes the parsed `argparse.Namespace` and returns an exit code.
-Modules import heavy libraries (torch, ray, ...) inside their functions, so `valor --help` stays fast.
+Heavy libraries (ray, mlflow, pyarrow, matplotlib) are imported inside the functions that use them.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
-COMMANDS = (
-    "workflows.evaluate",  # valor evaluate
-    "workflows.data",  # valor data stats
-    "workflows.demo",  # valor demo
-    "workflows.train",  # valor train
-    "workflows.compare",  # valor compare
-    "workflows.media",  # valor media synth, valor teachers tiny, valor teach
-    "workflows.storage",  # valor storage up|down|status
-    "workflows.extract",  # valor extract
-    "tuning.thresholds",  # valor tune thresholds
-    "workflows.harvest",  # valor harvest
-    "workflows.pipeline",  # valor run
-)
+from workflows import compare, demo, evaluate, extract, harvest, llp_stats, media, s3server, train, tune
+from workflows.pipeline import cli as pipeline_cli
+from workflows.runtime import QUIET_ENV
 
-# Quiet, offline-friendly defaults for every library valor drives (users can still override them in the environment).
-QUIET_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-}
+COMMANDS = (
+    evaluate,  # valor evaluate
+    llp_stats,  # valor data stats
+    demo,  # valor demo
+    train,  # valor train
+    compare,  # valor compare
+    media,  # valor media synth, valor teachers tiny, valor teach
+    s3server,  # valor storage up|down|status
+    extract,  # valor extract
+    tune,  # valor tune thresholds
+    harvest,  # valor harvest
+    pipeline_cli,  # valor run
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,14 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="valor",
         description="valor: VALOR audio-visual video parsing (CLIP/CLAP teachers -> HAN) on Ray; one sub-command per stage.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the full trace of an unexpected error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name == name:  # stage not built yet
-                continue
-            raise
+    for module in COMMANDS:
         module.register(sub)
     return parser
 
@@ -61,7 +50,24 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    if args.debug:
+        return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"valor {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - one line for the user; the whole trace with --debug
+        print(f"valor {args.command}: error: {one_line(err)} (run with --debug for the full trace)", file=sys.stderr)
+        return 1
+
+
+def one_line(err: BaseException) -> str:
+    """The gist of an error: a Ray task error's original exception (its last line), else `Type: first line`."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    if len(lines) > 1:
+        return lines[-1][:500]
+    return f"{type(err).__name__}: {lines[0][:500] if lines else ''}".rstrip(": ")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import json
 import sys
 from typing import Any, Optional
 
+from workflows import tracking
 from workflows.tracking import DEFAULT_EXPERIMENT, KEYS, LEVELS
 
 
@@ -28,9 +29,11 @@ def _scores(metrics: dict, prefix: str) -> Optional[dict]:
 def list_runs(tracking_uri: Optional[str] = None, experiment: str = DEFAULT_EXPERIMENT,
               run_ids: Optional[list[str]] = None) -> list[dict[str, Any]]:
     """The runs of `experiment` (or the given ids) as plain dicts, newest first."""
-    from workflows import tracking
-
     uri = tracking.resolve_tracking_uri(tracking_uri)
+    if not tracking.store_exists(uri):
+        if run_ids:
+            raise FileNotFoundError(f"no MLflow store at {uri}")
+        return []  # nothing tracked yet: nothing to compare (and nothing created)
     c = tracking.client(uri)
     if run_ids:
         runs = [c.get_run(r) for r in run_ids]

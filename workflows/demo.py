@@ -14,13 +14,23 @@ weight decay, batch size, gradient clipping, MMIL pooling, the official predicti
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import numpy as np
+
+from valor_core.config import replace, to_dict
+from valor_core.labels import harvest_labels, thresholds_for
+from valor_core.llp import default_annotations
+from valor_core.metrics import label_fidelity
+from valor_core.presets import get_preset, shorten
+from valor_core.sim import simulate
+
 KEYS = ("audio", "visual", "av", "type", "event")
 LABELS = {"audio": "A", "visual": "V", "av": "AV", "type": "Type@AV", "event": "Event@AV"}
 MODELS = ("han", "valor")
@@ -30,8 +40,13 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="LLP-sim -> harvested labels -> train han and valor on CPU -> side-by-side val/test table",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=main)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotations", default=None, metavar="DIR",
-                   help="LLP annotation CSVs (default: $VALOR_ANNOTATIONS, else ../shared/data/llp beside the repo)")
+                   help="LLP annotation CSVs (default: $VALOR_ANNOTATIONS, else the LLP files shipped with valor)")
     p.add_argument("--epochs", type=int, default=8, help="epochs per model (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="LLP-sim, subset, init and shuffling seed (default: %(default)s)")
     p.add_argument("--train-videos", type=int, default=3000, metavar="N",
@@ -43,22 +58,38 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: $VALOR_THREADS or 1; see valor_core.fit.configure_threads)")
     p.add_argument("--out", default=None, metavar="DIR", help="also write demo.json and demo.png there")
     p.add_argument("--json", action="store_true", help="print one JSON object of the numbers as the last line")
-    p.set_defaults(func=main)
 
 
-def default_annotations() -> Path | None:
-    env = os.environ.get("VALOR_ANNOTATIONS")
-    if env:
-        return Path(env)
-    candidate = REPO.parent / "shared" / "data" / "llp"
-    return candidate if candidate.is_dir() else None
+def check_args(args) -> None:
+    """ValueError naming the flag when a demo argument is out of range."""
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+    if (args.train_videos or 0) < 0:
+        raise ValueError(f"--train-videos must be >= 0, got {args.train_videos}")
+    if args.lr_scale <= 0:
+        raise ValueError(f"--lr-scale must be > 0, got {args.lr_scale}")
+
+
+def parse_demo_args(argv) -> argparse.Namespace:
+    """`valor demo`'s arguments from a list of flags (its own parser and defaults), checked; ValueError saying why not
+    (what the pipeline's demo stage runs: `demo.args`)."""
+    parser = argparse.ArgumentParser(prog="valor demo", exit_on_error=False, add_help=False)
+    add_arguments(parser)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args, extra = parser.parse_known_args([str(a) for a in argv])
+    except (argparse.ArgumentError, SystemExit) as exc:
+        lines = err.getvalue().strip().splitlines()
+        raise ValueError(lines[-1] if lines else str(exc)) from None
+    if extra:
+        raise ValueError(f"unrecognized arguments: {' '.join(extra)}")
+    check_args(args)
+    return args
 
 
 def demo_config(name: str, args, arrays):
     """The preset `name` at demo scale, its model inputs sized to the LLP-sim arrays."""
-    from valor_core.config import replace
-    from valor_core.presets import get_preset, shorten
-
     cfg = get_preset(name)
     m = cfg.model
     steps = arrays.frames.shape[1] // arrays.audio.shape[1] if arrays.frames is not None else 1
@@ -73,30 +104,20 @@ def demo_config(name: str, args, arrays):
 
 
 def _fidelity(arrays) -> dict[str, float]:
-    from valor_core.metrics import label_fidelity
-
     ya, yv, ga, gv = arrays.audio_labels, arrays.visual_labels, arrays.audio_gt, arrays.visual_gt
     return {"audio": label_fidelity(ya, ga), "visual": label_fidelity(yv, gv), "av": label_fidelity(ya & yv, ga & gv)}
 
 
 def run_demo(args, log=print) -> dict:
-    import numpy as np
+    from valor_core.fit import configure_threads, fit  # torch-bound: imported where used
 
-    from valor_core.config import to_dict
-    from valor_core.fit import configure_threads, fit
-    from valor_core.labels import harvest_labels, thresholds_for
-    from valor_core.sim import simulate
-
-    annotations = Path(args.annotations) if args.annotations else default_annotations()
-    if annotations is None or not (annotations / "AVVP_train.csv").is_file():
-        where = f"{annotations}" if annotations else f"{REPO.parent / 'shared' / 'data' / 'llp'}"
-        raise FileNotFoundError(f"no LLP annotations (AVVP_train.csv) in {where}; pass --annotations DIR")
+    annotations = Path(args.annotations or default_annotations())
+    if not (annotations / "AVVP_train.csv").is_file():
+        raise FileNotFoundError(f"no LLP annotations (AVVP_train.csv) in {annotations}; pass --annotations DIR")
     threads = configure_threads(args.threads)
     t_start = time.perf_counter()
     data = simulate(annotations, seed=args.seed)
     t_sim = time.perf_counter() - t_start
-    from valor_core.presets import get_preset
-
     labels_cfg = get_preset("valor").labels  # Table 6 thresholds, AND weak label
     th_a, th_v = thresholds_for(labels_cfg, "audio"), thresholds_for(labels_cfg, "visual")
     for arrays in data.values():
@@ -105,8 +126,6 @@ def run_demo(args, log=print) -> dict:
     val, test = data["val"], data["test"]
     fidelity = _fidelity(val)
     naive = val.weak[:, None, :].repeat(val.audio_gt.shape[1], axis=1)
-    from valor_core.metrics import label_fidelity
-
     fidelity_naive = {"audio": label_fidelity(naive, val.audio_gt), "visual": label_fidelity(naive, val.visual_gt),
                       "av": label_fidelity(naive, val.audio_gt & val.visual_gt)}
     train = data["train"]
@@ -159,16 +178,21 @@ def format_table(out: dict) -> str:
     return "\n".join(lines)
 
 
+OUTPUT_FILES = ("demo.json", "demo.png", "demo.txt")
+
+
 def write_outputs(out: dict, directory: str) -> None:
+    """demo.json (the numbers), demo.png (the test bars) and demo.txt (the table) in `directory`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "demo.json"), "w") as f:
         json.dump(out, f, indent=1)
+    with open(os.path.join(directory, "demo.txt"), "w") as f:
+        f.write(format_table(out) + "\n")
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
     x = np.arange(len(KEYS))
     for ax, level in zip(axes, ("segment", "event")):
@@ -186,8 +210,10 @@ def write_outputs(out: dict, directory: str) -> None:
 
 def main(args) -> int:
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
-    if args.epochs < 1 or (args.train_videos or 0) < 0 or args.lr_scale <= 0:
-        print("valor demo: error: --epochs must be >= 1, --train-videos >= 0, --lr-scale > 0", file=sys.stderr)
+    try:
+        check_args(args)
+    except ValueError as err:
+        print(f"valor demo: error: {err}", file=sys.stderr)
         return 2
     try:
         out = run_demo(args, log=log)
@@ -199,7 +225,7 @@ def main(args) -> int:
     log(f"total {out['seconds']:.1f} s")
     if args.out:
         write_outputs(out, args.out)
-        log(f"wrote {os.path.join(args.out, 'demo.json')} and demo.png")
+        log(f"wrote {os.path.join(args.out, 'demo.json')}, demo.png and demo.txt")
     if args.json:
         print(json.dumps({k: v for k, v in out.items()}))
     return 0

@@ -4,27 +4,36 @@
     valor evaluate --annotations DIR --split {val,test} --checkpoint RUN_OR_PATH [--features SOURCE] [--json]
 
 Predictions come from a *source*: `--predictions naive` (each video's weak labels on all 10 segments of both
-modalities) or `--predictions FILE.npz` (`video_ids` (N,) str, `audio` and `visual` (N, 10, 25) 0/1). Split videos
-missing from the file are an error naming them; extra ids are ignored with a warning on stderr.
+modalities), `--predictions FILE.npz` (`video_ids` (N,) str, `audio` and `visual` (N, 10, 25) 0/1) or
+`--checkpoint RUN_OR_PATH` (a trained HAN predicts with the official rule; workflows/checkpoints.py). Split videos
+missing from the predictions and ids listed twice are errors naming them; extra ids are ignored with a warning on stderr.
 
-Hook for later stages (`--checkpoint`): add an option to the mutually exclusive group returned by `add_arguments` and a
-branch in `load_predictions`; everything after that (alignment, scoring, printing) is shared.
+`evaluate_checkpoint` is the same scoring for several splits at once (the pipeline's evaluate stage), with the numbers
+added to the checkpoint's MLflow run.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Any
+import zipfile
+from typing import Any, Optional
 
 import numpy as np
+
+from valor_core.llp import AnnotationError, PredictionError, align_predictions, default_annotations, load_split
+from valor_core.metrics import score_split
+from workflows import tracking
+from workflows.checkpoints import CheckpointError, predict_split
 
 SPLITS = ("val", "test")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
     """Arguments of `valor evaluate`; returns the prediction-source group so other sources can be added."""
-    parser.add_argument("--annotations", required=True, metavar="DIR", help="directory with the LLP annotation CSVs")
+    parser.add_argument("--annotations", default=None, metavar="DIR",
+                        help="directory with the LLP annotation CSVs (default: $VALOR_ANNOTATIONS, else the LLP files "
+                             "shipped with valor)")
     parser.add_argument("--split", required=True, choices=SPLITS)
     parser.add_argument("--audio-file", default="AVVP_eval_audio.csv", metavar="F",
                         help="dense audio annotation file, relative to DIR (default: %(default)s; the 2020 version "
@@ -54,33 +63,11 @@ class EvaluateError(Exception):
     pass
 
 
-def align_predictions(split_ids: np.ndarray, pred_ids: np.ndarray, audio: np.ndarray, visual: np.ndarray,
-                      source: str = "predictions") -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Rows of audio/visual reordered to `split_ids`. Missing split videos raise EvaluateError naming them; returns
-    the extra ids (not in the split) so the caller can warn."""
-    pred_ids = np.asarray(pred_ids).astype(str)
-    for name, arr in (("audio", audio), ("visual", visual)):
-        if arr.ndim != 3 or arr.shape[0] != len(pred_ids) or arr.shape[1:] != (10, 25):
-            raise EvaluateError(f"{source}: {name} must be ({len(pred_ids)}, 10, 25), got {arr.shape}")
-    where: dict[str, int] = {}
-    for i, v in enumerate(pred_ids.tolist()):
-        where.setdefault(v, i)
-    missing = [v for v in split_ids.tolist() if v not in where]
-    if missing:
-        shown = ", ".join(missing[:20]) + (f", ... ({len(missing)} in all)" if len(missing) > 20 else "")
-        raise EvaluateError(f"{source}: {len(missing)} video(s) of the split missing: {shown}")
-    split_set = set(split_ids.tolist())
-    extra = [v for v in where if v not in split_set]
-    rows = np.fromiter((where[v] for v in split_ids.tolist()), dtype=np.int64, count=len(split_ids))
-    return audio[rows], visual[rows], extra
-
-
 def load_predictions(args: argparse.Namespace, split) -> tuple[np.ndarray, np.ndarray]:
     """(audio, visual) 0/1 predictions (N, 10, 25) aligned to `split.video_ids`, from the chosen source."""
     if getattr(args, "checkpoint", None):
-        from workflows.train_ray import checkpoint_predictions
-
-        return checkpoint_predictions(args, split)
+        return predict_split(args.checkpoint, split, features=args.features, annotations=args.annotations,
+                             tracking_uri=args.tracking_uri)
     if args.predictions == "naive":
         naive = np.repeat(split.weak[:, None, :], 10, axis=1)
         return naive, naive.copy()
@@ -91,32 +78,30 @@ def load_predictions(args: argparse.Namespace, split) -> tuple[np.ndarray, np.nd
             if missing:
                 raise EvaluateError(f"{path}: missing array(s) {', '.join(missing)} (has {', '.join(z.files)})")
             pred_ids, audio, visual = z["video_ids"], z["audio"], z["visual"]
-    except (OSError, ValueError) as err:
+    except FileNotFoundError:
+        raise EvaluateError(f"{path}: no such file") from None
+    except (zipfile.BadZipFile, EOFError) as err:
+        raise EvaluateError(f"{path}: not a complete .npz archive ({err}); was it truncated?") from None
+    except ValueError as err:
+        if "pickle" in str(err):  # np.load's guess for anything that is neither .npy nor .npz
+            raise EvaluateError(f"{path}: not an .npz file (expected video_ids, audio, visual arrays)") from None
         raise EvaluateError(f"{path}: cannot read predictions ({err})") from None
+    except OSError as err:
+        raise EvaluateError(f"{path}: cannot read predictions ({err})") from None
+    if np.ndim(pred_ids) != 1:
+        raise EvaluateError(f"{path}: video_ids must be a 1-D array of ids, got shape {np.shape(pred_ids)}")
     for name, arr in (("audio", audio), ("visual", visual)):
         if arr.size and not np.isin(arr, (0, 1)).all():
             raise EvaluateError(f"{path}: {name} must hold 0/1 values (threshold the probabilities first)")
-    audio, visual, extra = align_predictions(split.video_ids, pred_ids, audio, visual, source=str(path))
+    try:
+        audio, visual, extra = align_predictions(split.video_ids, pred_ids, audio, visual, source=str(path))
+    except PredictionError as err:
+        raise EvaluateError(str(err)) from None
     if extra:
         shown = ", ".join(extra[:10]) + (", ..." if len(extra) > 10 else "")
         print(f"valor evaluate: warning: {path}: ignoring {len(extra)} video id(s) not in the {split.name} split: "
               f"{shown}", file=sys.stderr)
     return audio.astype(np.uint8), visual.astype(np.uint8)
-
-
-def score(split, audio: np.ndarray, visual: np.ndarray) -> dict[str, Any]:
-    """The CLI's JSON object for aligned 0/1 predictions on a split with dense GT (percent, 2 decimals)."""
-    from valor_core.metrics import evaluate, label_fidelity
-
-    s = evaluate(audio, visual, split.audio_gt, split.visual_gt)
-    out: dict[str, Any] = {"split": split.name, "videos": int(len(split))}
-    out.update(s.as_dict(decimals=2))
-    out["fidelity"] = {
-        "audio": round(label_fidelity(audio, split.audio_gt), 2),
-        "visual": round(label_fidelity(visual, split.visual_gt), 2),
-        "av": round(label_fidelity(audio * visual, split.av_gt), 2),
-    }
-    return out
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -132,15 +117,33 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    from valor_core.llp import AnnotationError, load_split
+def evaluate_checkpoint(checkpoint: str, *, features: Optional[str] = None, annotations: Optional[str] = None,
+                        tracking_uri: Optional[str] = None, splits=SPLITS, run_id: Optional[str] = None) -> dict:
+    """{"checkpoint": REF, split: scores, ...} of a trained HAN on each split (official rule and metric); with
+    `run_id`, the numbers are also logged to that MLflow run as `eval.<split>.<level>.<key>`."""
+    annotations = annotations or default_annotations()
+    out: dict[str, Any] = {"checkpoint": checkpoint}
+    for name in splits:
+        split = load_split(annotations, name)
+        audio, visual = predict_split(checkpoint, split, features=features, annotations=annotations,
+                                      tracking_uri=tracking_uri)
+        out[name] = score_split(split, audio, visual)
+    if run_id:
+        metrics: dict[str, float] = {}
+        for name in splits:
+            metrics.update(tracking.scores_flat(out[name], f"eval.{name}"))
+        tracking.log_metrics(tracking.resolve_tracking_uri(tracking_uri), run_id, metrics)
+    return out
 
+
+def run(args: argparse.Namespace) -> int:
+    args.annotations = args.annotations or default_annotations()
     try:
         split = load_split(args.annotations, args.split, audio_file=args.audio_file)
         audio, visual = load_predictions(args, split)
-    except (AnnotationError, EvaluateError) as err:
+    except (AnnotationError, EvaluateError, PredictionError, CheckpointError) as err:
         print(f"valor evaluate: error: {err}", file=sys.stderr)
         return 1
-    result = score(split, audio, visual)
+    result = score_split(split, audio, visual)
     print(json.dumps(result) if args.json else format_table(result))
     return 0

@@ -14,28 +14,12 @@
 Exactly once: a video is "done" iff a published part holds it; a killed run leaves at most staged files (hidden: their
 path starts with `_`, which pyarrow.dataset and Ray Data skip) that the next run deletes and redoes. One writer per output.
 
-Layout (URI = --out):
-    URI/part-<run>-<n>.parquet   the features dataset (`pyarrow.dataset.dataset(URI)` reads it; schema below)
-    FAILURES/part-<run>-<n>.parquet  the failures table; FAILURES = sibling `failures` when URI ends in `/features`
-                                 (the pipeline layout <output>/features + <output>/failures), else `<URI>_failures`
-    URI/_runs/<run>.json         what each run used (config, teachers, code version) and its summary
-    URI/_staging/                in-flight files (never read as data)
-
-Features schema (SCHEMA_VERSION 1; T = media.segments = 10, C = 25 classes in Table 6 order):
-    video_id string · split string · labels string (weak label names) · weak fixed_size_list<uint8>[25]
-    clip_ok, clap_ok bool      whether that teacher produced output (False: its columns below are all NaN)
-    clip_logits, clap_logits   fixed_size_list<fixed_size_list<float32>[25]>[T]   (logit_scale x cosine)
-    clip_emb, clap_emb         fixed_size_list<fixed_size_list<float32>[d]>[T]    (L2-normalised; d = teacher dim)
-    clip_dense_emb             fixed_size_list<fixed_size_list<float32>[d]>[8T]   (only with dense=true)
-    clip_teacher, clip_checkpoint, clap_teacher, clap_checkpoint  string
-    status string ("ok" | "partial": one teacher had no input, e.g. no audio track) · error string (why partial)
-    issues string (recoverable media issues, "kind: reason; ...") · notes string (policies applied)
-    duration float32 (s) · source string (video URI) · run_id string · schema_version int16
-Failures schema: video_id · stage ("read" | "decode" | "clip" | "clap" | "write") · kind · reason · fatal bool (True:
-    no features row) · source · run_id · schema_version. Partial videos have a features row AND a non-fatal failure row.
+Layout and schemas: workflows/features.py (the features contract) -- URI/part-*.parquet, the failures table beside it,
+URI/_runs/<run>.json (what each run used), URI/_staging/ (in-flight files).
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -49,122 +33,17 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from valor_core import teachers as teacher_lib
 from valor_core.classes import NUM_CLASSES
-from valor_core.config import ExtractConfig, MediaConfig, StorageConfig, TeacherConfig, redacted, to_dict
+from valor_core.config import MediaConfig, TeacherConfig, to_dict
+from valor_core.media import decode
 from workflows import objstore
-from workflows.manifest import Entry, read_manifest
-
-SCHEMA_VERSION = 1
-STAGING = "_staging"
-RUNS = "_runs"
-# Environment a worker needs to load teachers offline (tiny teachers, HF caches) -- forwarded via runtime_env.
-FORWARD_ENV_PREFIXES = ("HF_", "TRANSFORMERS_", "HUGGINGFACE_", "VALOR_", "TORCH_HOME", "OPEN_CLIP", "WANDB_MODE",
-                        "TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS")
-
-
-def failures_uri(out: str) -> str:
-    """Where the failures table of dataset `out` lives (beside it)."""
-    out = str(out).rstrip("/")
-    parent, base = posixpath.split(out)
-    if base == "features" and parent and not parent.endswith(":/"):
-        return posixpath.join(parent, "failures")
-    return out + "_failures"
-
-
-# --- Arrow helpers ---------------------------------------------------------------------------------------------------
-
-
-def _fsl(arr: np.ndarray, valid: Optional[np.ndarray] = None):
-    """(n, a, b) numpy -> fixed_size_list<fixed_size_list<dtype>[b]>[a]; rows where valid is False are all-NaN.
-
-    (Not Arrow nulls: pyarrow 25 cannot read back a null entry of a nested fixed_size_list from Parquet.)"""
-    import pyarrow as pa
-
-    n, a, b = arr.shape
-    arr = np.array(arr, np.float32, copy=True) if valid is not None else np.ascontiguousarray(arr, np.float32)
-    if valid is not None:
-        arr[~np.asarray(valid, bool)] = np.nan
-    inner = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), b)
-    return pa.FixedSizeListArray.from_arrays(inner, a)
-
-
-def column_to_numpy(col, dtype=np.float32) -> np.ndarray:
-    """A (nested) fixed_size_list column -> (n, ...) numpy (e.g. clip_logits -> (n, 10, 25)); nulls -> NaN or 0."""
-    import pyarrow as pa
-
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    shape = []
-    t = col.type
-    while pa.types.is_fixed_size_list(t):
-        shape.append(t.list_size)
-        t = t.value_type
-    n = len(col)
-    if n == 0:
-        return np.zeros((0, *shape), dtype)
-    nulls = col.is_null().to_numpy(zero_copy_only=False)
-    if nulls.any():
-        col = col.fill_null(pa.scalar([[0] * shape[-1]] * shape[0] if len(shape) == 2 else [0] * shape[0], col.type))
-    flat = col
-    for _ in shape:
-        flat = flat.flatten()
-    out = flat.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(n, *shape)
-    if nulls.any() and np.issubdtype(dtype, np.floating):
-        out = out.copy()
-        out[nulls] = np.nan
-    return out
-
-
-def read_features(out: str, opts: Optional[dict] = None, columns: Optional[list[str]] = None):
-    """The published features dataset as one pyarrow Table (what `pyarrow.dataset.dataset(out)` reads)."""
-    import pyarrow.dataset as ds
-
-    fs, path = objstore.fs_for(out, opts)
-    files = _parts(out, opts)
-    if not files:
-        return None
-    return ds.dataset(files, filesystem=fs, format="parquet").to_table(columns=columns)
-
-
-def read_failures(out: str, opts: Optional[dict] = None, failures: Optional[str] = None):
-    """The failures table, current view: fatal rows of videos that later succeeded (`--retry-failed`) are dropped."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
-
-    furi = failures or failures_uri(out)
-    fs, _ = objstore.fs_for(furi, opts)
-    files = _parts(furi, opts)
-    if not files:
-        return pa.Table.from_pylist([], schema=failure_schema())
-    table = ds.dataset(files, filesystem=fs, format="parquet").to_table()
-    feats = read_features(out, opts, columns=["video_id"])
-    if feats is not None and table.num_rows:
-        done = feats.column("video_id")
-        stale = pc.and_(table.column("fatal"), pc.is_in(table.column("video_id"), value_set=done))
-        table = table.filter(pc.invert(stale))
-    if table.num_rows and len(set(table.column("run_id").to_pylist())) > 1:
-        # a video retried (--retry-failed) and failing again: keep the rows of its latest run (run ids sort by time)
-        vids, runs = table.column("video_id").to_pylist(), table.column("run_id").to_pylist()
-        latest: dict[str, str] = {}
-        for v, r in zip(vids, runs):
-            latest[v] = max(latest.get(v, r), r)
-        table = table.filter(pa.array([latest[v] == r for v, r in zip(vids, runs)]))
-    return table
-
-
-def _parts(uri: str, opts: Optional[dict]) -> list[str]:
-    return [p for p in objstore.list_files(uri, opts, suffix=".parquet")
-            if not posixpath.basename(p).startswith(("_", "."))]
-
-
-def failure_schema():
-    import pyarrow as pa
-
-    return pa.schema([("video_id", pa.string()), ("stage", pa.string()), ("kind", pa.string()),
-                      ("reason", pa.string()), ("fatal", pa.bool_()), ("source", pa.string()),
-                      ("run_id", pa.string()), ("schema_version", pa.int16())])
-
+from workflows.config import ExtractConfig, StorageConfig, redacted
+from workflows.features import (RUNS, SCHEMA_VERSION, STAGING, failure_schema, failures_uri, fixed_list, read_failures,
+                                read_features)
+from workflows.manifest import Entry, ManifestError, read_manifest
+from workflows.outputs import LockedError, OwnershipError, claim, lock
+from workflows.runtime import code_version, start_ray
 
 # --- stages (run inside Ray tasks/actors) ----------------------------------------------------------------------------
 
@@ -187,8 +66,6 @@ class Decode:
         self.media, self.opts = media, opts
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from valor_core.media import decode
-
         m = self.media
         n, T, S = len(batch["video_id"]), m.segments, m.frame_size
         frames = np.zeros((n, T, S, S, 3), np.uint8)
@@ -204,6 +81,10 @@ class Decode:
         for i in range(n):
             vid, src = str(batch["video_id"][i]), str(batch["source"][i])
             audio[i] = b""
+            refused = str(batch["refused"][i]) if "refused" in batch else ""
+            if refused:  # outside the video root: never read
+                fail["fail_stage"][i], fail["fail_kind"][i], fail["fail_reason"][i] = "read", "outside_root", refused
+                continue
             try:
                 data: Any = objstore.read_bytes(src, self.opts) if objstore.is_s3(src) else src
                 if not objstore.is_s3(src) and not os.path.exists(src):
@@ -243,9 +124,7 @@ class Decode:
 
 def default_loader(kind: str) -> Callable:
     """valor_core.teachers.load_clip_teacher / load_clap_teacher: (spec, TeacherConfig) -> teacher."""
-    from valor_core import teachers
-
-    return getattr(teachers, f"load_{kind}_teacher")
+    return getattr(teacher_lib, f"load_{kind}_teacher")
 
 
 def _set_threads(threads: float) -> None:
@@ -402,13 +281,13 @@ class Write:
                 "labels": pa.array(batch["labels"][idx].astype(str)),
                 "weak": pa.FixedSizeListArray.from_arrays(pa.array(weak.reshape(-1)), NUM_CLASSES),
                 "clip_ok": pa.array(clip_ok[idx]), "clap_ok": pa.array(clap_ok[idx]),
-                "clip_logits": _fsl(batch["clip_logits"][idx], clip_ok[idx]),
-                "clap_logits": _fsl(batch["clap_logits"][idx], clap_ok[idx]),
-                "clip_emb": _fsl(batch["clip_emb"][idx], clip_ok[idx]),
-                "clap_emb": _fsl(batch["clap_emb"][idx], clap_ok[idx]),
+                "clip_logits": fixed_list(batch["clip_logits"][idx], clip_ok[idx]),
+                "clap_logits": fixed_list(batch["clap_logits"][idx], clap_ok[idx]),
+                "clip_emb": fixed_list(batch["clip_emb"][idx], clip_ok[idx]),
+                "clap_emb": fixed_list(batch["clap_emb"][idx], clap_ok[idx]),
             }
             if s.dense and "clip_dense_emb" in batch:
-                cols["clip_dense_emb"] = _fsl(batch["clip_dense_emb"][idx], clip_ok[idx])
+                cols["clip_dense_emb"] = fixed_list(batch["clip_dense_emb"][idx], clip_ok[idx])
             for k in ("clip_teacher", "clip_checkpoint", "clap_teacher", "clap_checkpoint"):
                 cols[k] = pa.array(batch[k][idx].astype(str))
             err = np.where(status[idx] == "ok", "", [f"{st}: {k}: {r}" for st, k, r in zip(
@@ -455,8 +334,6 @@ class Plan:
 
 def plan(entries: list[Entry], out: str, failures: str, opts: Optional[dict], retry_failed: bool) -> Plan:
     """Which entries still need work: not in a published features part, nor (unless retry_failed) failed before."""
-    import pyarrow.compute as pc
-
     feats = read_features(out, opts, columns=["video_id"])
     done = set(feats.column("video_id").to_pylist()) if feats is not None else set()
     fails = read_failures(out, opts, failures)
@@ -464,7 +341,6 @@ def plan(entries: list[Entry], out: str, failures: str, opts: Optional[dict], re
     failed -= done
     skip = done | (set() if retry_failed else failed)
     todo = [e for e in entries if e.video_id not in skip]
-    _ = pc  # (pyarrow.compute imported for read_failures' filter)
     return Plan(todo=todo, skipped=len(entries) - len(todo), done_before=len(done & {e.video_id for e in entries}),
                 failed_before=len(failed & {e.video_id for e in entries}))
 
@@ -476,43 +352,6 @@ def _clean_staging(out: str, opts: Optional[dict]) -> int:
     for p in staged:
         fs.delete_file(p)
     return len(staged)
-
-
-def _code_version() -> str:
-    import subprocess
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        return subprocess.run(["git", "-C", here, "describe", "--always", "--dirty"], capture_output=True, text=True,
-                              timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, object_store_memory: Optional[int] = None,
-             include_dashboard: Optional[bool] = None, log: Callable[[str], None] = print) -> Callable[[], None]:
-    """Connect to `address` / RAY_ADDRESS, or start single-node Ray on 127.0.0.1. Returns the shutdown to call after
-    (a no-op when Ray was already initialised by the caller)."""
-    import ray
-
-    if ray.is_initialized():
-        return lambda: None
-    env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV_PREFIXES)}
-    runtime_env = {"env_vars": env_vars} if env_vars else None
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ctx = ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
-    else:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every Ray listener on 127.0.0.1
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        kw: dict = {"num_cpus": num_cpus, "object_store_memory": object_store_memory, "runtime_env": runtime_env}
-        if include_dashboard is not None:
-            kw["include_dashboard"] = include_dashboard
-        ctx = ray.init(dashboard_host="127.0.0.1", **{k: v for k, v in kw.items() if v is not None})
-    url = getattr(ctx, "dashboard_url", None)
-    if url:
-        log(f"Ray dashboard: {url if '://' in url else 'http://' + url}")
-    return ray.shutdown
 
 
 def build_dataset(todo: list[Entry], clip: str, clap: str, cfg: ExtractConfig, teachers: TeacherConfig,
@@ -536,7 +375,7 @@ def build_dataset(todo: list[Entry], clip: str, clap: str, cfg: ExtractConfig, t
         room = max(0.25, (cpus - cfg.decode_num_cpus - 0.25) / max(1, min_actors))
         actor_cpus = min(cfg.actor_num_cpus, room)
         actor_res = {"num_cpus": actor_cpus}
-    items = [{"video_id": e.video_id, "source": e.source, "split": e.split, "labels": e.labels,
+    items = [{"video_id": e.video_id, "source": e.source, "split": e.split, "labels": e.labels, "refused": e.error,
               "weak": np.asarray(e.weak, np.uint8)} for e in todo]
     blocks = max(1, math.ceil(len(items) / max(1, cfg.decode_batch_size)))
     ds = ray.data.from_items(items, override_num_blocks=blocks)
@@ -590,7 +429,7 @@ def run_extract(manifest: str, videos: str, clip: str, clap: str, out: str, *, c
                 teachers: TeacherConfig = TeacherConfig(), media: MediaConfig = MediaConfig(),
                 storage: StorageConfig = StorageConfig(), split: Optional[str] = None, failures: Optional[str] = None,
                 address: Optional[str] = None, num_cpus: Optional[int] = None,
-                object_store_memory: Optional[int] = None, include_dashboard: Optional[bool] = None,
+                object_store_memory: Optional[int] = None, include_dashboard: bool = False,
                 loaders: Optional[dict] = None, log: Callable[[str], None] = print) -> Summary:
     """Extract teacher outputs for every manifest video not yet in `out`. Starts (and stops) Ray unless already up."""
     t0 = time.time()
@@ -603,7 +442,30 @@ def run_extract(manifest: str, videos: str, clip: str, clap: str, out: str, *, c
         videos = objstore.fs_for(videos)[1]
     failures = (failures or failures_uri(out)).rstrip("/")
     opts = objstore.s3_options(storage)
+    # preflight, before Ray or any decoding: storage answers, the manifest reads, the teachers' files exist, the
+    # output is valor's (same teachers) and ours alone for the run
+    for uri in {u for u in (out, failures, manifest, videos) if objstore.is_s3(u)}:
+        objstore.check_reachable(uri, opts)
     entries = read_manifest(manifest, videos, split=split, opts=opts)
+    teacher_lib.check_teacher_files(clip, clap)
+    made_with = {"clip": clip, "clap": clap, "media": to_dict(media)}
+    marker = claim(out, "features", opts=opts, meta={"teachers": made_with})
+    if marker.get("teachers", made_with) != made_with and not cfg.mixed_teachers:
+        raise OwnershipError(f"{out} was made with teachers {_teachers_text(marker['teachers'])}; this run asks for "
+                             f"{_teachers_text(made_with)}: use a new --out (or --mixed-teachers to add to it anyway)")
+    claim(failures, "failures", opts=opts, write=False)
+    with lock(out, f"valor extract -> {out}", opts):
+        return _extract_locked(entries, clip, clap, out, failures, cfg, teachers, media, storage, manifest, videos,
+                               split, address, num_cpus, object_store_memory, include_dashboard, loaders, log, t0,
+                               opts)
+
+
+def _teachers_text(t: dict) -> str:
+    return f"clip={t.get('clip')!r}, clap={t.get('clap')!r}" + ("" if "media" not in t else " (and its media config)")
+
+
+def _extract_locked(entries, clip, clap, out, failures, cfg, teachers, media, storage, manifest, videos, split, address,
+                    num_cpus, object_store_memory, include_dashboard, loaders, log, t0, opts) -> Summary:
     cleaned = _clean_staging(out, opts)
     if cleaned:
         log(f"removed {cleaned} staged file(s) left by an interrupted run")
@@ -612,7 +474,8 @@ def run_extract(manifest: str, videos: str, clip: str, clap: str, out: str, *, c
     log(f"extract: {len(entries)} videos in manifest, {p.skipped} already done/failed, {len(p.todo)} to do -> {out}")
     summary = Summary(done=0, failed=0, skipped=p.skipped, seconds=0.0, out=out, failures=failures, run_id=run_id)
     if p.todo:
-        shutdown = init_ray(address, num_cpus, object_store_memory, include_dashboard, log)
+        shutdown = start_ray(address, num_cpus=num_cpus, object_store_memory=object_store_memory,
+                             include_dashboard=include_dashboard, log=log)
         try:
             spec = WriteSpec(out=out, failures=failures, opts=opts, run_id=run_id, segments=media.segments,
                              dense=cfg.dense and media.dense_frames)
@@ -637,7 +500,7 @@ def run_extract(manifest: str, videos: str, clip: str, clap: str, out: str, *, c
     record = {"run_id": run_id, "schema_version": SCHEMA_VERSION, "manifest": manifest, "videos": videos,
               "clip": clip, "clap": clap, "out": out, "failures": failures, "split": split,
               "extract": to_dict(cfg), "teachers": to_dict(teachers), "media": to_dict(media),
-              "storage": redacted(storage), "code_version": _code_version(), "summary": dataclasses.asdict(summary),
+              "storage": redacted(storage), "code_version": code_version(), "summary": dataclasses.asdict(summary),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     objstore.write_bytes(objstore.join(out, RUNS, f"{run_id}.json"),
                          (json.dumps(record, indent=1, default=str) + "\n").encode(), opts)
@@ -666,7 +529,8 @@ def register(sub) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="local Ray only: CPUs to use")
     p.add_argument("--object-store-mb", type=int, default=None, help="local Ray only: object store size")
-    p.add_argument("--no-dashboard", action="store_true", help="local Ray only: do not start the dashboard")
+    p.add_argument("--dashboard", action="store_true", help="local Ray only: start the dashboard (on 127.0.0.1)")
+    p.add_argument("--no-dashboard", action="store_false", dest="dashboard", help=argparse.SUPPRESS)  # the default
     d = ExtractConfig()
     p.add_argument("--rows-per-file", type=int, default=d.rows_per_file)
     p.add_argument("--decode-batch", type=int, default=d.decode_batch_size)
@@ -677,6 +541,8 @@ def register(sub) -> None:
     p.add_argument("--num-gpus", type=float, default=d.num_gpus, help="per teacher actor, when GPUs exist")
     p.add_argument("--dense", action="store_true", help="also store CLIP embeddings of the 80-frame 8-fps stack")
     p.add_argument("--retry-failed", action="store_true", help="re-run videos listed in the failures table")
+    p.add_argument("--mixed-teachers", action="store_true",
+                   help="add to a dataset made with other teachers/media settings (default: an error)")
     p.add_argument("--endpoint", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
     p.add_argument("--access-key", default=None, help="default: AWS_ACCESS_KEY_ID")
     p.add_argument("--secret-key", default=None, help="default: AWS_SECRET_ACCESS_KEY")
@@ -687,18 +553,23 @@ def register(sub) -> None:
 
 
 def _cli(args) -> int:
-    cfg = ExtractConfig(out=args.out, decode_batch_size=args.decode_batch, clip_batch_size=args.clip_batch,
+    cfg = ExtractConfig(decode_batch_size=args.decode_batch, clip_batch_size=args.clip_batch,
                         clap_batch_size=args.clap_batch, clip_actors=tuple(args.clip_actors),
                         clap_actors=tuple(args.clap_actors), num_gpus=args.num_gpus, rows_per_file=args.rows_per_file,
-                        dense=args.dense, retry_failed=args.retry_failed)
+                        dense=args.dense, retry_failed=args.retry_failed, mixed_teachers=args.mixed_teachers)
     teachers = TeacherConfig(clip=args.clip, clap=args.clap, device=args.device, batch_size=args.teacher_batch)
     storage = StorageConfig(endpoint=args.endpoint, access_key=args.access_key, secret_key=args.secret_key)
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
-    s = run_extract(args.manifest, args.videos, args.clip, args.clap, args.out, cfg=cfg, teachers=teachers,
-                    storage=storage, split=args.split, failures=args.failures, address=args.address,
-                    num_cpus=args.num_cpus,
-                    object_store_memory=args.object_store_mb * 2**20 if args.object_store_mb else None,
-                    include_dashboard=False if args.no_dashboard else None, log=log)
+    try:
+        s = run_extract(args.manifest, args.videos, args.clip, args.clap, args.out, cfg=cfg, teachers=teachers,
+                        storage=storage, split=args.split, failures=args.failures, address=args.address,
+                        num_cpus=args.num_cpus,
+                        object_store_memory=args.object_store_mb * 2**20 if args.object_store_mb else None,
+                        include_dashboard=args.dashboard, log=log)
+    except (ManifestError, OwnershipError, LockedError, teacher_lib.TeacherError, objstore.StorageError,
+            PermissionError, ValueError) as err:
+        print(f"valor extract: error: {err}", file=sys.stderr)
+        return 2
     by_stage = ", ".join(f"{k}: {v}" for k, v in sorted(s.by_stage.items()))
     log(f"extract: done {s.done} (partial {s.partial}), failed {s.failed}{f' ({by_stage})' if by_stage else ''}, "
         f"skipped {s.skipped} in {s.seconds:.1f} s ({s.videos_per_s:.2f} videos/s in the pipeline) -> {s.out}; "

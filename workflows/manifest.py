@@ -7,8 +7,10 @@ AVVP_train.csv) or any CSV/TSV with a header holding
   - optional `event_labels` (or `labels`): comma-separated LLP class names (weak labels; empty = none known);
   - optional `split` (train/val/test/...); otherwise `--split`, otherwise guessed from the manifest's file name
     (`AVVP_train.csv` -> train, `AVVP_val_pd.csv` -> val, `AVVP_test_pd.csv` -> test), otherwise "".
-  - optional `path`: the video's location, absolute (`/x.mp4`, `s3://b/x.mp4`) or relative to the root.
+  - optional `path`: the video's location relative to the root.
 The delimiter is a tab when the header has one, else a comma. A video listed twice is an error (a manifest is a set).
+A missing, empty or non-UTF-8 manifest is a ManifestError naming it. A name or path that resolves outside the video root
+(`../x`, `/etc/x`, another bucket) is never read: its entry carries `error` and becomes a failure row of the run.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ class Entry:
     split: str
     weak: tuple[int, ...]  # (25,) 0/1
     labels: str  # comma-separated class names, as in the manifest
+    error: str = ""  # why the video may not be read (outside the video root); "" = fine
 
 
 def guess_split(manifest: str) -> str:
@@ -48,18 +51,34 @@ def guess_split(manifest: str) -> str:
     return ""
 
 
-def _join_root(root: str, rel: str) -> str:
-    if objstore.is_s3(rel) or rel.startswith("/"):
-        return rel
+def _join_root(root: str, rel: str) -> tuple[str, str]:
+    """(the video's URI under `root`, "" or why it is not under the root)."""
+    if objstore.is_s3(rel) or rel.startswith("/") or "://" in rel:
+        return rel, f"{rel!r} is not a path relative to the video root {root}"
     if objstore.is_s3(root):
-        return objstore.join(root, rel)
-    return objstore.fs_for(posixpath.join(root, rel))[1]
+        base = str(root).rstrip("/")
+        joined = posixpath.normpath(posixpath.join(base.split("://", 1)[1], rel))
+        inside = joined == base.split("://", 1)[1] or joined.startswith(base.split("://", 1)[1] + "/")
+        uri = base.split("://", 1)[0] + "://" + joined
+    else:
+        base = objstore.fs_for(root)[1].rstrip("/")
+        uri = posixpath.normpath(posixpath.join(base, rel))
+        inside = uri.startswith(base + "/")
+    return uri, "" if inside else f"{rel!r} resolves outside the video root {root}"
 
 
 def read_manifest(manifest: str, videos_root: str, split: Optional[str] = None, opts: Optional[dict] = None,
                   ext: str = ".mp4") -> list[Entry]:
     """Entries of a manifest (local path or s3:// URI), in file order."""
-    text = objstore.read_bytes(manifest, opts).decode("utf-8-sig")
+    try:
+        text = objstore.read_bytes(manifest, opts).decode("utf-8-sig")
+    except FileNotFoundError:
+        raise ManifestError(f"{manifest}: manifest not found") from None
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{manifest}: not a UTF-8 text file (byte {err.start}); expected a CSV/TSV manifest") \
+            from None
+    except OSError as err:
+        raise ManifestError(f"{manifest}: cannot read the manifest ({err})") from None
     lines = text.splitlines()
     if not lines:
         raise ManifestError(f"{manifest}: empty manifest (expected a header with `filename`)")
@@ -92,7 +111,7 @@ def read_manifest(manifest: str, videos_root: str, split: Optional[str] = None, 
                 raise ManifestError(f"{manifest}:{lineno}: unknown class {cls!r} (known: {', '.join(CLASSES)})")
             weak[CLASS_INDEX[cls]] = 1
         rel = (row.get("path") or "").strip() or (name if has_ext else name + ext)
-        entries.append(Entry(video_id=vid, source=_join_root(videos_root, rel),
-                             split=(row.get("split") or "").strip() or default_split,
-                             weak=tuple(int(x) for x in weak), labels=labels))
+        source, error = _join_root(videos_root, rel)
+        entries.append(Entry(video_id=vid, source=source, split=(row.get("split") or "").strip() or default_split,
+                             weak=tuple(int(x) for x in weak), labels=labels, error=error))
     return entries

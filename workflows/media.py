@@ -16,6 +16,15 @@ import argparse
 import json
 import sys
 
+import numpy as np
+
+from valor_core.classes import CLASSES
+from valor_core.config import TeacherConfig
+from valor_core.media import MediaError, decode
+from valor_core.media.synth import BROKEN_KINDS, synth_corpus
+from valor_core.teachers import TeacherError, load_clap_teacher, load_clip_teacher
+from valor_core.teachers.tiny import write_tiny_teachers
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     media = sub.add_parser("media", help="test media: write synthetic LLP-style mp4 corpora")
@@ -51,8 +60,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_synth(args) -> int:
-    from valor_core.media.synth import BROKEN_KINDS, synth_corpus
-
     try:
         w, h = (int(x) for x in args.size.lower().split("x"))
     except ValueError:
@@ -67,8 +74,6 @@ def cmd_synth(args) -> int:
 
 
 def cmd_tiny(args) -> int:
-    from valor_core.teachers.tiny import write_tiny_teachers
-
     specs = write_tiny_teachers(args.out_dir, seed=args.seed, amodel=args.amodel)
     print("tiny random-init teachers (smoke tests only: their logits mean nothing)")
     print(f"  --clip {specs['clip']}")
@@ -83,19 +88,11 @@ def cmd_tiny(args) -> int:
 
 
 def _top(row, k: int) -> str:
-    from valor_core.classes import CLASSES
-
     order = sorted(range(len(row)), key=lambda c: -row[c])[:k]
     return ", ".join(f"{CLASSES[c]} {row[c]:.2f}" for c in order)
 
 
 def cmd_teach(args) -> int:
-    import numpy as np
-
-    from valor_core.config import TeacherConfig
-    from valor_core.media import MediaError, decode
-    from valor_core.teachers import TeacherError, load_clap_teacher, load_clip_teacher
-
     tcfg = TeacherConfig(device=args.device)
     clip_spec = args.clip or tcfg.clip
     clap_spec = args.clap or tcfg.clap

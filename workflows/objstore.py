@@ -13,7 +13,14 @@ import os
 import posixpath
 from typing import Optional
 
-from valor_core.config import StorageConfig
+from workflows.config import StorageConfig
+
+
+class StorageError(OSError):
+    """Object storage that does not answer, or refuses the credentials; the message names the endpoint."""
+
+
+REACH_TIMEOUT_S = 10.0
 
 
 def is_s3(uri: str) -> bool:
@@ -64,6 +71,35 @@ def fs_for(uri: str, opts: Optional[dict] = None):
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
+def check_reachable(uri: str, opts: Optional[dict] = None, timeout: float = REACH_TIMEOUT_S) -> None:
+    """StorageError within ~`timeout` s when the S3 store of `uri` does not answer or refuses the keys (a no-op for
+    local paths): the preflight of every command that writes to S3."""
+    import pyarrow.fs as pafs
+
+    if not is_s3(uri):
+        return
+    o = opts or s3_options()
+    bucket = uri.split("://", 1)[1].split("/", 1)[0]
+    kw: dict = {"region": o.get("region") or "us-east-1", "connect_timeout": timeout / 2, "request_timeout": timeout,
+                "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=1)}
+    endpoint = o.get("endpoint")
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        if not host:
+            scheme, host = "http", endpoint
+        kw.update(endpoint_override=host.rstrip("/"), scheme=scheme)
+    if o.get("access_key") and o.get("secret_key"):
+        kw.update(access_key=o["access_key"], secret_key=o["secret_key"])
+    where = endpoint or "AWS S3"
+    try:
+        info = pafs.S3FileSystem(**kw).get_file_info(bucket)
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StorageError(f"S3 at {where} does not answer for s3://{bucket} ({first[:200]})") from None
+    if info.type == pafs.FileType.NotFound:
+        raise StorageError(f"S3 at {where}: bucket {bucket!r} does not exist")
+
+
 def join(uri: str, *parts: str) -> str:
     """Join URI parts with '/' (URIs are POSIX-style on every filesystem here)."""
     return posixpath.join(str(uri).rstrip("/"), *parts)
@@ -101,6 +137,13 @@ def exists(uri: str, opts: Optional[dict] = None) -> bool:
 
     fs, path = fs_for(uri, opts)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_file(uri: str, opts: Optional[dict] = None) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = fs_for(uri, opts)
+    return fs.get_file_info(path).type == pafs.FileType.File
 
 
 def list_files(uri: str, opts: Optional[dict] = None, suffix: str = "", recursive: bool = False) -> list[str]:

@@ -4,8 +4,10 @@
     valor train --preset valor+ --set optim.epochs=30 --set model.dropout=0.2 --dry-run
     valor train --preset valor --features sim --workers 2       Ray Train (DDP) run, MLflow tracking (workflows/train_ray)
 
-Flow: register() adds the parser -> main(args) -> resolve_config(args) (preset + dotted --set overrides, type-checked by
-valor_core.config.build) -> --dry-run: print config + trainable_params | otherwise: workflows.train_ray.run_cli.
+Flow: register() adds the parser -> main(args) -> resolve_config(args) (preset + dotted --set overrides + --epochs,
+type- and range-checked by valor_core.configio.build) -> --dry-run: print config + trainable_params | otherwise: load the
+data (workflows.trainset) -> start Ray (workflows.runtime) -> workflows.train_ray.train -> the summary (or with --json one
+JSON line, last).
 """
 from __future__ import annotations
 
@@ -13,12 +15,17 @@ import argparse
 import json
 import sys
 
-from valor_core.config import ConfigError, TrainConfig, apply_overrides, build, to_dict
+import yaml
+
+from valor_core.config import TrainConfig, to_dict
+from valor_core.configio import ConfigError, apply_overrides, build
+from valor_core.presets import PRESETS, get_preset
+from workflows.outputs import OwnershipError, claim
+from workflows.runtime import start_ray
+from workflows.trainset import DataError, load_training_data
 
 
 def register(subparsers) -> None:
-    from valor_core.presets import PRESETS
-
     p = subparsers.add_parser(
         "train", help="train a HAN preset (Ray Train DDP; --dry-run prints the resolved config)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,38 +36,53 @@ def register(subparsers) -> None:
                         "model.hidden=256, optim.betas=[0.9,0.999], labels.unified_clip=18 (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and trainable_params; no training")
     p.add_argument("--json", action="store_true", help="machine-readable output (one JSON object, last line)")
-    try:
-        from workflows import train_ray
-    except ModuleNotFoundError as err:  # the Ray Train path is optional for --dry-run
-        if err.name != "workflows.train_ray":
-            raise
-    else:
-        train_ray.add_arguments(p)
+    g = p.add_argument_group("data, Ray Train and MLflow")
+    g.add_argument("--features", default=None, metavar="SOURCE",
+                   help="sim[:SEED[:k=v,...]] (LLP-sim) or a `valor extract` features URI (dir or s3://)")
+    g.add_argument("--labels", default=None, metavar="SOURCE",
+                   help="a `valor harvest` output URI (default: the harvest beside the features, else harvested on "
+                        "the fly with the run's thresholds)")
+    g.add_argument("--annotations", default=None, metavar="DIR",
+                   help="LLP annotation CSVs (default: $VALOR_ANNOTATIONS, else the LLP files shipped with valor)")
+    g.add_argument("--workers", type=int, default=2, metavar="N", help="Ray Train DDP workers (default %(default)s)")
+    g.add_argument("--epochs", type=int, default=None, metavar="E", help="epochs (default: the preset's; same as "
+                   "--set optim.epochs=E)")
+    g.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL); default CPU (gloo)")
+    g.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")
+    g.add_argument("--experiment", default="valor", metavar="E", help="MLflow experiment (default: %(default)s)")
+    g.add_argument("--run-name", default=None, metavar="NAME")
+    g.add_argument("--storage", default=None, metavar="URI",
+                   help="Ray Train storage for checkpoints: dir or s3://bucket/prefix (default: runs/ray)")
+    g.add_argument("--max-failures", type=int, default=3, metavar="K",
+                   help="worker-group restarts from the last checkpoint (FailureConfig; default %(default)s)")
+    g.add_argument("--max-train-videos", type=int, default=None, metavar="N",
+                   help="train on a seeded random subset of N train videos (quick runs)")
+    g.add_argument("--ray-address", default=None, metavar="ADDR", help="existing Ray cluster (default: in-process)")
+    g.add_argument("--no-figures", action="store_true", help="skip the PNG artifacts")
     p.set_defaults(func=main)
 
 
 def resolve_config(args) -> TrainConfig:
-    """The preset named by args.preset with every `--set key=value` applied (ConfigError names a bad key/value)."""
-    from valor_core.presets import get_preset
-
+    """The preset named by args.preset with every `--set key=value` (and --epochs) applied; ConfigError names a bad
+    key or value."""
     try:
         base = get_preset(args.preset)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     overrides = list(getattr(args, "overrides", None) or [])
-    if getattr(args, "epochs", None):  # --epochs E (workflows.train_ray.add_arguments) == --set optim.epochs=E
+    if getattr(args, "epochs", None) is not None:  # --epochs E == --set optim.epochs=E
         overrides.append(f"optim.epochs={int(args.epochs)}")
     if not overrides:
         return base
-    data = apply_overrides({}, overrides)
     try:
-        return build(TrainConfig, data, base=base)
+        return build(TrainConfig, apply_overrides({}, overrides), base=base)
     except ConfigError as err:
         raise ConfigError(f"--set: {err}") from None
 
 
 def trainable_params(cfg: TrainConfig) -> int:
-    from valor_core.han import HAN, count_trainable
+    from valor_core.han import HAN, count_trainable  # torch-bound: imported where used, so `valor --help` stays fast
 
     return count_trainable(HAN(cfg.model))
 
@@ -70,8 +92,6 @@ def dry_run(cfg: TrainConfig, as_json: bool) -> int:
     if as_json:
         print(json.dumps({"preset": cfg.preset, "config": to_dict(cfg), "trainable_params": n}))
         return 0
-    import yaml
-
     print(yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), sort_keys=False).rstrip())
     print(f"trainable_params: {n}  ({n / 1e6:.2f}M)")
     return 0
@@ -80,11 +100,47 @@ def dry_run(cfg: TrainConfig, as_json: bool) -> int:
 def main(args) -> int:
     try:
         cfg = resolve_config(args)
+        if args.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {args.workers}")
         if args.dry_run:
             return dry_run(cfg, args.json)
     except (ConfigError, ValueError) as err:
         print(f"valor train: error: {err}", file=sys.stderr)
         return 2
-    from workflows import train_ray
+    return run(args, cfg)
 
-    return train_ray.run_cli(args, cfg)
+
+def run(args, cfg: TrainConfig) -> int:
+    """Train `cfg` as the parsed `args` say; prints the summary (or with --json one JSON line, last)."""
+    try:
+        data, cfg, meta = load_training_data(args.features or "sim", cfg, labels=args.labels,
+                                             annotations=args.annotations, max_train=args.max_train_videos)
+    except (DataError, FileNotFoundError, ValueError) as err:
+        print(f"valor train: error: {err}", file=sys.stderr)
+        return 1
+    from workflows import train_ray  # torch-bound
+
+    try:
+        claim(args.storage or train_ray.DEFAULT_STORAGE, "checkpoints")  # preflight: a checkpoints dir valor owns
+    except (OwnershipError, PermissionError) as err:
+        print(f"valor train: error: {err}", file=sys.stderr)
+        return 2
+    shutdown = start_ray(args.ray_address)
+    try:
+        outcome = train_ray.train(cfg, data, workers=args.workers, use_gpu=bool(args.gpu or cfg.use_gpu),
+                                  tracking_uri=args.tracking_uri, experiment=args.experiment, storage=args.storage,
+                                  run_name=args.run_name, data_meta=meta, max_failures=args.max_failures,
+                                  make_figures=not args.no_figures)
+    finally:
+        shutdown()  # also stops the forwarding of worker logs, so the JSON below stays the last stdout line
+    if args.json:
+        print(json.dumps(outcome.as_json()))
+    else:
+        print(f"run {outcome.run_id} ({outcome.tracking_uri}): {outcome.epochs} epochs, best epoch "
+              f"{outcome.best_epoch}, {outcome.seconds:.1f} s; checkpoint {outcome.checkpoint}")
+        for split in ("val", "test"):
+            s = getattr(outcome, split)
+            if s:
+                print(f"  {split:4s} segment " + " ".join(f"{k}={v:.2f}" for k, v in s["segment"].items()))
+                print(f"  {split:4s} event   " + " ".join(f"{k}={v:.2f}" for k, v in s["event"].items()))
+    return 0

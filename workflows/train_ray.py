@@ -54,10 +54,21 @@ from typing import Any, Optional
 
 import numpy as np
 
-HEALTH_CHECK_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}  # report() blocked ~2 s per call with the default
+from valor_core.config import to_dict
+from valor_core.fit import build_model, build_optimizer, evaluate_model, predict, to_tensors, train_epoch
+from valor_core.llp import LLPSplit
+from valor_core.metrics import score_split
+from valor_core.schedule import lr_at_epoch
+from workflows import figures, objstore, tracking
+from workflows.checkpoints import config_from_dict, load_checkpoint_model, save_checkpoint_dir
+from workflows.outputs import claim
+from workflows.runtime import start_ray
 
 
-# --- pieces shared by the worker loop, the driver and `valor evaluate --checkpoint` ------------------------------------
+DEFAULT_STORAGE = os.path.join("runs", "ray")  # Ray Train storage of `valor train` without --storage
+
+
+# --- pieces shared by the worker loop and the driver ---------------------------------------------------------------
 
 
 def shard_indices(n: int, world: int, rank: int, seed: int, epoch: int) -> np.ndarray:
@@ -70,46 +81,6 @@ def shard_indices(n: int, world: int, rank: int, seed: int, epoch: int) -> np.nd
 
 def per_worker_batch(batch_size: int, world: int) -> int:
     return max(1, math.ceil(batch_size / world))
-
-
-def save_checkpoint_dir(path: str, *, model_state: dict, best_state: dict, optimizer_state: Optional[dict],
-                        state: dict, config: dict) -> str:
-    import torch
-
-    os.makedirs(path, exist_ok=True)
-    torch.save(model_state, os.path.join(path, "model.pt"))
-    torch.save(best_state, os.path.join(path, "best_model.pt"))
-    if optimizer_state is not None:
-        torch.save(optimizer_state, os.path.join(path, "optimizer.pt"))
-    with open(os.path.join(path, "state.json"), "w") as f:
-        json.dump(state, f, indent=1, default=float)
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(config, f, indent=1)
-    return path
-
-
-def config_from_dict(data: dict):
-    """TrainConfig from its `to_dict` form (the `train` section of a checkpoint's config.json)."""
-    from valor_core.config import TrainConfig, build
-
-    return build(TrainConfig, data)
-
-
-def load_checkpoint_model(path: str, which: str = "best_model.pt"):
-    """(HAN with the checkpoint's weights in eval mode, TrainConfig, config.json dict) from a checkpoint directory
-    (a Ray Train checkpoint of `valor train`, or the `checkpoint/` artifact of its MLflow run)."""
-    import torch
-
-    from valor_core.fit import build_model
-
-    with open(os.path.join(path, "config.json")) as f:
-        meta = json.load(f)
-    cfg = config_from_dict(meta["train"])
-    model = build_model(cfg)
-    state = torch.load(os.path.join(path, which), map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    model.eval()
-    return model, cfg, meta
 
 
 # --- the per-worker loop ------------------------------------------------------------------------------------------------
@@ -163,9 +134,6 @@ def train_loop(config: dict) -> None:
     import torch
     import torch.distributed as dist
 
-    from valor_core.fit import build_model, build_optimizer, evaluate_model, train_epoch
-    from valor_core.schedule import lr_at_epoch
-
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -203,11 +171,8 @@ def train_loop(config: dict) -> None:
         print(f"[valor train] rank {rank}: resumed from the epoch-{resumed_from} checkpoint", file=sys.stderr,
               flush=True)
 
-    tracking = None
-    if rank == 0 and config.get("tracking_uri") and config.get("run_id"):
-        from workflows import tracking as tracking_mod
-
-        tracking = tracking_mod
+    tracked = rank == 0 and bool(config.get("tracking_uri") and config.get("run_id"))
+    if tracked:
         mlflow_client = tracking.client(config["tracking_uri"])
         if resumed_from:
             tracking.log_metrics(config["tracking_uri"], config["run_id"], {"resumed_from_epoch": resumed_from},
@@ -247,7 +212,7 @@ def train_loop(config: dict) -> None:
                             "val": val_scores.as_dict() if val_scores is not None else None}
                 history.append(record_e)
                 metrics.update({"val_select": value, "best_value": best_value, "best_epoch": best_epoch})
-                if tracking is not None:
+                if tracked:
                     tracking.log_metrics(config["tracking_uri"], config["run_id"], tracking.epoch_metrics(record_e),
                                          step=epoch, c=mlflow_client)
                 save_checkpoint_dir(
@@ -284,37 +249,17 @@ class TrainOutcome:
                 "seconds": round(self.seconds, 2)}
 
 
-def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> bool:
-    """Connect to / start Ray (in-process when no address); True when this call started or connected it."""
-    import ray
-
-    for k, v in HEALTH_CHECK_ENV.items():
-        os.environ.setdefault(k, v)
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    kw: dict[str, Any] = {"runtime_env": {"env_vars": {k: os.environ[k] for k in HEALTH_CHECK_ENV}},
-                          "log_to_driver": True}
-    if address:
-        ray.init(address=address, **kw)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kw)
-    return True
-
-
 def _train_payload(data: dict, cfg) -> dict:
-    from valor_core.fit import to_tensors
-
     train = data["train"]
     arrays = {name: np.ascontiguousarray(t.numpy()) for name, t in to_tensors(train, cfg).items()}
     return {"train": arrays, "train_ids": np.asarray(train.video_ids).astype(str), "val": data.get("val")}
 
 
 def _storage(storage: Optional[str]):
-    """(storage_path for RunConfig, pyarrow filesystem or None, display URI)."""
-    from workflows import objstore
-
-    storage = storage or os.path.join("runs", "ray")
+    """(storage_path for RunConfig, pyarrow filesystem or None, display URI); the storage is claimed as valor's
+    checkpoints output (workflows.outputs: new, empty or made by valor train)."""
+    storage = storage or DEFAULT_STORAGE
+    claim(storage, "checkpoints")
     if objstore.is_s3(storage):
         fs, path = objstore.fs_for(storage)
         return path, fs, storage
@@ -326,17 +271,14 @@ def _storage(storage: Optional[str]):
 def train(cfg, data: dict, *, workers: int = 2, use_gpu: bool = False, tracking_uri: Optional[str] = None,
           experiment: str = "valor", storage: Optional[str] = None, run_name: Optional[str] = None,
           data_meta: Optional[dict] = None, max_failures: int = 3, keep_checkpoints: int = 2,
-          ray_address: Optional[str] = None, track: bool = True, figures: bool = True) -> TrainOutcome:
+          ray_address: Optional[str] = None, track: bool = True, make_figures: bool = True) -> TrainOutcome:
     """Train `cfg` (a TrainConfig) on `data` ({"train", "val", "test"} -> AVVPArrays) with Ray Train DDP."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from valor_core.config import to_dict
-    from workflows import tracking
-
     t_start = time.perf_counter()
-    init_ray(ray_address)
+    start_ray(ray_address)  # joins a running Ray (the caller's), else starts one that lives as long as this process
     data_meta = dict(data_meta or {})
     cfg_dict = to_dict(cfg)
     cpus = ray.available_resources().get("CPU", 1.0)
@@ -387,7 +329,7 @@ def train(cfg, data: dict, *, workers: int = 2, use_gpu: bool = False, tracking_
             local = tempfile.mkdtemp(prefix="valor-ckpt-")
             for name in ("best_model.pt", "config.json", "state.json"):
                 shutil.copy(os.path.join(ckdir, name), os.path.join(local, name))
-        outcome = finish(local, data, cfg, tracking_uri=tracking_uri, run_id=run_id, figures=figures)
+        outcome = finish(local, data, cfg, tracking_uri=tracking_uri, run_id=run_id, make_figures=make_figures)
         outcome.checkpoint = result.checkpoint.path if storage_fs is None else f"s3://{result.checkpoint.path}"
         outcome.storage = storage_uri
         outcome.seconds = time.perf_counter() - t_start
@@ -407,13 +349,8 @@ def train(cfg, data: dict, *, workers: int = 2, use_gpu: bool = False, tracking_
 
 
 def finish(ckpt_dir: str, data: dict, cfg, *, tracking_uri: Optional[str], run_id: Optional[str],
-           figures: bool = True) -> TrainOutcome:
+           make_figures: bool = True) -> TrainOutcome:
     """Best-val weights -> final val/test scores; with a run: final metrics, checkpoint, labels, figures."""
-    from valor_core.fit import predict
-    from valor_core.llp import LLPSplit
-    from workflows import tracking
-    from workflows.evaluate import score
-
     model, cfg_loaded, meta = load_checkpoint_model(ckpt_dir)
     with open(os.path.join(ckpt_dir, "state.json")) as f:
         state = json.load(f)
@@ -425,7 +362,7 @@ def finish(ckpt_dir: str, data: dict, cfg, *, tracking_uri: Optional[str], run_i
             continue
         pa, pv = predict(model, arrays)
         preds[split] = (pa, pv)
-        results[split] = score(LLPSplit(name=split, video_ids=arrays.video_ids, weak=arrays.weak,
+        results[split] = score_split(LLPSplit(name=split, video_ids=arrays.video_ids, weak=arrays.weak,
                                         audio_gt=arrays.audio_gt, visual_gt=arrays.visual_gt), pa, pv)
     outcome = TrainOutcome(run_id=run_id, tracking_uri=tracking_uri, val=results.get("val"), test=results.get("test"),
                            epochs=int(state["epoch"]), best_epoch=int(state["best_epoch"]), checkpoint=ckpt_dir,
@@ -442,158 +379,15 @@ def finish(ckpt_dir: str, data: dict, cfg, *, tracking_uri: Optional[str], run_i
                                                  "thresholds": data_meta.get("thresholds"),
                                                  "teachers": data_meta.get("teachers")}, "labels", "labels.json")
         tracking.log_json(tracking_uri, run_id, {"best_epoch": state["best_epoch"], **results}, "scores", "final.json")
-        if figures and preds:
+        if make_figures and preds:
             with tempfile.TemporaryDirectory() as d:
                 for split, (pa, pv) in preds.items():
                     arrays = data[split]
-                    tracking.plot_classwise(pa, pv, arrays.audio_gt, arrays.visual_gt,
+                    figures.plot_classwise(pa, pv, arrays.audio_gt, arrays.visual_gt,
                                             os.path.join(d, f"classwise_f_{split}.png"),
                                             title=f"{cfg.preset} - {split} (best epoch {state['best_epoch']})")
-                    tracking.plot_timelines(arrays.video_ids, pa, pv, arrays.audio_gt, arrays.visual_gt,
+                    figures.plot_timelines(arrays.video_ids, pa, pv, arrays.audio_gt, arrays.visual_gt,
                                             os.path.join(d, f"timelines_{split}.png"),
                                             title=f"{cfg.preset} - {split}: parsing timelines")
                 tracking.log_dir(tracking_uri, run_id, d, "figures")
     return outcome
-
-
-# --- CLI glue (`valor train` without --dry-run; the parser lives in workflows/train.py) -----------------------------------
-
-
-def add_arguments(parser) -> None:
-    """The Ray Train / data / tracking options of `valor train` (model and optimiser overrides are train.py's)."""
-    g = parser.add_argument_group("data, Ray Train and MLflow")
-    g.add_argument("--features", default=None, metavar="SOURCE",
-                   help="sim[:SEED[:k=v,...]] (LLP-sim) or a `valor extract` features URI (dir or s3://)")
-    g.add_argument("--labels", default=None, metavar="SOURCE",
-                   help="a `valor harvest` output URI (default: the harvest beside the features, else harvested on "
-                        "the fly with the run's thresholds)")
-    g.add_argument("--annotations", default=None, metavar="DIR",
-                   help="LLP annotation CSVs (default: $VALOR_ANNOTATIONS or ../shared/data/llp)")
-    g.add_argument("--workers", type=int, default=None, metavar="N", help="Ray Train DDP workers (default 2)")  # default applied in run_cli
-    g.add_argument("--epochs", type=int, default=None, metavar="E", help="epochs (default: the preset's; same as "
-                   "--set optim.epochs=E)")
-    g.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL); default CPU (gloo)")
-    g.add_argument("--tracking-uri", default=None, metavar="URI",
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")
-    g.add_argument("--experiment", default="valor", metavar="E", help="MLflow experiment (default: %(default)s)")
-    g.add_argument("--run-name", default=None, metavar="NAME")
-    g.add_argument("--storage", default=None, metavar="URI",
-                   help="Ray Train storage for checkpoints: dir or s3://bucket/prefix (default: runs/ray)")
-    g.add_argument("--max-failures", type=int, default=3, metavar="K",
-                   help="worker-group restarts from the last checkpoint (FailureConfig; default %(default)s)")
-    g.add_argument("--max-train-videos", type=int, default=None, metavar="N",
-                   help="train on a seeded random subset of N train videos (quick runs)")
-    g.add_argument("--ray-address", default=None, metavar="ADDR", help="existing Ray cluster (default: in-process)")
-    g.add_argument("--no-figures", action="store_true", help="skip the PNG artifacts")
-
-
-def run_cli(args, cfg) -> int:
-    """Train `cfg` as the parsed `args` say; prints the summary (or with --json one JSON line, last)."""
-
-    from workflows.datasets import DataError, load_training_data
-
-    from valor_core.config import replace
-
-    features = getattr(args, "features", None) or "sim"
-    if getattr(args, "epochs", None):
-        cfg = replace(cfg, **{"optim.epochs": int(args.epochs)})
-    workers = int(getattr(args, "workers", None) or 2)
-    use_gpu = bool(getattr(args, "gpu", False) or cfg.use_gpu)
-    try:
-        data, cfg, meta = load_training_data(features, cfg, labels=getattr(args, "labels", None),
-                                             annotations=getattr(args, "annotations", None),
-                                             max_train=getattr(args, "max_train_videos", None))
-    except (DataError, FileNotFoundError, ValueError) as err:
-        print(f"valor train: error: {err}", file=sys.stderr)
-        return 1
-    started = init_ray(getattr(args, "ray_address", None))
-    try:
-        outcome = train(cfg, data, workers=workers, use_gpu=use_gpu, tracking_uri=getattr(args, "tracking_uri", None),
-                        experiment=getattr(args, "experiment", "valor"), storage=getattr(args, "storage", None),
-                        run_name=getattr(args, "run_name", None), data_meta=meta,
-                        max_failures=getattr(args, "max_failures", 3), figures=not getattr(args, "no_figures", False))
-    finally:
-        if started:  # also stops the forwarding of worker logs, so the JSON below stays the last stdout line
-            import ray
-
-            ray.shutdown()
-    if getattr(args, "json", False):
-        print(json.dumps(outcome.as_json()))
-    else:
-        print(f"run {outcome.run_id} ({outcome.tracking_uri}): {outcome.epochs} epochs, best epoch "
-              f"{outcome.best_epoch}, {outcome.seconds:.1f} s; checkpoint {outcome.checkpoint}")
-        for split in ("val", "test"):
-            s = getattr(outcome, split)
-            if s:
-                print(f"  {split:4s} segment " + " ".join(f"{k}={v:.2f}" for k, v in s["segment"].items()))
-                print(f"  {split:4s} event   " + " ".join(f"{k}={v:.2f}" for k, v in s["event"].items()))
-    return 0
-
-
-# --- `valor evaluate --checkpoint RUN_OR_PATH` ---------------------------------------------------------------------------
-
-
-def resolve_checkpoint(ref: str, tracking_uri: Optional[str] = None) -> str:
-    """A local checkpoint directory (best_model.pt + config.json) for RUN_OR_PATH:
-    a checkpoint dir; a best_model.pt / model.pt file; a Ray Train run dir (its newest epoch_* checkpoint);
-    an s3:// checkpoint prefix (downloaded); or an MLflow run id (its `checkpoint/` artifact)."""
-    from workflows import objstore, tracking
-
-    def ray_run_dir(d: str) -> Optional[str]:
-        epochs = sorted(x for x in os.listdir(d) if x.startswith("epoch_") and
-                        os.path.exists(os.path.join(d, x, "config.json")))
-        return os.path.join(d, epochs[-1]) if epochs else None
-
-    if objstore.is_s3(ref):
-        import pyarrow.fs as pafs
-
-        fs, path = objstore.fs_for(ref)
-        local = tempfile.mkdtemp(prefix="valor-ckpt-")
-        pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        ref = local
-    if os.path.isfile(ref):
-        return os.path.dirname(os.path.abspath(ref))
-    if os.path.isdir(ref):
-        if os.path.exists(os.path.join(ref, "config.json")):
-            return ref
-        found = ray_run_dir(ref)
-        if found:
-            return found
-        raise FileNotFoundError(f"{ref}: no valor checkpoint (config.json + best_model.pt) there")
-    import mlflow
-
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    try:
-        return mlflow.artifacts.download_artifacts(run_id=ref, artifact_path="checkpoint", tracking_uri=uri)
-    except Exception as err:
-        raise FileNotFoundError(f"{ref!r} is neither a checkpoint path nor a run id with a checkpoint in {uri} "
-                                f"({type(err).__name__}: {err})") from None
-
-
-def checkpoint_predictions(args, split) -> tuple[np.ndarray, np.ndarray]:
-    """`valor evaluate --checkpoint`: predict_split with the CLI's arguments."""
-    return predict_split(args.checkpoint, split, features=getattr(args, "features", None),
-                         annotations=args.annotations, tracking_uri=getattr(args, "tracking_uri", None))
-
-
-def predict_split(checkpoint: str, split, *, features: str | None = None, annotations: str | None = None,
-                  tracking_uri: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(audio, visual) 0/1 predictions of a trained HAN (a checkpoint path or an MLflow run id) for the LLP split
-    `split` (official rule), aligned to its ids. Features: `features`, else the source recorded with the checkpoint."""
-    from valor_core.fit import predict
-    from workflows.datasets import load_eval_split
-    from workflows.evaluate import EvaluateError, align_predictions
-
-    try:
-        ckpt = resolve_checkpoint(checkpoint, tracking_uri)
-        model, cfg, meta = load_checkpoint_model(ckpt)
-        features = features or meta.get("data", {}).get("features")
-        if not features:
-            raise EvaluateError(f"{checkpoint}: the checkpoint records no features source; pass --features")
-        arrays = load_eval_split(features, split.name, cfg, annotations=annotations)
-    except (FileNotFoundError, ValueError) as err:
-        raise EvaluateError(str(err)) from None
-    pa, pv = predict(model, arrays)
-    audio, visual, extra = align_predictions(split.video_ids, arrays.video_ids, pa, pv,
-                                             source=f"checkpoint {checkpoint} on {features}")
-    return audio.astype(np.uint8), visual.astype(np.uint8)

@@ -7,23 +7,27 @@
 
 Heavy libraries (torch, open_clip, laion_clap) are imported when a teacher is built, not when this package is.
 """
+from valor_core.config import TeacherConfig
+from valor_core.teachers import clap as _clap
+from valor_core.teachers import clip as _clip
 from valor_core.teachers.base import MissingCheckpoint, Teacher, TeacherError
 
 
 def load_clip_teacher(spec, cfg=None):
     """CLIP teacher from an open_clip spec (MODEL:TAG, MODEL:/ckpt, MODEL:random, CFG.json[:CKPT])."""
-    from valor_core.config import TeacherConfig
-    from valor_core.teachers.clip import load_clip_teacher as _load
-
-    return _load(spec, cfg or TeacherConfig())
+    return _clip.load_clip_teacher(spec, cfg or TeacherConfig())
 
 
 def load_clap_teacher(spec, cfg=None):
     """CLAP teacher from a laion_clap spec (PATH, AMODEL:[no]fusion:PATH, SPEC.json, random)."""
-    from valor_core.config import TeacherConfig
-    from valor_core.teachers.clap import load_clap_teacher as _load
+    return _clap.load_clap_teacher(spec, cfg or TeacherConfig())
 
-    return _load(spec, cfg or TeacherConfig())
+
+def check_teacher_files(clip_spec: str, clap_spec: str) -> None:
+    """Before heavy work: MissingCheckpoint / TeacherError when a spec is malformed or names a checkpoint that is not
+    there (no model is built, nothing is imported beyond the spec parsers)."""
+    _clip.check_clip_files(clip_spec)
+    _clap.check_clap_files(clap_spec)
 
 
 def load_teachers(clip_spec, clap_spec, cfg=None):
@@ -31,4 +35,5 @@ def load_teachers(clip_spec, clap_spec, cfg=None):
     return load_clip_teacher(clip_spec, cfg), load_clap_teacher(clap_spec, cfg)
 
 
-__all__ = ["Teacher", "TeacherError", "MissingCheckpoint", "load_clip_teacher", "load_clap_teacher", "load_teachers"]
+__all__ = ["Teacher", "TeacherError", "MissingCheckpoint", "load_clip_teacher", "load_clap_teacher", "load_teachers",
+           "check_teacher_files"]

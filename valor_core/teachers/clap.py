@@ -29,6 +29,7 @@ import numpy as np
 
 from valor_core.classes import CLAP_CAPTIONS
 from valor_core.config import TeacherConfig
+from valor_core.teachers import mel
 from valor_core.teachers.base import MissingCheckpoint, Teacher, TeacherError
 from valor_core.teachers.hf import TOKENIZER_REPOS, hub_cache_dir, missing_hub_repos, offline_hub
 
@@ -104,8 +105,6 @@ def import_laion_clap(hf_hub_cache: Optional[str] = None):
         hf_logging.disable_progress_bar()
     except Exception:  # noqa: BLE001 - cosmetics only
         pass
-    from valor_core.teachers import mel
-
     mel.install_if_needed()
     return laion_clap
 
@@ -135,19 +134,26 @@ def load_clap_state(path: str, model) -> None:
                            f"{'...' if len(missing) > 5 else ''}, unexpected {result.unexpected_keys[:5]}")
 
 
+def check_clap_files(spec: str) -> dict:
+    """MissingCheckpoint when the spec's checkpoint file is not there (cheap: no model is built); the parsed spec."""
+    opts = parse_clap_spec(spec)
+    ckpt = opts["checkpoint"]
+    if ckpt is not None and not Path(ckpt).is_file():
+        raise MissingCheckpoint(
+            f"CLAP checkpoint {ckpt!r} not found (spec {spec!r}). The paper's teacher is laion_clap's "
+            f"630k-fusion-best.pt (HTSAT-base, fusion; NOT the AudioSet one, which overlaps LLP val/test): "
+            f"download https://huggingface.co/lukewys/laion_clap/resolve/main/630k-fusion-best.pt on a machine "
+            f"with network access and copy it here.")
+    return opts
+
+
 class CLAPTeacher(Teacher):
     name = "clap"
     modality = "audio"
 
     def __init__(self, spec: str, cfg: TeacherConfig = TeacherConfig(), captions: Sequence[str] = CLAP_CAPTIONS):
-        opts = parse_clap_spec(spec)
+        opts = check_clap_files(spec)
         ckpt = opts["checkpoint"]
-        if ckpt is not None and not Path(ckpt).is_file():
-            raise MissingCheckpoint(
-                f"CLAP checkpoint {ckpt!r} not found (spec {spec!r}). The paper's teacher is laion_clap's "
-                f"630k-fusion-best.pt (HTSAT-base, fusion; NOT the AudioSet one, which overlaps LLP val/test): "
-                f"download https://huggingface.co/lukewys/laion_clap/resolve/main/630k-fusion-best.pt on a machine "
-                f"with network access and copy it here.")
         super().__init__(spec, ckpt or "random", cfg, captions)
         laion_clap = import_laion_clap(opts["hf_hub_cache"])
         self.amodel, self.enable_fusion = opts["amodel"], bool(opts["enable_fusion"])

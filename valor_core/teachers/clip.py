@@ -54,6 +54,19 @@ def parse_clip_spec(spec: str) -> tuple[str, Optional[str], Optional[str]]:
     return model, pretrained, config_json
 
 
+def check_clip_files(spec: str) -> bool:
+    """MissingCheckpoint when the spec names a local checkpoint that is not there (cheap: no model is built);
+    returns whether the spec's pretrained part is a path."""
+    _, pretrained, _ = parse_clip_spec(spec)
+    looks_like_path = pretrained is not None and (os.sep in pretrained or pretrained.endswith(
+        (".pt", ".bin", ".pth", ".safetensors", ".ckpt")))
+    if looks_like_path and not Path(pretrained).is_file():
+        raise MissingCheckpoint(
+            f"CLIP checkpoint {pretrained!r} not found (spec {spec!r}). Copy the open_clip/OpenAI checkpoint "
+            f"there, or use a tag whose weights are in the Hugging Face cache (e.g. ViT-L-14:openai).")
+    return looks_like_path
+
+
 class CLIPTeacher(Teacher):
     name = "clip"
     modality = "visual"
@@ -65,12 +78,7 @@ class CLIPTeacher(Teacher):
         model_name, pretrained, config_json = parse_clip_spec(spec)
         if config_json is not None:
             open_clip.add_model_config(config_json)
-        looks_like_path = pretrained is not None and (os.sep in pretrained or pretrained.endswith(
-            (".pt", ".bin", ".pth", ".safetensors", ".ckpt")))
-        if looks_like_path and not Path(pretrained).is_file():
-            raise MissingCheckpoint(
-                f"CLIP checkpoint {pretrained!r} not found (spec {spec!r}). Copy the open_clip/OpenAI checkpoint "
-                f"there, or use a tag whose weights are in the Hugging Face cache (e.g. ViT-L-14:openai).")
+        looks_like_path = check_clip_files(spec)
         if pretrained is not None and not looks_like_path and not model_name.startswith(("local-dir:", "hf-hub:")):
             tags = open_clip.list_pretrained_tags_by_model(model_name)
             if pretrained not in tags:

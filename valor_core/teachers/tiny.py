@@ -15,6 +15,9 @@ import json
 import os
 from pathlib import Path
 
+from valor_core.teachers.clap import import_laion_clap
+from valor_core.teachers.hf import offline_hub, write_tiny_hf_cache
+
 TINY_CLIP_CONFIG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
@@ -42,9 +45,6 @@ def write_tiny_clip(out_dir: str | os.PathLike, seed: int = 0) -> str:
 def write_tiny_clap(out_dir: str | os.PathLike, seed: int = 0, amodel: str = "HTSAT-tiny") -> tuple[str, dict]:
     """Write the tiny hub cache and laion_clap teacher into out_dir/{hf,clap}; returns (spec, env)."""
     import torch
-
-    from valor_core.teachers.clap import import_laion_clap
-    from valor_core.teachers.hf import offline_hub, write_tiny_hf_cache
 
     root = Path(out_dir).resolve()
     hf = write_tiny_hf_cache(root / "hf", seed=seed)

@@ -13,7 +13,7 @@ SOURCE is one of
 Labels (the harvested targets of the valor loss), first match wins:
     --labels URI           a `valor harvest` output (video_id, audio_labels (10,25), visual_labels (10,25); thresholds
                            in its `_harvest.json`), joined by video id; every train video must have a row
-    <features>/../labels   the harvest output beside an extraction dataset, when complete
+    beside the features    the harvest output beside an extraction dataset (workflows.features.labels_uri), when complete
     on the fly             valor_core.labels.harvest_labels on the source's teacher logits with the run's LabelConfig
                            (Table 6 thresholds by default)
 
@@ -30,39 +30,26 @@ from typing import Any, Optional
 import numpy as np
 
 from valor_core.arrays import AVVPArrays
+from valor_core.config import replace
+from valor_core.labels import harvest_labels, thresholds_for
+from valor_core.llp import default_annotations, load_split
+from valor_core.sim import SimConfig, parse_sim_source, simulate
+from workflows.features import column_array, features_dataset, labels_complete, labels_uri, read_labels
 
 SPLITS = ("train", "val", "test")
-DEFAULT_ANNOTATIONS = os.path.join("..", "shared", "data", "llp")
 
 
 class DataError(ValueError):
     pass
 
 
-def default_annotations() -> str:
-    return os.environ.get("VALOR_ANNOTATIONS") or DEFAULT_ANNOTATIONS
-
-
 def parse_source(source: str) -> tuple[str, Any, dict]:
     """("sim", seed, overrides) or ("uri", uri, {})."""
-    s = str(source)
-    if s == "sim" or s.startswith("sim:"):
-        parts = s.split(":", 2)
-        try:
-            seed = int(parts[1]) if len(parts) > 1 and parts[1] else 0
-        except ValueError:
-            raise DataError(f"features {s!r}: expected sim[:SEED[:key=value,...]] with an integer seed") from None
-        overrides: dict[str, Any] = {}
-        if len(parts) > 2 and parts[2]:
-            import yaml
-
-            for item in parts[2].split(","):
-                key, sep, value = item.partition("=")
-                if not sep:
-                    raise DataError(f"features {s!r}: override {item!r} is not key=value")
-                overrides[key.strip()] = yaml.safe_load(value)
-        return "sim", seed, overrides
-    return "uri", s, {}
+    try:
+        sim = parse_sim_source(source)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    return ("sim", sim[0], sim[1]) if sim is not None else ("uri", str(source), {})
 
 
 # --- model input sizes follow the data --------------------------------------------------------------------------------
@@ -70,8 +57,6 @@ def parse_source(source: str) -> tuple[str, Any, dict]:
 
 def adapt_model(cfg, arrays: AVVPArrays):
     """(cfg with the model's input sizes set from `arrays`, {field: (old, new)} of what changed)."""
-    from valor_core.config import replace
-
     m = cfg.model
     want = {"audio_dim": int(arrays.audio.shape[-1])}
     if arrays.frames is not None:
@@ -90,8 +75,6 @@ def adapt_model(cfg, arrays: AVVPArrays):
 
 
 def _harvest_on_the_fly(data: dict[str, AVVPArrays], labels_cfg) -> dict:
-    from valor_core.labels import harvest_labels, thresholds_for
-
     th_a, th_v = thresholds_for(labels_cfg, "audio"), thresholds_for(labels_cfg, "visual")
     for arrays in data.values():
         if arrays.clap_logits is None or arrays.clip_logits is None:
@@ -103,10 +86,8 @@ def _harvest_on_the_fly(data: dict[str, AVVPArrays], labels_cfg) -> dict:
 
 
 def _join_harvest(data: dict[str, AVVPArrays], uri: str) -> dict:
-    from workflows.harvest import column_array, read_harvest
-
     try:
-        meta, table = read_harvest(uri)
+        meta, table = read_labels(uri)
     except FileNotFoundError as err:
         raise DataError(f"labels {uri}: no complete harvest output there ({err})") from None
     ids = np.asarray(table.column("video_id").to_pylist()).astype(str)
@@ -132,8 +113,6 @@ def _join_harvest(data: dict[str, AVVPArrays], uri: str) -> dict:
 
 
 def _load_sim(seed: int, overrides: dict, cfg, annotations: str, splits) -> tuple[dict, dict]:
-    from valor_core.sim import SimConfig, simulate
-
     overrides = dict(overrides)
     overrides.setdefault("features", cfg.features)
     try:
@@ -169,10 +148,7 @@ def _inner_dim(table, name: str) -> int:
 
 def _load_uri(uri: str, annotations: str, splits) -> tuple[dict, dict]:
     """An extraction features dataset -> {split: AVVPArrays}. Rows are selected in NumPy after conversion, never with
-    Arrow filter/take (wrong values on sliced nested fixed_size_list arrays in pyarrow 25, see harvest.column_array)."""
-    from valor_core.llp import load_split
-    from workflows.harvest import column_array, features_dataset
-
+    Arrow filter/take (see workflows.features)."""
     dataset = features_dataset(uri)
     names = dataset.schema.names
     needed = ["video_id", "weak", "clip_emb", "clap_emb"]
@@ -257,8 +233,8 @@ def load_training_data(features: str, cfg, *, labels: Optional[str] = None, anno
     labels_used = labels
     if labels:
         thresholds = _join_harvest(data, labels)
-    elif kind == "uri" and _harvest_beside(value):
-        labels_used = _harvest_beside(value)
+    elif kind == "uri" and labels_complete(labels_uri(value)):
+        labels_used = labels_uri(value)
         thresholds = _join_harvest(data, labels_used)
     else:
         labels_used = "on the fly"
@@ -270,20 +246,6 @@ def load_training_data(features: str, cfg, *, labels: Optional[str] = None, anno
             "videos": {k: int(len(v)) for k, v in data.items()}, "thresholds": thresholds, "teachers": teachers,
             "adapted": {k: list(v) for k, v in changed.items()}, "max_train": max_train}
     return data, cfg, meta
-
-
-def _harvest_beside(features_uri: str) -> Optional[str]:
-    from workflows import objstore
-    from workflows.harvest import SIDECAR, default_out
-
-    out = default_out(features_uri)
-    try:
-        fs, path = objstore.fs_for(objstore.join(out, SIDECAR))
-        import pyarrow.fs as pafs
-
-        return out if fs.get_file_info(path).type == pafs.FileType.File else None
-    except Exception:
-        return None
 
 
 def load_eval_split(features: str, split: str, cfg, annotations: Optional[str] = None) -> AVVPArrays:

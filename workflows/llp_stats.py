@@ -15,13 +15,17 @@ from typing import Any
 
 import numpy as np
 
+from valor_core.classes import CLASSES
+from valor_core.llp import AnnotationError, default_annotations, load_split
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("data", help="LLP annotation utilities (stats)")
     sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     s = sub.add_parser("stats", help="videos, label histogram, per-class counts, segment-level events of a split",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("--annotations", required=True, metavar="DIR", help="directory with the LLP annotation CSVs")
+    s.add_argument("--annotations", default=None, metavar="DIR", help="directory with the LLP annotation CSVs "
+                   "(default: $VALOR_ANNOTATIONS, else the LLP files shipped with valor)")
     s.add_argument("--split", required=True, choices=("train", "val", "test", "full"))
     s.add_argument("--audio-file", default="AVVP_eval_audio.csv", metavar="F",
                    help="dense audio annotation file, relative to DIR (default: %(default)s)")
@@ -31,8 +35,6 @@ def register(subparsers: Any) -> None:
 
 
 def split_stats(split) -> dict[str, Any]:
-    from valor_core.classes import CLASSES
-
     weak = split.weak.astype(np.int64)
     k = weak.sum(axis=1)
     hist = {str(int(v)): int(c) for v, c in zip(*np.unique(k, return_counts=True))}
@@ -69,10 +71,8 @@ def format_stats(s: dict[str, Any]) -> str:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from valor_core.llp import AnnotationError, load_split
-
     try:
-        split = load_split(args.annotations, args.split, audio_file=args.audio_file)
+        split = load_split(args.annotations or default_annotations(), args.split, audio_file=args.audio_file)
     except AnnotationError as err:
         print(f"valor data stats: error: {err}", file=sys.stderr)
         return 1

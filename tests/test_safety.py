@@ -1,0 +1,172 @@
+"""Nothing lost, nothing leaked: each numbered case of the safety issue reproduced and now refused or contained."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import LLP_DIR, REPO
+from workflows import outputs
+from workflows.config import ConfigError, load_config
+
+VALOR = [sys.executable, "-m", "workflows.cli"]
+
+
+def _valor(*args, cwd=None, env=None, timeout=300):
+    return subprocess.run([*VALOR, *map(str, args)], capture_output=True, text=True, cwd=cwd or REPO,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+# --- 1. harvest --out never deletes what valor did not make -------------------------------------------------------
+
+
+def _foreign_dir(tmp_path) -> Path:
+    d = tmp_path / "d"
+    (d / "sub").mkdir(parents=True)
+    (d / "thesis.txt").write_text("x")
+    return d
+
+
+def test_harvest_out_refuses_foreign_files(tmp_path):
+    d = _foreign_dir(tmp_path)
+    r = _valor("harvest", "--logits", "sim:0", "--split", "val", "--out", d)
+    assert r.returncode == 2
+    assert "thesis.txt" in r.stderr and "did not make" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (d / "thesis.txt").read_text() == "x" and (d / "sub").is_dir()
+
+
+def test_harvest_out_replaces_its_own_output_only(tmp_path):
+    out = tmp_path / "labels"
+    assert _valor("harvest", "--logits", "sim:0", "--split", "val", "--out", out).returncode == 0
+    assert outputs.read_marker(str(out))["kind"] == "labels"
+    r = _valor("harvest", "--logits", "sim:0", "--split", "val", "--out", out, "--no-filter", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["filter_by_weak"] is False
+    feats = tmp_path / "features"
+    outputs.claim(str(feats), "features")
+    r = _valor("harvest", "--logits", "sim:0", "--split", "val", "--out", feats)
+    assert r.returncode == 2 and "is a features output of valor, not a labels output" in r.stderr
+
+
+def test_claim_and_remove_owned(tmp_path):
+    d = _foreign_dir(tmp_path)
+    with pytest.raises(outputs.OwnershipError, match="thesis.txt"):
+        outputs.claim(str(d), "features")
+    with pytest.raises(outputs.OwnershipError, match="refusing to delete"):
+        outputs.remove_owned(str(d))
+    assert (d / "thesis.txt").exists()
+    legacy = tmp_path / "legacy"
+    (legacy / "_runs").mkdir(parents=True)
+    (legacy / "part-a-0.parquet").write_bytes(b"PAR1")
+    assert outputs.claim(str(legacy), "features")["kind"] == "features"  # an older valor output is adopted
+    outputs.remove_owned(str(legacy))
+    assert not legacy.exists()
+
+
+# --- 2. valor run: output roots and config values checked before any work -----------------------------------------
+
+
+@pytest.mark.parametrize("override, message", [
+    ("paths.output=/", "refusing to use / as an output root"),
+    ("paths.output=s3://", "name a bucket and a prefix"),
+    ("paths.output=s3://valor", "name a bucket and a prefix"),
+    ("train.optim.epochs=0", "train.optim.epochs: must be >= 1, got 0"),
+    ("train.num_workers=0", "train.num_workers: must be >= 1, got 0"),
+    ("train.optim.batch_size=0", "train.optim.batch_size: must be >= 1"),
+    ("media.segments=0", "media.segments: must be >= 1"),
+    ("train.optim.lr_max=-1", "train.optim.lr_max: must be > 0"),
+    ("extract.clip_actors=[0, 2]", "extract.clip_actors: must be >= 1"),
+])
+def test_bad_outputs_and_values_fail_fast(override, message, tmp_path):
+    r = _valor("run", "--config", REPO / "configs" / "local.yaml", override, f"paths.work={tmp_path / 'w'}",
+               "--plan", timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "w").exists()
+
+
+def test_run_refuses_an_output_it_does_not_own(tmp_path):
+    d = _foreign_dir(tmp_path)
+    (d / "features").mkdir()
+    (d / "features" / "mine.csv").write_text("keep")
+    from workflows.pipeline import layout, stages
+
+    cfg = layout.resolve(load_config(None, [f"paths.output={d}", f"paths.work={tmp_path / 'w'}"]))
+    with pytest.raises(outputs.OwnershipError, match="thesis.txt"):
+        stages.run_pipeline(cfg, runners={}, prepare=lambda c, log, create=True: (c, {}),
+                            init_ray=lambda c, env: (lambda: None), log=lambda m: None)
+    assert (d / "features" / "mine.csv").read_text() == "keep" and (d / "thesis.txt").exists()
+
+
+# --- 5. a lock per output root ------------------------------------------------------------------------------------
+
+
+def test_second_holder_of_a_local_lock_fails_naming_the_first(tmp_path):
+    code = ("import sys, time; from workflows import outputs\n"
+            "with outputs.lock(sys.argv[1], 'valor run (test)'):\n    print('held', flush=True); time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(outputs.LockedError, match=rf"valor run \(test\) \(pid {holder.pid}"):
+            with outputs.lock(str(tmp_path), "second"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with outputs.lock(str(tmp_path), "after the holder died") as h:  # the kernel released the dead holder's lock
+        assert h["pid"] == os.getpid()
+
+
+# --- 9. evaluate refuses what it cannot score -----------------------------------------------------------------------
+
+
+def _npz(path, ids, n=None):
+    n = len(ids) if n is None else n
+    z = np.zeros((n, 10, 25), np.uint8)
+    np.savez(path, video_ids=np.asarray(ids), audio=z, visual=z)
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("duplicate", "listed more than once"),
+    ("2d", "video_ids must be a 1-D array"),
+    ("truncated", "truncated"),
+    ("text", "not an .npz file"),
+])
+def test_evaluate_bad_predictions(case, message, tmp_path):
+    from valor_core.llp import load_split
+
+    ids = list(load_split(LLP_DIR, "val").video_ids)
+    path = tmp_path / "p.npz"
+    if case == "duplicate":
+        _npz(path, ids + ids[:2])
+    elif case == "2d":
+        _npz(path, np.asarray(ids[:648]).reshape(2, 324), n=2)
+    elif case == "truncated":
+        _npz(path, ids)
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        path.write_text("video,audio\n")
+    r = _valor("evaluate", "--split", "val", "--predictions", path)
+    assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr
+
+
+# --- 12. read-only commands write nothing ---------------------------------------------------------------------------
+
+
+def test_read_only_commands_create_nothing(tmp_path):
+    r = _valor("compare", "--json", cwd=tmp_path)
+    assert r.returncode == 0 and json.loads(r.stdout) == [] and list(tmp_path.iterdir()) == []
+    r = _valor("evaluate", "--split", "val", "--checkpoint", "0123abcd", "--tracking-uri",
+               f"sqlite:///{tmp_path}/none.db", cwd=tmp_path)
+    assert r.returncode == 1 and "no MLflow store" in r.stderr and list(tmp_path.iterdir()) == []
+    r = _valor("run", "--config", REPO / "configs" / "local.yaml", f"paths.videos={tmp_path / 'v'}",
+               f"paths.annotations={tmp_path / 'v'}", f"paths.output={tmp_path / 'o'}", f"paths.work={tmp_path / 'w'}",
+               "--plan", cwd=tmp_path, timeout=120)
+    assert r.returncode == 0 and "would run extract" in r.stdout, r.stderr
+    assert not (tmp_path / "v").exists() and not (tmp_path / "w").exists() and not (tmp_path / "o").exists()

@@ -1,0 +1,126 @@
+"""Checkpoints of `valor train`: one owner for how they are written, found and loaded.
+
+A checkpoint is a directory (a Ray Train checkpoint `epoch_NNN/`, or the `checkpoint/` artifact of the MLflow run):
+
+    model.pt        the weights after that epoch (state_dict)          best_model.pt  the best-val weights so far
+    optimizer.pt    the optimiser state (resuming)                     state.json     epoch, best epoch, history
+    config.json     {"train": TrainConfig as a dict, "data": what it was trained on, "run_id": MLflow run}
+
+Found by `resolve_checkpoint(REF)`: a checkpoint dir, a .pt file in one, a Ray Train run dir (its newest epoch), an
+s3:// prefix (downloaded), or an MLflow run id (its artifact).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Optional
+
+import numpy as np
+
+from valor_core.config import TrainConfig
+from valor_core.configio import build
+from valor_core.llp import align_predictions
+from workflows import objstore, tracking
+from workflows.trainset import load_eval_split
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be found, loaded or applied; the message names it."""
+
+
+def save_checkpoint_dir(path: str, *, model_state: dict, best_state: dict, optimizer_state: Optional[dict],
+                        state: dict, config: dict) -> str:
+    import torch
+
+    os.makedirs(path, exist_ok=True)
+    torch.save(model_state, os.path.join(path, "model.pt"))
+    torch.save(best_state, os.path.join(path, "best_model.pt"))
+    if optimizer_state is not None:
+        torch.save(optimizer_state, os.path.join(path, "optimizer.pt"))
+    with open(os.path.join(path, "state.json"), "w") as f:
+        json.dump(state, f, indent=1, default=float)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+    return path
+
+
+def config_from_dict(data: dict):
+    """TrainConfig from its `to_dict` form (the `train` section of a checkpoint's config.json)."""
+    return build(TrainConfig, data)
+
+
+def load_checkpoint_model(path: str, which: str = "best_model.pt"):
+    """(HAN with the checkpoint's weights in eval mode, TrainConfig, config.json dict) from a checkpoint directory
+    (a Ray Train checkpoint of `valor train`, or the `checkpoint/` artifact of its MLflow run)."""
+    import torch
+
+    from valor_core.fit import build_model  # torch-bound: imported where used, so the CLI starts without torch
+
+    with open(os.path.join(path, "config.json")) as f:
+        meta = json.load(f)
+    cfg = config_from_dict(meta["train"])
+    model = build_model(cfg)
+    state = torch.load(os.path.join(path, which), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.eval()
+    return model, cfg, meta
+
+
+def resolve_checkpoint(ref: str, tracking_uri: Optional[str] = None) -> str:
+    """A local checkpoint directory (best_model.pt + config.json) for RUN_OR_PATH:
+    a checkpoint dir; a best_model.pt / model.pt file; a Ray Train run dir (its newest epoch_* checkpoint);
+    an s3:// checkpoint prefix (downloaded); or an MLflow run id (its `checkpoint/` artifact)."""
+    def ray_run_dir(d: str) -> Optional[str]:
+        epochs = sorted(x for x in os.listdir(d) if x.startswith("epoch_") and
+                        os.path.exists(os.path.join(d, x, "config.json")))
+        return os.path.join(d, epochs[-1]) if epochs else None
+
+    if objstore.is_s3(ref):
+        import pyarrow.fs as pafs
+
+        fs, path = objstore.fs_for(ref)
+        local = tempfile.mkdtemp(prefix="valor-ckpt-")
+        pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        ref = local
+    if os.path.isfile(ref):
+        return os.path.dirname(os.path.abspath(ref))
+    if os.path.isdir(ref):
+        if os.path.exists(os.path.join(ref, "config.json")):
+            return ref
+        found = ray_run_dir(ref)
+        if found:
+            return found
+        raise FileNotFoundError(f"{ref}: no valor checkpoint (config.json + best_model.pt) there")
+    import mlflow
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    if not tracking.store_exists(uri):
+        raise FileNotFoundError(f"{ref!r} is neither a checkpoint path nor a run id: no MLflow store at {uri}")
+    try:
+        return mlflow.artifacts.download_artifacts(run_id=ref, artifact_path="checkpoint", tracking_uri=uri)
+    except Exception as err:
+        raise FileNotFoundError(f"{ref!r} is neither a checkpoint path nor a run id with a checkpoint in {uri} "
+                                f"({type(err).__name__}: {err})") from None
+
+
+def predict_split(checkpoint: str, split, *, features: str | None = None, annotations: str | None = None,
+                  tracking_uri: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(audio, visual) 0/1 predictions of a trained HAN (a checkpoint path or an MLflow run id) for the LLP split
+    `split` (official rule), aligned to its ids. Features: `features`, else the source recorded with the checkpoint.
+    CheckpointError when the checkpoint, its features or the alignment fail."""
+    from valor_core.fit import predict  # torch-bound
+
+    try:
+        ckpt = resolve_checkpoint(checkpoint, tracking_uri)
+        model, cfg, meta = load_checkpoint_model(ckpt)
+        features = features or meta.get("data", {}).get("features")
+        if not features:
+            raise CheckpointError(f"{checkpoint}: the checkpoint records no features source; pass --features")
+        arrays = load_eval_split(features, split.name, cfg, annotations=annotations)
+        pa, pv = predict(model, arrays)
+        audio, visual, _ = align_predictions(split.video_ids, arrays.video_ids, pa, pv,
+                                             source=f"checkpoint {checkpoint} on {features}")
+    except (FileNotFoundError, ValueError) as err:
+        raise CheckpointError(str(err)) from None
+    return audio.astype(np.uint8), visual.astype(np.uint8)

@@ -1,0 +1,185 @@
+"""The workflow configuration, typed: storage, extraction, harvest, Ray, tracking, the demo, and `PipelineConfig`, which
+composes them with the science configs (valor_core.config) and the search's (tuning.config) and is what `configs/*.yaml`
+deserialise into (`load_config`). Credentials are redacted (`redacted`, `is_secret`) wherever a config is written down.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
+
+from tuning.config import TuneConfig
+from valor_core.config import LabelConfig, MediaConfig, TeacherConfig, TrainConfig, to_dict
+from valor_core.configio import ConfigError, apply_overrides, build, read_yaml
+
+__all__ = ["ConfigError", "StorageConfig", "ExtractConfig", "HarvestConfig", "PathsConfig", "CorpusConfig", "RayConfig",
+           "TrackingConfig", "DemoConfig", "PipelineConfig", "load_config", "redacted", "is_secret", "SECRET_KEYS"]
+
+
+# --- storage and extraction ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """S3 endpoint and credentials; None fields fall back to the standard AWS environment variables."""
+
+    endpoint: Optional[str] = None  # e.g. http://127.0.0.1:8333
+    access_key: Optional[str] = None
+    secret_key: Optional[str] = None
+    region: str = "us-east-1"
+    bucket: str = "valor"
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """`valor extract`: Ray Data decode -> CLIP actors -> CLAP actors -> Parquet (workflows/extract.py). Where it
+    writes is the caller's (`--out`, or `<paths.output>/features` in a pipeline).
+
+    Actor pools are `ActorPoolStrategy(min_size, max_size)` ranges so the pool scales with the cluster; each actor takes
+    `num_gpus` when the cluster has GPUs (0 on a CPU-only cluster, whatever is set here) and `actor_num_cpus` CPUs.
+    """
+
+    LIMITS: ClassVar[dict] = {"decode_batch_size": ">= 1", "decode_num_cpus": "> 0", "clip_batch_size": ">= 1",
+                              "clap_batch_size": ">= 1", "clip_actors": ">= 1", "clap_actors": ">= 1",
+                              "num_gpus": ">= 0", "actor_num_cpus": "> 0", "torch_threads": ">= 0",
+                              "rows_per_file": ">= 1"}
+
+    decode_batch_size: int = 2  # videos per decode task call (CPU tasks; frames are resized there)
+    decode_num_cpus: float = 1.0
+    clip_batch_size: int = 16  # videos per CLIP actor call (x segments frames per forward, chunked by teachers.batch_size)
+    clap_batch_size: int = 16  # videos per CLAP actor call
+    clip_actors: tuple[int, int] = (1, 2)  # ActorPoolStrategy(min_size, max_size)
+    clap_actors: tuple[int, int] = (1, 2)
+    num_gpus: float = 1.0  # per teacher actor when GPUs exist (fractions share a GPU)
+    actor_num_cpus: float = 1.0  # per teacher actor on a CPU-only cluster (with GPUs: 1 CPU for host work)
+    torch_threads: int = 0  # torch threads per teacher actor; 0 = auto: all cores of the node (CPU-only), 1 (GPU)
+    rows_per_file: int = 256  # videos per Parquet file (the last file of a run may hold fewer)
+    dense: bool = False  # also store CLIP embeddings of the 8-fps frame stack (clip_dense_emb, (80, d) per video)
+    retry_failed: bool = False  # re-run videos that have a row in the failures table (default: they count as skipped)
+    mixed_teachers: bool = False  # add to a dataset made with other teachers/media (default: an error)
+
+
+# --- harvest -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HarvestConfig:
+    """`valor harvest` (workflows/harvest.py): (z > theta) AND y for every video of the features dataset -> labels Parquet.
+
+    Which thresholds: a LabelConfig (unified / explicit per-class / Table 6) and optionally a tune JSON that fills the
+    per-class values the LabelConfig leaves unset. Labels are written beside the features (workflows/features.py)."""
+
+    LIMITS: ClassVar[dict] = {"rows_per_file": ">= 1"}
+
+    thresholds_json: Optional[str] = None  # `valor tune thresholds --out` file (local path or URI)
+    rows_per_file: int = 4096  # videos per Parquet file
+    splits: tuple[str, ...] = ()  # () = every split in the features dataset
+
+
+# --- pipeline: one YAML names everything ---------------------------------------------------------------------------
+# `configs/*.yaml` deserialise into PipelineConfig through `load_config(path, overrides)`. Relative local paths are kept as
+# written here; workflows/pipeline/layout.py resolves them against the working directory when it runs.
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where the data is and where the outputs go. Every field is a local path or an `s3://bucket/prefix` URI."""
+
+    videos: str = "runs/demo/videos"  # video root (<video_id>.mp4 files), local dir or s3://
+    manifest: Optional[str] = None  # videos to process: LLP-style CSV (filename, event_labels[, split]); None = <videos>/manifest.csv
+    annotations: str = "runs/demo/videos"  # dir with AVVP_eval_audio.csv / AVVP_eval_visual.csv (dense val/test GT)
+    output: str = "runs/local"  # stage outputs: features/, labels/, thresholds.json, train/, eval.json, config.yaml
+    work: str = "runs/cache"  # local scratch: tiny teachers, HF caches (never on S3)
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """The generated demo corpus (real mp4 files with LLP-style labels) used when no real videos are at hand."""
+
+    LIMITS: ClassVar[dict] = {"videos": ">= 1"}
+
+    generate: bool = False  # create it at paths.videos on first use (reused after: a marker records how it was made)
+    videos: int = 24
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How the pipeline reaches Ray. address None = `ray.init()` in-process (or the cluster of a `ray job submit`)."""
+
+    LIMITS: ClassVar[dict] = {"num_cpus": ">= 1", "num_gpus": ">= 0"}
+
+    address: Optional[str] = None  # "auto", "ray://host:10001", or None
+    num_cpus: Optional[int] = None  # in-process mode only: CPUs the local Ray may use (None = all)
+    num_gpus: Optional[int] = None  # in-process mode only
+    namespace: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow. uri None = a sqlite store beside the local outputs (`<work>/mlflow.db` when outputs are on S3)."""
+
+    uri: Optional[str] = None
+    experiment: str = "valor"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The LLP-sim science demo run after the stages (`valor demo`); local mode only by default."""
+
+    enabled: bool = False
+    out: Optional[str] = None  # pictures dir; None = <output>/demo (local outputs) or <work>/demo
+    args: tuple[str, ...] = ()  # extra `valor demo` arguments
+
+
+def load_config(path: Optional[str], overrides: Optional[list[str]] = None) -> "PipelineConfig":
+    """Read a pipeline YAML (None = all defaults), apply `key=value` overrides, and type-check it into PipelineConfig."""
+    data = apply_overrides(read_yaml(path), list(overrides or []))
+    try:
+        return build(PipelineConfig, data)
+    except ConfigError as err:
+        source = path if path is not None else "built-in defaults"
+        raise ConfigError(f"{source}{' + overrides' if overrides else ''}: {err}") from None
+
+
+SECRET_KEYS = ("access_key", "secret_key", "token", "password", "secret", "credentials")
+
+
+def is_secret(key: Any) -> bool:
+    """A config/param name that holds a credential (matched as a substring, case-insensitive)."""
+    return any(s in str(key).lower() for s in SECRET_KEYS)
+
+
+def redacted(cfg: Any) -> dict[str, Any]:
+    """to_dict with credentials replaced by '***' (what gets saved with the outputs and logged to MLflow)."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: ("***" if is_secret(k) and v else walk(v)) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(to_dict(cfg))
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything `valor run` needs: configs/local.yaml and configs/llp.yaml are instances of this."""
+
+    name: str = "valor"
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    teachers: TeacherConfig = field(default_factory=TeacherConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    # the label rule of the whole run: explicit/unified thresholds (else the tuned ones) and THE filter_by_weak knob,
+    # read by tune (what it optimises) and harvest (what it applies); train uses the harvested labels (train.labels is
+    # only for `valor train` on its own)
+    thresholds: LabelConfig = field(default_factory=LabelConfig)
+    harvest: HarvestConfig = field(default_factory=HarvestConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)

@@ -1,0 +1,304 @@
+"""THE features contract: one owner for the datasets valor writes and reads, their schemas and where they sit.
+
+Layout (every URI a local dir or `s3://bucket/prefix`; `beside(F, name)` is the one rule for siblings):
+
+    F = <output>/features            the features dataset: part-*.parquet, one row per video (schema below)
+    F/_runs/<run>.json               what each extraction run used (config, teachers, code version) and its summary
+    F/_staging/                      in-flight files of a writer (never read as data: `_`-prefixed entries are skipped)
+    beside(F, "failures")            the failures table (part-*.parquet)
+    beside(F, "labels")              harvested labels (part-*.parquet + LABELS_SIDECAR written last = complete)
+
+    beside(F, name) = <parent>/<name> when F ends in `/features` (the pipeline layout), else `<F>_<name>`.
+
+Features schema (SCHEMA_VERSION 1; T = media.segments = 10, C = 25 classes in Table 6 order):
+    video_id string · split string · labels string (weak label names) · weak fixed_size_list<uint8>[25]
+    clip_ok, clap_ok bool      whether that teacher produced output (False: its columns below are all NaN)
+    clip_logits, clap_logits   fixed_size_list<fixed_size_list<float32>[25]>[T]   (logit_scale x cosine)
+    clip_emb, clap_emb         fixed_size_list<fixed_size_list<float32>[d]>[T]    (L2-normalised; d = teacher dim)
+    clip_dense_emb             fixed_size_list<fixed_size_list<float32>[d]>[8T]   (only with dense=true)
+    clip_teacher, clip_checkpoint, clap_teacher, clap_checkpoint  string
+    status string ("ok" | "partial": one teacher had no input, e.g. no audio track) · error string (why partial)
+    issues string (recoverable media issues, "kind: reason; ...") · notes string (policies applied)
+    duration float32 (s) · source string (video URI) · run_id string · schema_version int16
+Failures schema: video_id · stage ("read" | "decode" | "clip" | "clap" | "write") · kind · reason · fatal bool (True:
+    no features row) · source · run_id · schema_version. Partial videos have a features row AND a non-fatal failure row.
+Labels schema (workflows/harvest.py writes it): video_id, split, weak (25 uint8), audio_labels / visual_labels
+    (10 x 25 uint8), audio_ok / visual_ok bool; the thresholds used in the schema metadata and in LABELS_SIDECAR.
+
+Readers convert nested list columns with `column_array` (one converter): rows are selected in NumPy after conversion,
+never with Arrow filter/take (pyarrow 25.0.1 returns wrong values from filter/take on sliced nested fixed_size_list
+arrays, e.g. a record batch of a Parquet scan).
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any, Optional
+
+import numpy as np
+
+from valor_core.arrays import AVVPArrays
+from valor_core.classes import NUM_CLASSES, NUM_SEGMENTS
+from valor_core.llp import load_split
+from valor_core.sim import parse_sim_source, simulate
+from valor_core.tuning_objective import LogitsError, validate_logits
+from workflows import objstore
+
+SCHEMA_VERSION = 1
+STAGING = "_staging"
+RUNS = "_runs"
+LABELS_SIDECAR = "_harvest.json"
+LOGIT_COLUMNS = {"audio": "clap_logits", "visual": "clip_logits"}
+
+
+# --- where things sit ------------------------------------------------------------------------------------------------
+
+
+def beside(features: str, name: str) -> str:
+    """The sibling `name` (failures, labels) of the features dataset `features` (see the module doc)."""
+    out = str(features).rstrip("/")
+    parent, base = posixpath.split(out)
+    if base == "features" and parent and not parent.endswith(":/"):
+        return posixpath.join(parent, name)
+    return f"{out}_{name}"
+
+
+def failures_uri(features: str) -> str:
+    return beside(features, "failures")
+
+
+def labels_uri(features: str) -> str:
+    return beside(features, "labels")
+
+
+def published_parts(uri: str, opts: Optional[dict] = None) -> list[str]:
+    """Paths of the published Parquet parts directly under `uri` (staged and `_`/`.`-prefixed files excluded)."""
+    return [p for p in objstore.list_files(uri, opts, suffix=".parquet")
+            if not posixpath.basename(p).startswith(("_", "."))]
+
+
+# --- Arrow <-> NumPy ---------------------------------------------------------------------------------------------------
+
+
+def fixed_list(arr: np.ndarray, valid: Optional[np.ndarray] = None):
+    """(n, a, b) numpy -> fixed_size_list<fixed_size_list<dtype>[b]>[a]; rows where valid is False are all-NaN.
+
+    (Not Arrow nulls: pyarrow 25 cannot read back a null entry of a nested fixed_size_list from Parquet.)"""
+    import pyarrow as pa
+
+    n, a, b = arr.shape
+    arr = np.array(arr, np.float32, copy=True) if valid is not None else np.ascontiguousarray(arr, np.float32)
+    if valid is not None:
+        arr[~np.asarray(valid, bool)] = np.nan
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), b)
+    return pa.FixedSizeListArray.from_arrays(inner, a)
+
+
+def column_array(table, name: str, shape: tuple[int, ...], dtype=np.float32, ids=None,
+                 allow_null: bool = False) -> np.ndarray:
+    """A list / fixed-size-list / fixed-shape-tensor column as a (N, *shape) array, or LogitsError saying why not.
+    With allow_null, null rows become NaN instead of an error. (Select rows in NumPy afterwards: see the module doc.)"""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if name not in table.column_names:
+        raise LogitsError(f"column {name!r} missing (columns: {', '.join(table.column_names)})")
+    col = table.column(name).combine_chunks() if table.num_rows else table.column(name)
+    n = table.num_rows
+    if n == 0:
+        return np.zeros((0, *shape), dtype)
+    if col.null_count:
+        rows = np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))
+        if not allow_null:
+            who = ", ".join(str(ids[i]) if ids is not None else f"row {i}" for i in rows[:3])
+            raise LogitsError(f"{name}: {len(rows)} video(s) have no value ({who})")
+        nan = np.full(shape, np.nan).tolist()  # rare: go through Python, null rows become NaN
+        values = [nan if v is None else v for v in col.to_pylist()]
+        try:
+            return np.asarray(values, dtype=dtype).reshape(n, *shape)
+        except ValueError as err:
+            raise LogitsError(f"{name}: expected {'x'.join(map(str, shape))} values per video ({err})") from None
+    if isinstance(col.type, pa.FixedShapeTensorType):
+        arr = col.to_numpy_ndarray()
+        if arr.shape[1:] != shape:
+            raise LogitsError(f"{name}: expected {shape} per video, got {arr.shape[1:]}")
+        return arr.astype(dtype, copy=False)
+    flat, dims = col, []
+    while pa.types.is_list(flat.type) or pa.types.is_large_list(flat.type) or pa.types.is_fixed_size_list(flat.type):
+        lengths = pc.list_value_length(flat).to_numpy(zero_copy_only=False)
+        if lengths.size and (lengths != lengths[0]).any():
+            bad = int(np.flatnonzero(lengths != lengths[0])[0])
+            raise LogitsError(f"{name}: ragged values (lengths {lengths[0]} and {lengths[bad]} at nesting level "
+                              f"{len(dims)}); expected {'x'.join(map(str, shape))} per video")
+        dims.append(int(lengths[0]) if lengths.size else 0)
+        if flat.null_count:
+            raise LogitsError(f"{name}: null entries inside the values")
+        flat = flat.flatten()
+    if not dims:
+        raise LogitsError(f"{name}: expected a list column of {'x'.join(map(str, shape))} values, got {col.type}")
+    # nested lists give the row shape level by level; a single level may hold the whole row flat
+    row_shape = tuple(dims) if len(dims) > 1 else (dims[0],)
+    if row_shape != shape and not (len(row_shape) == 1 and row_shape[0] == int(np.prod(shape))):
+        raise LogitsError(f"{name}: expected {'x'.join(map(str, shape))} values per video, got "
+                          f"{'x'.join(map(str, row_shape))}")
+    if flat.null_count:
+        raise LogitsError(f"{name}: null entries inside the values")
+    try:
+        values = flat.to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, TypeError) as err:
+        raise LogitsError(f"{name}: values are not numeric ({flat.type}): {err}") from None
+    if not np.issubdtype(values.dtype, np.number):
+        raise LogitsError(f"{name}: values are not numeric ({flat.type})")
+    return values.reshape(n, *shape).astype(dtype, copy=False)
+
+
+def features_dataset(uri: str, storage_opts: Optional[dict] = None):
+    """The features Parquet dataset under URI (pyarrow.dataset; `_`/`.`-prefixed entries, e.g. _staging, ignored)."""
+    import pyarrow.dataset as ds
+
+    fs, path = objstore.fs_for(uri, storage_opts)
+    try:
+        return ds.dataset(path, filesystem=fs, format="parquet")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no features dataset at {uri}") from None
+
+
+# --- readers --------------------------------------------------------------------------------------------------------
+
+
+def read_features(out: str, opts: Optional[dict] = None, columns: Optional[list[str]] = None):
+    """The published features dataset as one pyarrow Table (what `pyarrow.dataset.dataset(out)` reads)."""
+    import pyarrow.dataset as ds
+
+    fs, path = objstore.fs_for(out, opts)
+    files = published_parts(out, opts)
+    if not files:
+        return None
+    return ds.dataset(files, filesystem=fs, format="parquet").to_table(columns=columns)
+
+
+def failure_schema():
+    import pyarrow as pa
+
+    return pa.schema([("video_id", pa.string()), ("stage", pa.string()), ("kind", pa.string()),
+                      ("reason", pa.string()), ("fatal", pa.bool_()), ("source", pa.string()),
+                      ("run_id", pa.string()), ("schema_version", pa.int16())])
+
+
+def read_failures(out: str, opts: Optional[dict] = None, failures: Optional[str] = None):
+    """The failures table, current view: fatal rows of videos that later succeeded (`--retry-failed`) are dropped."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    furi = failures or failures_uri(out)
+    fs, _ = objstore.fs_for(furi, opts)
+    files = published_parts(furi, opts)
+    if not files:
+        return pa.Table.from_pylist([], schema=failure_schema())
+    table = ds.dataset(files, filesystem=fs, format="parquet").to_table()
+    feats = read_features(out, opts, columns=["video_id"])
+    if feats is not None and table.num_rows:
+        done = feats.column("video_id")
+        stale = pc.and_(table.column("fatal"), pc.is_in(table.column("video_id"), value_set=done))
+        table = table.filter(pc.invert(stale))
+    if table.num_rows and len(set(table.column("run_id").to_pylist())) > 1:
+        # a video retried (--retry-failed) and failing again: keep the rows of its latest run (run ids sort by time)
+        vids, runs = table.column("video_id").to_pylist(), table.column("run_id").to_pylist()
+        latest: dict[str, str] = {}
+        for v, r in zip(vids, runs):
+            latest[v] = max(latest.get(v, r), r)
+        table = table.filter(pa.array([latest[v] == r for v, r in zip(vids, runs)]))
+    return table
+
+
+OK_FLAGS = {"clap_logits": "clap_ok", "clip_logits": "clip_ok"}  # extraction: False = that teacher had no input
+
+
+USABLE_STATUS = ("ok", "partial")  # rows with features; "partial": one teacher missing (see the `*_ok` flags)
+
+
+def usable_rows(table) -> np.ndarray:
+    """(N,) bool: rows whose status is usable (all rows when there is no status column). NumPy, not an Arrow filter."""
+    if "status" not in table.column_names:
+        return np.ones(table.num_rows, bool)
+    return np.isin(np.asarray(table.column("status").to_pylist(), dtype=object), USABLE_STATUS)
+
+
+def teacher_ok(table, col: str) -> np.ndarray:
+    name = OK_FLAGS[col]
+    if name not in table.column_names:
+        return np.ones(table.num_rows, bool)
+    return np.asarray(table.column(name).fill_null(False).to_numpy(zero_copy_only=False), bool)
+
+
+def teacher_logits(table, col: str, ids, where: str, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(logits (K, 10, 25) float32, ok (K,) bool) of one teacher column for the rows in `keep`; rows whose teacher
+    produced no output get -inf (they harvest nothing), every other row must be finite (LogitsError otherwise)."""
+    ok = teacher_ok(table, col)[keep]
+    z = column_array(table, col, (NUM_SEGMENTS, NUM_CLASSES), ids=ids, allow_null=True)[keep]
+    kept_ids = np.asarray(ids)[keep]
+    validate_logits(z[ok], f"{where} {col}", kept_ids[ok])
+    if not ok.all():
+        z[~ok] = -np.inf
+    return z, ok
+
+
+def read_val_logits(source: str, annotations: str, storage_opts: Optional[dict] = None):
+    """Val split teacher logits aligned to the LLP val videos (order of AVVP_val_pd.csv), with weak labels and dense GT
+    from `annotations`, as AVVPArrays. Raises LogitsError (wrong shape, NaN/inf, nulls, missing val videos)."""
+    sim = parse_sim_source(source)
+    if sim is not None:
+        seed = sim[0]
+        val = simulate(annotations, seed=seed, splits=("val",))["val"]
+        for col in LOGIT_COLUMNS.values():
+            setattr(val, col, validate_logits(getattr(val, col), f"sim:{seed} {col}", val.video_ids))
+        return val
+    split = load_split(annotations, "val")
+    dataset = features_dataset(source, storage_opts)
+    needed = ["video_id", *LOGIT_COLUMNS.values()]
+    missing_cols = [c for c in needed if c not in dataset.schema.names]
+    if missing_cols:
+        raise LogitsError(f"{source}: features dataset lacks column(s) {', '.join(missing_cols)} "
+                          f"(has {', '.join(dataset.schema.names)})")
+    extra = [f for f in (*OK_FLAGS.values(), "status") if f in dataset.schema.names]
+    table = dataset.to_table(columns=needed + extra)  # no Arrow filter/take on nested lists (see column_array)
+    ids = np.asarray(table.column("video_id").to_pylist(), dtype=object)
+    usable = usable_rows(table)
+    first: dict = {}
+    for i in np.flatnonzero(usable):
+        first.setdefault(ids[i], int(i))
+    absent = [v for v in split.video_ids if v not in first]
+    if absent:
+        raise LogitsError(f"{source}: {len(absent)} of {len(split.video_ids)} val videos have no logits "
+                          f"(e.g. {', '.join(map(str, absent[:3]))}); re-run extraction for them or check the source")
+    rows = np.array([first[v] for v in split.video_ids])
+    arrays = {}
+    for col in LOGIT_COLUMNS.values():
+        bad = ~teacher_ok(table, col)[rows]
+        if bad.any():
+            who = ", ".join(map(str, np.asarray(split.video_ids)[bad][:3]))
+            raise LogitsError(f"{source}: {int(bad.sum())} val videos have no {col} (their {OK_FLAGS[col]} is "
+                              f"false, e.g. {who}): the val GT needs every val video for the search")
+        z = column_array(table, col, (NUM_SEGMENTS, NUM_CLASSES), ids=ids, allow_null=True)[rows]
+        arrays[col] = validate_logits(z, f"{source} {col}", split.video_ids)
+    return AVVPArrays(video_ids=np.asarray(split.video_ids), weak=split.weak, audio_gt=split.audio_gt,
+                      visual_gt=split.visual_gt, **arrays)
+
+
+def labels_complete(uri: str, storage_opts: Optional[dict] = None) -> bool:
+    """Whether a complete harvest output (its sidecar, written last) is at `uri`."""
+    try:
+        return objstore.is_file(objstore.join(uri, LABELS_SIDECAR), storage_opts)
+    except OSError:
+        return False
+
+
+def read_labels(uri: str, storage_opts: Optional[dict] = None) -> tuple[dict, Any]:
+    """(metadata dict, pyarrow Table) of a harvest output; FileNotFoundError when incomplete (no sidecar)."""
+    import pyarrow.dataset as ds
+
+    fs, path = objstore.fs_for(uri, storage_opts)
+    meta = json.loads(objstore.read_bytes(objstore.join(uri, LABELS_SIDECAR), storage_opts))
+    table = ds.dataset(path, filesystem=fs, format="parquet").to_table()
+    return meta, table

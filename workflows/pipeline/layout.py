@@ -1,0 +1,119 @@
+"""The output layout of `valor run`: the only owner of where a pipeline's outputs go.
+
+    <paths.output>/features       the features dataset (workflows/features.py owns its schema and its siblings:)
+                 /failures        its failures table
+                 /labels          harvested labels
+                 /thresholds.json the tuned thresholds
+                 /train           Ray Train checkpoints
+                 /eval.json       val/test scores
+                 /config.yaml     the resolved config (credentials redacted)
+                 /_pipeline/<stage>.json          completion markers (<stage>.started.json while it runs)
+    <tracking.uri>                MLflow; default sqlite:///<output>/mlflow.db (<paths.work>/mlflow.db when on S3)
+    <demo.out>                    the demo's pictures; default <output>/demo (<paths.work>/demo when on S3)
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import posixpath
+from dataclasses import dataclass
+from typing import Optional
+
+from workflows.config import ConfigError, PipelineConfig
+from workflows.features import failures_uri, labels_uri
+
+MARKER_DIR = "_pipeline"
+OUTPUTS = ("features", "failures", "thresholds", "labels", "train", "eval", "config")
+
+
+def _abs_local(uri: Optional[str]) -> Optional[str]:
+    """Local paths become absolute (Ray workers and job drivers may run elsewhere); URIs are kept as written."""
+    if uri is None or "://" in str(uri):
+        return uri
+    return os.path.abspath(os.path.expanduser(str(uri)))
+
+
+def check_output(uri: str, what: str = "paths.output") -> str:
+    """`uri` as an output root, or ConfigError: not a filesystem root, not an S3 bucket without a prefix."""
+    text = str(uri).strip()
+    if "://" in text:
+        scheme, _, rest = text.partition("://")
+        bucket, _, prefix = rest.strip("/").partition("/")
+        if scheme not in ("s3", "s3a", "file"):
+            raise ConfigError(f"{what} {uri!r}: only local paths and s3://bucket/prefix are supported")
+        if scheme != "file" and (not bucket or not prefix.strip("/")):
+            raise ConfigError(f"{what} {uri!r}: name a bucket and a prefix (s3://bucket/prefix); valor does not "
+                              "write at the top of a bucket")
+        return text.rstrip("/")
+    if not text:
+        raise ConfigError(f"{what} is empty")
+    path = os.path.abspath(os.path.expanduser(text))
+    if path == os.path.abspath(os.sep) or path == os.path.expanduser("~"):
+        raise ConfigError(f"{what} {uri!r}: refusing to use {path} as an output root (give a directory of its own)")
+    return path
+
+
+def resolve(cfg: PipelineConfig) -> PipelineConfig:
+    """Absolute local paths, a manifest, an MLflow URI: the config as the stages will see it (ConfigError for an
+    output root valor must not write into)."""
+    p = cfg.paths
+    check_output(p.output)
+    videos = _abs_local(p.videos)
+    paths = dataclasses.replace(
+        p,
+        videos=videos,
+        manifest=_abs_local(p.manifest) if p.manifest else posixpath.join(videos, "manifest.csv"),
+        annotations=_abs_local(p.annotations),
+        output=_abs_local(p.output).rstrip("/"),
+        work=_abs_local(p.work),
+    )
+    local_base = paths.output if "://" not in paths.output else paths.work
+    uri = cfg.tracking.uri or f"sqlite:///{local_base}/mlflow.db"
+    demo_out = cfg.demo.out or posixpath.join(local_base, "demo")
+    return dataclasses.replace(cfg, paths=paths, tracking=dataclasses.replace(cfg.tracking, uri=uri),
+                               demo=dataclasses.replace(cfg.demo, out=_abs_local(demo_out)))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every output URI of a run, derived from `paths.output`."""
+
+    output: str
+
+    @property
+    def features(self) -> str:
+        return posixpath.join(self.output, "features")
+
+    @property
+    def failures(self) -> str:  # extract's failures table (only written when some video failed)
+        return failures_uri(self.features)
+
+    @property
+    def labels(self) -> str:
+        return labels_uri(self.features)
+
+    @property
+    def thresholds(self) -> str:
+        return posixpath.join(self.output, "thresholds.json")
+
+    @property
+    def train(self) -> str:
+        return posixpath.join(self.output, "train")
+
+    @property
+    def eval(self) -> str:
+        return posixpath.join(self.output, "eval.json")
+
+    @property
+    def config(self) -> str:
+        return posixpath.join(self.output, "config.yaml")
+
+    def uri(self, key: str) -> str:
+        """The URI of output `key` (one of OUTPUTS)."""
+        if key not in OUTPUTS:
+            raise KeyError(f"unknown output {key!r}; outputs: {', '.join(OUTPUTS)}")
+        return getattr(self, key)
+
+    def marker(self, stage: str, kind: str = "done") -> str:
+        suffix = "" if kind == "done" else f".{kind}"
+        return posixpath.join(self.output, MARKER_DIR, f"{stage}{suffix}.json")

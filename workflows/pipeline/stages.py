@@ -1,0 +1,189 @@
+"""The stages of `valor run`, as data (STAGES) and thin runners: each runner calls the stage's own entry point (the
+same function its `valor <stage>` command calls) with the pipeline's resolved config and layout; nothing here
+re-implements a stage.
+
+    extract   videos + manifest ──► <output>/features (+ failures)            workflows.extract.run_extract
+    tune      features + val GT ──► <output>/thresholds.json (+ MLflow run)   workflows.tune.tune_and_record
+    harvest   features + θ      ──► <output>/labels                           workflows.harvest.harvest
+    train     features + labels ──► <output>/train (checkpoints) + MLflow run workflows.train_ray.train
+    evaluate  checkpoint        ──► <output>/eval.json (+ MLflow metrics)     workflows.evaluate.evaluate_checkpoint
+    demo      LLP-sim (no Ray)  ──► <demo.out>/demo.{png,json,txt}            workflows.demo.run_demo
+
+What each stage's fingerprint hashes (its *section*) is what defines its outputs: the label rule (`thresholds.*`,
+including the one `filter_by_weak` knob) feeds tune and harvest; `train.labels` is not hashed (in a pipeline the
+labels come from harvest); actor-pool sizes and Ray/MLflow plumbing are not hashed (they change speed, not results).
+"""
+from __future__ import annotations
+
+import posixpath
+from typing import Callable, Optional
+
+from tuning.config import TuneResources
+from valor_core.config import to_dict
+from workflows import demo, evaluate, extract, harvest, tracking, tune
+from workflows.config import PipelineConfig
+from workflows.pipeline.engine import (Context, PipelineError, Runner, Stage, StageReport, Store, annotations_digest,
+                                       execute, file_digest)
+from workflows.pipeline.prepare import prepare_inputs
+from workflows.runtime import start_ray
+from workflows.trainset import load_training_data
+
+# --- what each stage's fingerprint hashes -------------------------------------------------------------------------
+
+
+def _extract_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict:
+    speed_only = ("clip_actors", "clap_actors", "decode_batch_size")
+    return {"videos": cfg.paths.videos, "manifest": file_digest(cfg.paths.manifest, store),
+            "teachers": to_dict(cfg.teachers), "media": to_dict(cfg.media),
+            "extract": {k: v for k, v in to_dict(cfg.extract).items() if k not in speed_only}}
+
+
+def _tune_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict:
+    return {"annotations": annotations_digest(cfg.paths.annotations, store), "tune": to_dict(cfg.tune),
+            "filter_by_weak": cfg.thresholds.filter_by_weak}
+
+
+def _harvest_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict:
+    return {"thresholds": to_dict(cfg.thresholds), "harvest": to_dict(cfg.harvest),
+            "thresholds_file": file_digest(cfg.harvest.thresholds_json, store)}
+
+
+def _train_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict:
+    train = {k: v for k, v in to_dict(cfg.train).items() if k != "labels"}
+    return {"train": train, "annotations": annotations_digest(cfg.paths.annotations, store)}
+
+
+def _evaluate_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict:
+    return {"annotations": annotations_digest(cfg.paths.annotations, store)}
+
+
+def _demo_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict:
+    return {"demo": to_dict(cfg.demo)}
+
+
+def _demo_files(cfg: PipelineConfig) -> tuple[str, ...]:
+    return tuple(posixpath.join(cfg.demo.out, f) for f in demo.OUTPUT_FILES)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("extract", (), _extract_section, ("features",), resumable=True, also_clears=("failures",),
+          help="decode videos, CLIP/CLAP logits + embeddings -> Parquet"),
+    Stage("tune", ("extract",), _tune_section, ("thresholds",),
+          help="Ray Tune per-class thresholds on val -> thresholds.json"),
+    Stage("harvest", ("extract", "tune"), _harvest_section, ("labels",),
+          help="thresholds AND weak labels -> harvested labels Parquet"),
+    Stage("train", ("extract", "harvest"), _train_section, ("train",),
+          help="Ray Train DDP HAN + MLflow run + checkpoint"),
+    Stage("evaluate", ("train",), _evaluate_section, ("eval",),
+          help="official segment/event F on val/test -> eval.json + MLflow"),
+    Stage("demo", (), _demo_section, (), enabled=lambda c: c.demo.enabled, uses_ray=False,
+          help="the LLP-sim science demo: han vs valor table + pictures", produced=_demo_files),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+# --- runners -------------------------------------------------------------------------------------------------------
+
+
+def run_extract(ctx: Context) -> dict:
+    cfg = ctx.cfg
+    s = extract.run_extract(cfg.paths.manifest, cfg.paths.videos, cfg.teachers.clip, cfg.teachers.clap,
+                            ctx.layout.features, cfg=cfg.extract, teachers=cfg.teachers, media=cfg.media,
+                            storage=cfg.storage, log=ctx.log)
+    if s.done + s.skipped == 0:
+        raise PipelineError(f"extract: no video succeeded ({s.failed} failed; see {s.failures})")
+    return {**s.contract(), "partial": s.partial, "failures": s.failures, "run_id": s.run_id,
+            "failed_by_stage": s.by_stage}
+
+
+def run_tune(ctx: Context) -> dict:
+    cfg = ctx.cfg
+    problems = tune.load_problems(ctx.layout.features, cfg.paths.annotations, tune.MODALITIES,
+                                  cfg.thresholds.filter_by_weak, storage_opts=ctx.store.opts)
+    res = TuneResources(storage_dir=posixpath.join(cfg.paths.work, "ray-tune"))
+    summary, run_id = tune.tune_and_record(problems, cfg.tune, source=ctx.layout.features, out=ctx.layout.thresholds,
+                                           res=res, storage_opts=ctx.store.opts, tracking_uri=cfg.tracking.uri,
+                                           experiment=cfg.tracking.experiment)
+    return {"mlflow_run": run_id, "searcher": summary["searcher"], "seconds": summary["seconds"],
+            **{m: {k: summary[m][k] for k in ("fidelity", "official")} for m in tune.MODALITIES if m in summary},
+            "paper": summary.get("paper"), "filter_by_weak": summary["filter_by_weak"]}
+
+
+def run_harvest(ctx: Context) -> dict:
+    cfg = ctx.cfg
+    source = cfg.harvest.thresholds_json or ctx.layout.thresholds
+    th, where = harvest.resolve_thresholds(source, storage_opts=ctx.store.opts, labels=cfg.thresholds)
+    summary = harvest.harvest(ctx.layout.features, ctx.layout.labels, annotations=cfg.paths.annotations,
+                              thresholds=th, provenance=where, filter_by_weak=cfg.thresholds.filter_by_weak,
+                              rows_per_file=cfg.harvest.rows_per_file, splits=tuple(cfg.harvest.splits),
+                              storage_opts=ctx.store.opts)
+    return {k: summary[k] for k in ("videos", "files", "splits", "audio_labels", "visual_labels", "from",
+                                    "filter_by_weak") if k in summary}
+
+
+def run_train(ctx: Context) -> dict:
+    """One MLflow run with the resolved pipeline config as its parameters (`data.pipeline.*`) and as an artifact
+    (pipeline/config.json); checkpoints in train/."""
+    from workflows import train_ray  # torch-bound: imported where used, so `valor run --plan` starts without torch
+
+    cfg = ctx.cfg
+    data, tcfg, meta = load_training_data(ctx.layout.features, cfg.train, labels=ctx.layout.labels,
+                                          annotations=cfg.paths.annotations)
+    meta["pipeline"] = ctx.resolved
+    outcome = train_ray.train(tcfg, data, workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                              tracking_uri=cfg.tracking.uri, experiment=cfg.tracking.experiment,
+                              storage=ctx.layout.train, run_name=f"{cfg.name}-{tcfg.preset}", data_meta=meta)
+    if outcome.run_id:
+        tracking.log_json(cfg.tracking.uri, outcome.run_id, ctx.resolved, "pipeline", "config.json")
+    return outcome.as_json()
+
+
+def run_evaluate(ctx: Context) -> dict:
+    cfg = ctx.cfg
+    trained = ctx.results.get("train", {})
+    ref = trained.get("run_id") or trained.get("checkpoint")
+    if not ref:
+        raise PipelineError("evaluate: the train stage recorded no run id or checkpoint")
+    out = evaluate.evaluate_checkpoint(ref, features=ctx.layout.features, annotations=cfg.paths.annotations,
+                                       tracking_uri=cfg.tracking.uri, run_id=trained.get("run_id"))
+    ctx.store.write_json(ctx.layout.eval, out)
+    return {name: {lvl: out[name][lvl] for lvl in ("segment", "event")} for name in evaluate.SPLITS}
+
+
+def run_demo(ctx: Context) -> dict:
+    """`valor demo` in this process, with `demo.args` parsed by its own parser; its files in demo.out."""
+    cfg = ctx.cfg
+    try:
+        args = demo.parse_demo_args(cfg.demo.args)
+    except ValueError as err:
+        raise PipelineError(f"demo.args {list(cfg.demo.args)}: not valid `valor demo` arguments: {err}") from None
+    args.out = cfg.demo.out
+    ctx.log(f"[valor run] demo: valor demo {' '.join(map(str, cfg.demo.args)) or '(its defaults)'} -> {args.out}")
+    try:
+        out = demo.run_demo(args, log=ctx.log)
+    except (FileNotFoundError, ValueError) as err:
+        raise PipelineError(f"demo: {err}") from None
+    ctx.log(demo.format_table(out))
+    demo.write_outputs(out, args.out)
+    keep = ("train_videos", "epochs", "hidden", "lr_scale", "fidelity", "seconds")
+    return {**{k: out[k] for k in keep if k in out}, "out": args.out,
+            **{m: {"test": {lvl: out[m]["test"][lvl] for lvl in ("segment", "event")}, "best_epoch": out[m]["best_epoch"]}
+               for m in demo.MODELS}}
+
+
+RUNNERS: dict[str, Runner] = dict(extract=run_extract, tune=run_tune, harvest=run_harvest, train=run_train,
+                                  evaluate=run_evaluate, demo=run_demo)
+
+
+def start_pipeline_ray(cfg: PipelineConfig, env: dict) -> Callable[[], None]:
+    """Ray for the stages (workflows.runtime.start_ray with the config's `ray` section and the teachers' env)."""
+    return start_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
+                     namespace=cfg.ray.namespace, env=env)
+
+
+def run_pipeline(cfg: PipelineConfig, *, only: Optional[str] = None, force: bool = False, plan: bool = False,
+                 runners: Optional[dict[str, Runner]] = None, stages: tuple[Stage, ...] = STAGES,
+                 prepare=None, init_ray=None, log: Callable[[str], None] = print) -> list[StageReport]:
+    """`valor run` on a resolved config: the real stages, runners, input preparation and Ray (each replaceable)."""
+    return execute(cfg, stages, RUNNERS if runners is None else runners, prepare=prepare or prepare_inputs,
+                   init_ray=init_ray or start_pipeline_ray, only=only, force=force, plan=plan, log=log)
