@@ -7,7 +7,7 @@ the 10 frames VALOR's CLIP teacher uses (8-fps grid, round(linspace)), resized t
 as mono float32 at 48 kHz. The ffmpeg floor decodes exactly those frames (select filter on the same frame numbers,
 scale=224:224, rgb24) and the audio (-ac 1 -ar 48000 f32le) in one command writing to /dev/null-like pipes; its time
 includes process start, as a user of the command line would pay. Both run single-threaded by default (--threads).
-Target (issue 3): valor / ffmpeg <= 1.2 (medians). ffmpeg missing: `apt-get update && apt-get install -y ffmpeg`.
+Target: valor / ffmpeg <= 1.2 (medians). ffmpeg missing: `apt-get update && apt-get install -y ffmpeg`.
 """
 from __future__ import annotations
 

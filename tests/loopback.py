@@ -81,7 +81,10 @@ def ray_head(dashboard: bool = False, extra_args: tuple[str, ...] = (), timeout:
     Ready when the job API answers (with a dashboard) or when `ray start` says the runtime started. Teardown: SIGTERM to
     `ray start --block` alone (it drains the node for 2 s and stops GCS/raylet/workers), then whatever is left of its
     session; asserts nothing of it survives."""
-    gcs, dash, client, nm, om, agent, agent_grpc, metrics, rtenv, wmin = free_ports(10)
+    while True:  # the worker port range [wmin, wmin + 200] must not hold any of the other ports
+        gcs, dash, client, nm, om, agent, agent_grpc, metrics, rtenv, wmin = free_ports(10)
+        if not any(wmin <= p <= wmin + 200 for p in (gcs, dash, client, nm, om, agent, agent_grpc, metrics, rtenv)):
+            break
     temp = Path(tempfile.mkdtemp(prefix="vr", dir="/tmp"))  # short: Ray's unix sockets live under it
     cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
            f"--dashboard-port={dash}", f"--ray-client-server-port={client}", f"--node-manager-port={nm}",

@@ -1,12 +1,16 @@
 """Decoding: exact frame indices and audio segments, bytes == path, policies, and a typed error per broken kind."""
 from __future__ import annotations
 
+import json
 import math
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from tests.conftest import REPO
 from tests.media_fixtures import broken_files, media_dir, synth_clips  # noqa: F401 - fixtures
 from valor_core.config import MediaConfig
 from valor_core.media import decode, errors as E, try_decode
@@ -166,3 +170,17 @@ def test_never_crashes_the_caller(tmp_path):
 
 def test_audio_track_helper_matches_written_length():
     assert audio_track(9.5, SR).shape == (1, int(9.5 * SR))
+
+
+def test_decodes_when_pyav_cannot_be_imported(synth_clips):
+    """Without PyAV the probe cannot name the codec: decord decides, the video is not called unknown_codec."""
+    path = str(synth_clips[(10.0, 25)])
+    code = ("import sys, json\nsys.modules['av'] = None  # `import av` raises ImportError\n"
+            "from valor_core.media import decode\n"
+            f"d = decode({path!r}, 'v')\n"
+            "print(json.dumps([list(d.frames.shape), d.audio is not None]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == [[10, 224, 224, 3], True]
+    with_av = decode(path, "v")
+    assert with_av.frames.shape == (10, 224, 224, 3)

@@ -141,6 +141,15 @@ def _visible_parts(out: str, opts: dict | None) -> list[str]:
     return [p for p in objstore.list_files(out, opts, suffix=".parquet")]
 
 
+def _wait_first_part(proc: subprocess.Popen, out: str, opts: dict | None, timeout: float = 600) -> None:
+    """Until a running extraction has published its first part (mid-run); fails if it ends first."""
+    deadline = time.time() + timeout
+    while not _visible_parts(out, opts):
+        assert proc.poll() is None, proc.stdout.read().decode()[-4000:]
+        assert time.time() < deadline, "no part published in time"
+        time.sleep(0.3)
+
+
 def test_extract_s3_killed_and_rerun_exactly_once(corpus, s3, ray_head, tiny_teachers):
     import pyarrow.parquet as pq
 
@@ -157,11 +166,7 @@ def test_extract_s3_killed_and_rerun_exactly_once(corpus, s3, ray_head, tiny_tea
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        deadline = time.time() + 600
-        while not _visible_parts(out, opts):
-            assert proc.poll() is None, proc.stdout.read().decode()[-4000:]
-            assert time.time() < deadline, "no part published in time"
-            time.sleep(0.3)
+        _wait_first_part(proc, out, opts)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:
@@ -297,3 +302,45 @@ def test_stages_in_process_dense_and_teacher_failure_isolated(synth_corpus, tmp_
     fails = {(f["video_id"], f["stage"]) for f in read_failures(out, failures=out + "_failures").to_pylist()}
     assert (vid, "clip") in fails
     assert sorted(set(res["outcome"])) == ["failed", "ok", "partial"]
+
+
+def test_chaos_two_runs_one_output_kill_and_storage_restart(corpus, s3, ray_head, tiny_teachers, tmp_path):
+    """Two extractions on one S3 output at once: the second fails at once naming the first. The S3 server restarts
+    mid-run (same --dir: same endpoint and keys), the first is then SIGKILLed; once its lease expires a third run
+    finishes the job: every decodable video exactly once, and a foreign object beside the output untouched."""
+    opts = objstore.s3_options(s3.config())
+    for p in sorted(corpus["dir"].glob("*.mp4")) + [corpus["manifest"]]:
+        objstore.write_bytes(f"s3://{s3.bucket}/chaos-videos/{p.name}", p.read_bytes(), opts)
+    foreign = f"s3://{s3.bucket}/chaos/notes.txt"
+    objstore.write_bytes(foreign, b"someone else's", opts)
+    out = f"s3://{s3.bucket}/chaos/features"
+    env = loopback_env({**tiny_teachers["env"], **s3.env(), "VALOR_LOCK_LEASE_S": "6"})
+    cmd = _extract_cmd(f"s3://{s3.bucket}/chaos-videos/manifest.csv", f"s3://{s3.bucket}/chaos-videos", out,
+                       tiny_teachers, "--address", ray_head)
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    try:
+        _wait_first_part(first, out, opts)
+        rc, res, log = _run_any(cmd, env)
+        assert rc == 2 and "is in use by valor extract" in log and f"pid {first.pid}" in log, log[-2000:]
+        endpoint = s3.endpoint
+        storage.down(s3.dir)  # the store goes away mid-run ...
+        time.sleep(2)
+        again = storage.up(s3.dir)  # ... and comes back where it was
+        assert again.endpoint == endpoint
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(30)
+    finally:
+        kill_session(first.pid)
+        first.stdout.close()
+    time.sleep(7)  # the killed holder's lease expires
+    rc, res, log = _run(cmd, env)
+    assert rc == 0, log[-4000:]
+    _check_dataset(out, opts, corpus)
+    assert objstore.read_bytes(foreign, opts) == b"someone else's"
+
+
+def _run_any(cmd: list[str], env: dict, timeout: float = 300) -> tuple[int, dict, str]:
+    """Like _run, for a run that may end without a JSON line (a refused one)."""
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return r.returncode, {}, r.stdout + r.stderr

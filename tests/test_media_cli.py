@@ -47,7 +47,9 @@ def test_media_synth(tmp_path):
 def test_teachers_tiny_is_deterministic_and_offline(tmp_path, tiny_teachers):
     import torch
 
-    out = last_json(valor("teachers", "tiny", tmp_path / "t"))
+    p = valor("teachers", "tiny", tmp_path / "t", "--json")
+    assert len(p.stdout.strip().splitlines()) == 1  # --json: the JSON line alone on stdout, the notes on stderr
+    out = last_json(p)
     assert set(out) == {"clip", "clap", "env"} and out["env"]["HF_HUB_OFFLINE"] == "1"
     ours = json.loads(Path(out["clap"]).read_text())["checkpoint"]
     theirs = json.loads(Path(tiny_teachers["clap"]).read_text())["checkpoint"]

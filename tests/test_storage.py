@@ -77,8 +77,26 @@ def test_storage_restart_keeps_keys_and_data(tmp_path):
     assert not storage._alive(first.pid)
     with storage.running(d) as second:
         assert (second.access_key, second.secret_key) == (first.access_key, first.secret_key)
+        assert second.endpoint == first.endpoint  # a stable endpoint: exported variables stay valid
         assert objstore.read_bytes("s3://valor/keep.txt", objstore.s3_options(second.config())) == b"x"
     assert storage.status(d)["running"] is False
+
+
+def test_storage_up_env_exports_for_eval(tmp_path):
+    """`eval "$(valor storage up --env)"` (the README's line) sets what the next command needs."""
+    d = tmp_path / "s3"
+    script = (f'eval "$({sys.executable} -m workflows.cli storage up --dir {d} --env)" && '
+              'printf "%s\\n" "$AWS_ENDPOINT_URL" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY"')
+    try:
+        r = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        endpoint, key, secret = r.stdout.split()
+        info = storage.read_state(d)
+        assert (endpoint, key, secret) == (info.endpoint, info.access_key, info.secret_key)
+        objstore.write_bytes("s3://valor/e.txt", b"e", objstore.s3_options(
+            StorageConfig(endpoint=endpoint, access_key=key, secret_key=secret)))
+    finally:
+        valor("storage", "down", "--dir", str(d), check=False)
 
 
 def test_objstore_local_paths(tmp_path):

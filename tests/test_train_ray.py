@@ -171,6 +171,7 @@ def test_extraction_dataset_with_harvest_beside_it(tmp_path):
     from valor_core.classes import CLAP_THRESHOLDS, CLIP_THRESHOLDS
     from valor_core.labels import harvest_labels
     from valor_core.llp import load_split
+    from valor_core.config import replace
     from valor_core.presets import get_preset
     from workflows.trainset import load_training_data
     from workflows.harvest import harvest
@@ -203,9 +204,11 @@ def test_extraction_dataset_with_harvest_beside_it(tmp_path):
     pq.write_table(table.slice(30), str(feats / "part-a-1.parquet"))
     harvest(str(feats), annotations=str(LLP_DIR))
 
-    data, cfg, meta = load_training_data(str(feats), get_preset("valor++"), annotations=str(LLP_DIR))
+    emb_cfg = replace(get_preset("valor++"), features="clip_clap")  # valor++ on extraction embeddings
+    data, cfg, meta = load_training_data(str(feats), emb_cfg, annotations=str(LLP_DIR))
     assert meta["labels"].endswith("labels") and meta["teachers"]["clip"] == "tiny-clip"
     assert (cfg.model.audio_dim, cfg.model.frame_dim, cfg.model.frame_steps, cfg.model.clip_dim) == (16, 32, 1, 0)
+    assert cfg.model.audio_steps == 0
     tr = data["train"]
     assert len(tr) == 39 and ids[3] not in set(tr.video_ids.tolist())  # the partial row is not trained on
     rows = np.array([np.flatnonzero(ids == v)[0] for v in tr.video_ids])

@@ -16,22 +16,27 @@ from typing import Any, ClassVar, Literal, Optional
 
 @dataclass(frozen=True)
 class HANConfig:
-    """Hybrid Attention Network (Tian et al. 2020) as trained in VALOR (Table 7)."""
+    """Hybrid Attention Network (Tian et al. 2020): defaults as trained in VALOR (Table 7); the 2020 network is
+    heads=1, ff=512, update="parallel" (the `han` preset)."""
 
-    LIMITS: ClassVar[dict] = {"audio_dim": ">= 1", "frame_dim": ">= 0", "frame_steps": ">= 1", "clip_dim": ">= 0",
-                            "hidden": ">= 1", "layers": ">= 1", "heads": ">= 1", "ff": ">= 1",
+    LIMITS: ClassVar[dict] = {"audio_dim": ">= 1", "audio_steps": ">= 0", "frame_dim": ">= 0", "frame_steps": ">= 1",
+                            "clip_dim": ">= 0", "hidden": ">= 1", "layers": ">= 1", "heads": ">= 1", "ff": ">= 1",
                             "dropout": "0.0..1.0", "num_classes": ">= 1"}
 
-    audio_dim: int = 128  # VGGish (10,128); CLAP embeddings for VALOR++
+    audio_dim: int = 128  # VGGish (10,128); CLAP HTSAT feature maps (64,768) for VALOR++
+    audio_steps: int = 0  # audio input arrives with this many steps and is resampled to T as the official network
+    #                       does (VALOR main_network.py: CLAP maps, 64); 0 = already T
     frame_dim: int = 2048  # ResNet-152 frames; CLIP image embeddings (768) for VALOR++; 0 = no frame stream
     frame_steps: int = 8  # frame features per 1-s segment (8 fps), average-pooled to one step per segment
-    clip_dim: int = 512  # R(2+1)D-18 clip features; 0 = no clip stream (VALOR++ uses CLIP frames only)
+    clip_dim: int = 512  # R(2+1)D-18 clip features (fused with the frame stream); 0 = no clip stream
     hidden: int = 512
     layers: int = 1
     heads: int = 8
     ff: int = 1024
     dropout: float = 0.1
     num_classes: int = 25
+    update: Literal["sequential", "parallel"] = "sequential"  # VALOR: visual attends to the updated audio; 2020 HAN:
+    #                                                            both modalities from the layer's original inputs
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,9 @@ class TrainConfig:
     loss: Literal["han", "valor", "kd"] = "valor"
     labels: LabelConfig = field(default_factory=LabelConfig)
     label_smoothing: float = 0.1  # HAN baseline: visual target 0.9y + 0.05
-    features: Literal["vggish_resnet_r2p1d", "clip_clap"] = "vggish_resnet_r2p1d"
+    # student inputs: VGGish/ResNet-152/R(2+1)D | CLIP + CLAP embeddings (extract) | the official VALOR++ inputs:
+    # CLAP HTSAT maps (64, 768), CLIP (10, 768), R(2+1)D (10, 512)
+    features: Literal["vggish_resnet_r2p1d", "clip_clap", "clip_clap_maps"] = "vggish_resnet_r2p1d"
     select_metric: str = "segment.type"  # keep the checkpoint with the best val segment-level Type@AV
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from valor_core.arrays import AVVPArrays
 from valor_core.config import TrainConfig
-from valor_core.han import HAN, HANOutput, count_trainable
+from valor_core.han import HAN, HANOutput, count_trainable, resample_audio, segment_count
 from valor_core.losses import compute_loss
 from valor_core.metrics import evaluate
 from valor_core.schedule import lr_at_epoch
@@ -89,13 +89,18 @@ def model_inputs(cfg: TrainConfig) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _chunked(x: Tensor, fn: Callable[[Tensor], Tensor], steps: int, chunk: int) -> Tensor:
+    """(N, *, D) -> (N, steps, D) float32: `fn` on float32 chunks of `chunk` rows (bounded extra memory)."""
+    out = torch.empty(x.shape[0], steps, x.shape[-1], dtype=torch.float32)
+    for i in range(0, x.shape[0], chunk):
+        out[i:i + chunk] = fn(x[i:i + chunk].float())
+    return out
+
+
 def pool_frames(frames: Tensor, steps: int, chunk: int = 1024) -> Tensor:
     """(N, T*S, D) -> (N, T, D) float32 mean over each segment's S steps, in chunks (bounded extra memory)."""
-    n, ts, d = frames.shape
-    out = torch.empty(n, ts // steps, d, dtype=torch.float32)
-    for i in range(0, n, chunk):
-        out[i:i + chunk] = frames[i:i + chunk].reshape(-1, ts // steps, steps, d).float().mean(dim=2)
-    return out
+    t = frames.shape[1] // steps
+    return _chunked(frames, lambda x: x.reshape(len(x), t, steps, -1).mean(dim=2), t, chunk)
 
 
 def to_tensors(arrays: AVVPArrays, cfg: TrainConfig, targets: bool = True) -> dict[str, Tensor]:
@@ -106,11 +111,15 @@ def to_tensors(arrays: AVVPArrays, cfg: TrainConfig, targets: bool = True) -> di
         what = f"preset {cfg.preset!r} (loss {cfg.loss!r})" if targets else f"preset {cfg.preset!r}"
         raise ValueError(f"{what} needs arrays {', '.join(missing)}, which are missing")
     tensors = {name: _tensor(getattr(arrays, name)) for name in needed}
+    lengths = {name: int(tensors[name].shape[1]) if name in tensors else None for name in ("frames", "clips")}
+    segments = segment_count(cfg.model, int(tensors["audio"].shape[1]), lengths["frames"], lengths["clips"])
+    # done once here instead of in every forward pass, with identical results (the model's Linear commutes with
+    # both averages) at a fraction of the memory traffic per epoch:
+    if tensors["audio"].shape[1] != segments:  # audio maps resampled to T as the official network does
+        tensors["audio"] = _chunked(tensors["audio"], lambda x: resample_audio(x, segments), segments, 1024)
     steps = cfg.model.frame_steps
-    if "frames" in tensors and steps > 1 and tensors["frames"].shape[1] == arrays.audio.shape[1] * steps:
-        # pool the S frame steps of each segment once here instead of in every forward pass: identical result
-        # (the model's Linear commutes with the average), 1/S of the memory traffic per epoch
-        tensors["frames"] = pool_frames(tensors["frames"], steps)
+    if "frames" in tensors and steps > 1 and tensors["frames"].shape[1] == segments * steps:
+        tensors["frames"] = pool_frames(tensors["frames"], steps)  # the S frame steps of each segment
     return tensors
 
 

@@ -1,35 +1,42 @@
 """Named training presets: the paper's configurations (VALOR Table 7, appendix B; the 2020 HAN code).
 
-    han      2020 HAN baseline: d=512 x 1 layer, Adam 3e-4, StepLR(10, 0.1), batch 16, 40 epochs, Eq. 5 loss
-    valor    VALOR: d=512 x 1, AdamW betas (0.5, 0.999) wd 1e-3, warm-up 10 + cosine 1e-4 -> 1e-6, clip 1.0,
-             batch 64, 60 epochs, Eq. 9 loss on harvested labels
-    valor+   VALOR+: d=256 x 4, lr 3e-4 -> 3e-6, otherwise as valor
-    valor++  VALOR++: valor+ on CLIP ViT-L/14 frame embeddings (768, one step per segment) and CLAP audio embeddings
-             (512); no R(2+1)D clip stream (this project extracts CLIP/CLAP only). The official script also feeds
-             R(2+1)D-18 and CLAP HTSAT feature maps (768); `--set model.clip_dim=512 model.audio_dim=768` for that.
-    kd       valor architecture and optimiser with the knowledge-distillation loss (Eq. 8; Table 4 "KD" row)
+    han        the 2020 HAN baseline exactly (AVVP-ECCV20 nets/net_audiovisual.py MMIL_Net): d=512 x 1 layer, 1 head,
+               FFN 512, both modalities updated from the layer's original inputs (parallel); Adam 3e-4, StepLR(10,
+               0.1), batch 16, 40 epochs, Eq. 5 loss. 4,569,675 trainable parameters (the official module's
+               audio_encoder, visual_encoder, cmt_encoder and hat_encoder.norm1/2 are never used by its forward)
+    han-valor  VALOR's HAN architecture (8 heads, FFN 1024, sequential update) with the 2020 optimiser and loss
+    valor      VALOR: d=512 x 1, AdamW betas (0.5, 0.999) wd 1e-3, warm-up 10 + cosine 1e-4 -> 1e-6, clip 1.0,
+               batch 64, 60 epochs, Eq. 9 loss on harvested labels
+    valor+     VALOR+: d=256 x 4, lr 3e-4 -> 3e-6, otherwise as valor
+    valor++    VALOR++ with the official inputs (Franklin905/VALOR scripts/train_valor++.sh): valor+ on CLAP HTSAT
+               feature maps (64, 768) resampled to 10 steps as main_network.py does, CLIP ViT-L/14 frame embeddings
+               (10, 768) fused with R(2+1)D-18 clips (10, 512) as the ResNet stream is
+    kd         valor architecture and optimiser with the knowledge-distillation loss (Eq. 8; Table 4 "KD" row)
 """
 from __future__ import annotations
 
 from valor_core.config import HANConfig, OptimConfig, TrainConfig, replace
 
 _VALOR = TrainConfig(preset="valor", model=HANConfig(), optim=OptimConfig(), loss="valor")
+_HAN_VALOR = TrainConfig(
+    preset="han-valor",
+    model=HANConfig(),
+    optim=OptimConfig(optimizer="adam", lr_max=3e-4, lr_min=0.0, betas=(0.9, 0.999), weight_decay=0.0,
+                      schedule="step", warmup_epochs=0, step_size=10, gamma=0.1, epochs=40, batch_size=16,
+                      grad_clip=0.0),
+    loss="han",
+)
 
 PRESETS: dict[str, TrainConfig] = {
-    "han": TrainConfig(
-        preset="han",
-        model=HANConfig(),
-        optim=OptimConfig(optimizer="adam", lr_max=3e-4, lr_min=0.0, betas=(0.9, 0.999), weight_decay=0.0,
-                          schedule="step", warmup_epochs=0, step_size=10, gamma=0.1, epochs=40, batch_size=16,
-                          grad_clip=0.0),
-        loss="han",
-    ),
+    "han": replace(_HAN_VALOR, preset="han", **{"model.heads": 1, "model.ff": 512, "model.update": "parallel"}),
+    "han-valor": _HAN_VALOR,
     "valor": _VALOR,
     "valor+": replace(_VALOR, preset="valor+", **{"model.hidden": 256, "model.layers": 4,
                                                     "optim.lr_max": 3e-4, "optim.lr_min": 3e-6}),
-    "valor++": replace(_VALOR, preset="valor++", features="clip_clap",
-                       **{"model.hidden": 256, "model.layers": 4, "model.audio_dim": 512, "model.frame_dim": 768,
-                          "model.frame_steps": 1, "model.clip_dim": 0, "optim.lr_max": 3e-4, "optim.lr_min": 3e-6}),
+    "valor++": replace(_VALOR, preset="valor++", features="clip_clap_maps",
+                       **{"model.hidden": 256, "model.layers": 4, "model.audio_dim": 768, "model.audio_steps": 64,
+                          "model.frame_dim": 768, "model.frame_steps": 1, "model.clip_dim": 512,
+                          "optim.lr_max": 3e-4, "optim.lr_min": 3e-6}),
     "kd": replace(_VALOR, preset="kd", loss="kd"),
 }
 

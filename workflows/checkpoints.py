@@ -7,7 +7,9 @@ A checkpoint is a directory (a Ray Train checkpoint `epoch_NNN/`, or the `checkp
     config.json     {"train": TrainConfig as a dict, "data": what it was trained on, "run_id": MLflow run}
 
 Found by `resolve_checkpoint(REF)`: a checkpoint dir, a .pt file in one, a Ray Train run dir (its newest epoch), an
-s3:// prefix (downloaded), or an MLflow run id (its artifact).
+s3:// prefix (downloaded), or an MLflow run id (its artifact). `official:PRESET:PATH` is an official checkpoint
+(PRESET one of han, valor, valor+, valor++; PATH a state dict as the official scripts save it, local or s3://): its
+config is the preset's, its weights are mapped by valor_core.official, and it records no features source.
 """
 from __future__ import annotations
 
@@ -18,15 +20,32 @@ from typing import Optional
 
 import numpy as np
 
-from valor_core.config import TrainConfig
+from valor_core.config import TrainConfig, to_dict
 from valor_core.configio import build
 from valor_core.llp import align_predictions
 from workflows import objstore, tracking
 from workflows.trainset import load_eval_split
 
 
+OFFICIAL = "official:"
+# checkpoints written before these HANConfig fields existed used what valor then had (VALOR's sequential update)
+LEGACY_MODEL = {"update": "sequential", "audio_steps": 0}
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be found, loaded or applied; the message names it."""
+
+
+def parse_official(ref: str) -> Optional[tuple[str, str]]:
+    """(preset, path) of an `official:PRESET:PATH` spec; None for any other reference."""
+    if not ref.startswith(OFFICIAL):
+        return None
+    from valor_core.official import LAYOUTS  # torch-bound
+
+    preset, sep, path = ref[len(OFFICIAL):].partition(":")
+    if not sep or not path or preset not in LAYOUTS:
+        raise CheckpointError(f"{ref!r}: expected official:PRESET:PATH with PRESET one of {', '.join(LAYOUTS)}")
+    return preset, path
 
 
 def save_checkpoint_dir(path: str, *, model_state: dict, best_state: dict, optimizer_state: Optional[dict],
@@ -47,16 +66,27 @@ def save_checkpoint_dir(path: str, *, model_state: dict, best_state: dict, optim
 
 def config_from_dict(data: dict):
     """TrainConfig from its `to_dict` form (the `train` section of a checkpoint's config.json)."""
+    if isinstance(data.get("model"), dict):
+        data = {**data, "model": {**LEGACY_MODEL, **data["model"]}}
     return build(TrainConfig, data)
 
 
 def load_checkpoint_model(path: str, which: str = "best_model.pt"):
     """(HAN with the checkpoint's weights in eval mode, TrainConfig, config.json dict) from a checkpoint directory
-    (a Ray Train checkpoint of `valor train`, or the `checkpoint/` artifact of its MLflow run)."""
+    (a Ray Train checkpoint of `valor train`, or the `checkpoint/` artifact of its MLflow run), or from a resolved
+    `official:PRESET:PATH` spec (meta: the preset's config, no data, the official source)."""
     import torch
 
     from valor_core.fit import build_model  # torch-bound: imported where used, so the CLI starts without torch
 
+    official = parse_official(path)
+    if official is not None:
+        from valor_core.official import LAYOUTS, load_official
+
+        model, cfg = load_official(official[1], official[0])
+        return model, cfg, {"train": to_dict(cfg), "data": {},
+                            "official": {"preset": official[0], "path": official[1],
+                                         "source": LAYOUTS[official[0]].source}}
     with open(os.path.join(path, "config.json")) as f:
         meta = json.load(f)
     cfg = config_from_dict(meta["train"])
@@ -67,22 +97,37 @@ def load_checkpoint_model(path: str, which: str = "best_model.pt"):
     return model, cfg, meta
 
 
+def _download(uri: str, single: bool = False) -> str:
+    """A local copy of an s3:// checkpoint prefix (a temporary dir), or with `single` of one file."""
+    import pyarrow.fs as pafs
+
+    fs, path = objstore.fs_for(uri)
+    local = tempfile.mkdtemp(prefix="valor-ckpt-")
+    if single:
+        local = os.path.join(local, os.path.basename(path) or "checkpoint.pt")
+    pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return local
+
+
 def resolve_checkpoint(ref: str, tracking_uri: Optional[str] = None) -> str:
     """A local checkpoint directory (best_model.pt + config.json) for RUN_OR_PATH:
     a checkpoint dir; a best_model.pt / model.pt file; a Ray Train run dir (its newest epoch_* checkpoint);
-    an s3:// checkpoint prefix (downloaded); or an MLflow run id (its `checkpoint/` artifact)."""
+    an s3:// checkpoint prefix (downloaded); or an MLflow run id (its `checkpoint/` artifact).
+    `official:PRESET:PATH` resolves to the same spec with a local absolute PATH (an s3:// PATH downloaded)."""
     def ray_run_dir(d: str) -> Optional[str]:
         epochs = sorted(x for x in os.listdir(d) if x.startswith("epoch_") and
                         os.path.exists(os.path.join(d, x, "config.json")))
         return os.path.join(d, epochs[-1]) if epochs else None
 
+    official = parse_official(ref)
+    if official is not None:
+        preset, path = official
+        path = _download(path, single=True) if objstore.is_s3(path) else path
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{ref}: no such checkpoint file {path}")
+        return f"{OFFICIAL}{preset}:{os.path.abspath(path)}"
     if objstore.is_s3(ref):
-        import pyarrow.fs as pafs
-
-        fs, path = objstore.fs_for(ref)
-        local = tempfile.mkdtemp(prefix="valor-ckpt-")
-        pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        ref = local
+        ref = _download(ref)
     if os.path.isfile(ref):
         return os.path.dirname(os.path.abspath(ref))
     if os.path.isdir(ref):
@@ -104,20 +149,35 @@ def resolve_checkpoint(ref: str, tracking_uri: Optional[str] = None) -> str:
                                 f"({type(err).__name__}: {err})") from None
 
 
+def checkpoint_split(checkpoint: str, split: str, *, features: Optional[str] = None,
+                     annotations: Optional[str] = None, tracking_uri: Optional[str] = None):
+    """(model in eval mode, its TrainConfig, the split's AVVPArrays, the features source used) for a checkpoint REF
+    (path, run id or official spec). Features: `features`, else the source recorded with the checkpoint."""
+    model, cfg, meta = load_checkpoint_model(resolve_checkpoint(checkpoint, tracking_uri))
+    features = features or meta.get("data", {}).get("features")
+    if not features:
+        kind = "an official checkpoint" if "official" in meta else "the checkpoint"
+        raise CheckpointError(f"{checkpoint}: {kind} records no features source; pass --features")
+    arrays = load_eval_split(features, split, cfg, annotations=annotations)
+    m = cfg.model
+    for name, dim in (("audio", m.audio_dim), ("frames", m.frame_dim), ("clips", m.clip_dim)):
+        have = getattr(arrays, name)
+        if dim > 0 and (have is None or have.shape[-1] != dim):
+            got = "none" if have is None else f"shape {tuple(have.shape)}"
+            raise CheckpointError(f"{checkpoint}: its HAN takes {name} of width {dim}; features {features} give {got}")
+    return model, cfg, arrays, features
+
+
 def predict_split(checkpoint: str, split, *, features: str | None = None, annotations: str | None = None,
                   tracking_uri: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(audio, visual) 0/1 predictions of a trained HAN (a checkpoint path or an MLflow run id) for the LLP split
-    `split` (official rule), aligned to its ids. Features: `features`, else the source recorded with the checkpoint.
-    CheckpointError when the checkpoint, its features or the alignment fail."""
+    """(audio, visual) 0/1 predictions of a trained HAN (a checkpoint path, an MLflow run id or an official spec) for
+    the LLP split `split` (official rule), aligned to its ids. Features: `features`, else the source recorded with the
+    checkpoint. CheckpointError when the checkpoint, its features or the alignment fail."""
     from valor_core.fit import predict  # torch-bound
 
     try:
-        ckpt = resolve_checkpoint(checkpoint, tracking_uri)
-        model, cfg, meta = load_checkpoint_model(ckpt)
-        features = features or meta.get("data", {}).get("features")
-        if not features:
-            raise CheckpointError(f"{checkpoint}: the checkpoint records no features source; pass --features")
-        arrays = load_eval_split(features, split.name, cfg, annotations=annotations)
+        model, _, arrays, features = checkpoint_split(checkpoint, split.name, features=features,
+                                                      annotations=annotations, tracking_uri=tracking_uri)
         pa, pv = predict(model, arrays)
         audio, visual, _ = align_predictions(split.video_ids, arrays.video_ids, pa, pv,
                                              source=f"checkpoint {checkpoint} on {features}")

@@ -11,12 +11,14 @@ import argparse
 import os
 import sys
 
-from workflows import compare, demo, evaluate, extract, harvest, llp_stats, media, s3server, train, tune
+from workflows import (compare, demo, evaluate, extract, harvest, importer, llp_stats, media, predict, s3server, train,
+                       tune)
 from workflows.pipeline import cli as pipeline_cli
 from workflows.runtime import QUIET_ENV
 
 COMMANDS = (
     evaluate,  # valor evaluate
+    predict,  # valor predict
     llp_stats,  # valor data stats
     demo,  # valor demo
     train,  # valor train
@@ -24,6 +26,7 @@ COMMANDS = (
     media,  # valor media synth, valor teachers tiny, valor teach
     s3server,  # valor storage up|down|status
     extract,  # valor extract
+    importer,  # valor import llp
     tune,  # valor tune thresholds
     harvest,  # valor harvest
     pipeline_cli,  # valor run

@@ -4,6 +4,7 @@ deserialise into (`load_config`). Credentials are redacted (`redacted`, `is_secr
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
@@ -12,7 +13,8 @@ from valor_core.config import LabelConfig, MediaConfig, TeacherConfig, TrainConf
 from valor_core.configio import ConfigError, apply_overrides, build, read_yaml
 
 __all__ = ["ConfigError", "StorageConfig", "ExtractConfig", "HarvestConfig", "PathsConfig", "CorpusConfig", "RayConfig",
-           "TrackingConfig", "DemoConfig", "PipelineConfig", "load_config", "redacted", "is_secret", "SECRET_KEYS"]
+           "TrackingConfig", "DemoConfig", "PipelineConfig", "load_config", "redacted", "is_secret", "is_secret_env",
+           "SECRET_KEYS"]
 
 
 # --- storage and extraction ----------------------------------------------------------------------------------------
@@ -144,9 +146,17 @@ def load_config(path: Optional[str], overrides: Optional[list[str]] = None) -> "
 SECRET_KEYS = ("access_key", "secret_key", "token", "password", "secret", "credentials")
 
 
+SECRET_ENV = re.compile(r"SECRET|PASSWORD|_TOKEN$|ACCESS_KEY|CREDENTIAL|^AWS_", re.IGNORECASE)
+
+
 def is_secret(key: Any) -> bool:
     """A config/param name that holds a credential (matched as a substring, case-insensitive)."""
     return any(s in str(key).lower() for s in SECRET_KEYS)
+
+
+def is_secret_env(name: str) -> bool:
+    """An environment variable that holds (or points at) a credential: never forwarded in a Ray runtime_env."""
+    return bool(SECRET_ENV.search(name))
 
 
 def redacted(cfg: Any) -> dict[str, Any]:

@@ -5,7 +5,8 @@
 
 Predictions come from a *source*: `--predictions naive` (each video's weak labels on all 10 segments of both
 modalities), `--predictions FILE.npz` (`video_ids` (N,) str, `audio` and `visual` (N, 10, 25) 0/1) or
-`--checkpoint RUN_OR_PATH` (a trained HAN predicts with the official rule; workflows/checkpoints.py). Split videos
+`--checkpoint RUN_OR_PATH` (a trained HAN predicts with the official rule; workflows/checkpoints.py; also
+`official:PRESET:PATH`, an official checkpoint, with --features). Split videos
 missing from the predictions and ids listed twice are errors naming them; extra ids are ignored with a warning on stderr.
 
 `evaluate_checkpoint` is the same scoring for several splits at once (the pipeline's evaluate stage), with the numbers
@@ -44,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiv
                         help="'naive' (weak labels on every segment of both modalities) or an .npz with video_ids, "
                              "audio, visual (N, 10, 25)")
     source.add_argument("--checkpoint", metavar="RUN_OR_PATH",
-                        help="predict with a trained HAN: an MLflow run id of `valor train`, or a checkpoint dir")
+                        help="predict with a trained HAN: an MLflow run id of `valor train`, a checkpoint dir, or "
+                             "official:PRESET:PATH (an official checkpoint; needs --features)")
     parser.add_argument("--features", metavar="SOURCE", help="with --checkpoint: features to predict from (default: "
                         "the source the run was trained on, e.g. sim:0)")
     parser.add_argument("--tracking-uri", metavar="URI", help="with --checkpoint RUN: the MLflow store (default: "

@@ -39,8 +39,8 @@ from valor_core.config import MediaConfig, TeacherConfig, to_dict
 from valor_core.media import decode
 from workflows import objstore
 from workflows.config import ExtractConfig, StorageConfig, redacted
-from workflows.features import (RUNS, SCHEMA_VERSION, STAGING, failure_schema, failures_uri, fixed_list, read_failures,
-                                read_features)
+from workflows.features import (RUNS, SCHEMA_VERSION, STAGING, clean_staging, failure_schema, failures_uri, fixed_list,
+                                read_failures, read_features)
 from workflows.manifest import Entry, ManifestError, read_manifest
 from workflows.outputs import LockedError, OwnershipError, claim, lock
 from workflows.runtime import code_version, start_ray
@@ -345,15 +345,6 @@ def plan(entries: list[Entry], out: str, failures: str, opts: Optional[dict], re
                 failed_before=len(failed & {e.video_id for e in entries}))
 
 
-def _clean_staging(out: str, opts: Optional[dict]) -> int:
-    """Delete what killed runs left in <out>/_staging (never data: staged files are published by a move)."""
-    fs, path = objstore.fs_for(out, opts)
-    staged = objstore.list_files(objstore.join(out, STAGING), opts, recursive=True)
-    for p in staged:
-        fs.delete_file(p)
-    return len(staged)
-
-
 def build_dataset(todo: list[Entry], clip: str, clap: str, cfg: ExtractConfig, teachers: TeacherConfig,
                   media: MediaConfig, spec: WriteSpec, opts: Optional[dict], loaders: Optional[dict] = None):
     """The Ray Data pipeline (lazy): manifest rows -> decode tasks -> CLIP actors -> CLAP actors -> write tasks."""
@@ -450,6 +441,9 @@ def run_extract(manifest: str, videos: str, clip: str, clap: str, out: str, *, c
     teacher_lib.check_teacher_files(clip, clap)
     made_with = {"clip": clip, "clap": clap, "media": to_dict(media)}
     marker = claim(out, "features", opts=opts, meta={"teachers": made_with})
+    if "imported" in marker:
+        raise OwnershipError(f"{out} holds released features imported by `valor import llp`: extract into another "
+                             "--out")
     if marker.get("teachers", made_with) != made_with and not cfg.mixed_teachers:
         raise OwnershipError(f"{out} was made with teachers {_teachers_text(marker['teachers'])}; this run asks for "
                              f"{_teachers_text(made_with)}: use a new --out (or --mixed-teachers to add to it anyway)")
@@ -466,7 +460,7 @@ def _teachers_text(t: dict) -> str:
 
 def _extract_locked(entries, clip, clap, out, failures, cfg, teachers, media, storage, manifest, videos, split, address,
                     num_cpus, object_store_memory, include_dashboard, loaders, log, t0, opts) -> Summary:
-    cleaned = _clean_staging(out, opts)
+    cleaned = clean_staging(out, opts)
     if cleaned:
         log(f"removed {cleaned} staged file(s) left by an interrupted run")
     p = plan(entries, out, failures, opts, cfg.retry_failed)

@@ -20,8 +20,14 @@ Features schema (SCHEMA_VERSION 1; T = media.segments = 10, C = 25 classes in Ta
     status string ("ok" | "partial": one teacher had no input, e.g. no audio track) · error string (why partial)
     issues string (recoverable media issues, "kind: reason; ...") · notes string (policies applied)
     duration float32 (s) · source string (video URI) · run_id string · schema_version int16
-Failures schema: video_id · stage ("read" | "decode" | "clip" | "clap" | "write") · kind · reason · fatal bool (True:
-    no features row) · source · run_id · schema_version. Partial videos have a features row AND a non-fatal failure row.
+Imported features (`valor import llp`, workflows/importer.py; same layout): video_id · split · labels · weak as
+    above, whichever RELEASED columns were imported -- vggish (10,128), res152 (80,2048), r2plus1d (10,512), clip_feat
+    (10,768), clap_maps (64,768) as fixed_size_list<fixed_size_list<float32>>, visual_pseudo / audio_pseudo (10,25) as
+    fixed_size_list<fixed_size_list<uint8>> -- status ("ok") · source (the files read) · run_id · schema_version.
+Failures schema: video_id · stage ("read" | "decode" | "clip" | "clap" | "write" | "import") · kind · reason ·
+    fatal bool (True: no features row) · source · run_id · schema_version. Partial videos have a features row AND a
+    non-fatal failure row. Imported videos: one fatal row per bad file (kind missing | truncated | shape | dtype |
+    nonfinite).
 Labels schema (workflows/harvest.py writes it): video_id, split, weak (25 uint8), audio_labels / visual_labels
     (10 x 25 uint8), audio_ok / visual_ok bool; the thresholds used in the schema metadata and in LABELS_SIDECAR.
 
@@ -49,6 +55,18 @@ STAGING = "_staging"
 RUNS = "_runs"
 LABELS_SIDECAR = "_harvest.json"
 LOGIT_COLUMNS = {"audio": "clap_logits", "visual": "clip_logits"}
+# The released LLP features and pseudo-labels (`valor import llp`): column -> (release folder, shape per video). The
+# folder's first part names the import option (feats -> --feats, CLIP -> --clip, CLAP -> --clap).
+RELEASED = {
+    "vggish": ("feats/vggish", (10, 128)),  # AVVP-ECCV20 VGGish audio features
+    "res152": ("feats/res152", (80, 2048)),  # ResNet-152 frame features, 8 fps
+    "r2plus1d": ("feats/r2plus1d_18", (10, 512)),  # R(2+1)D-18 clip features
+    "clip_feat": ("CLIP/features", (10, 768)),  # VALOR CLIP.zip: L2-normalised CLIP ViT-L/14 frame embeddings
+    "visual_pseudo": ("CLIP/segment_pseudo_labels", (10, 25)),  # VALOR's 0/1 visual segment pseudo-labels
+    "clap_maps": ("CLAP/features", (64, 768)),  # VALOR CLAP.zip: HTSAT feature maps of the whole clip
+    "audio_pseudo": ("CLAP/segment_pseudo_labels", (10, 25)),  # VALOR's 0/1 audio segment pseudo-labels
+}
+RELEASED_LABELS = ("visual_pseudo", "audio_pseudo")  # uint8 0/1; the other released columns are float32
 
 
 # --- where things sit ------------------------------------------------------------------------------------------------
@@ -71,6 +89,15 @@ def labels_uri(features: str) -> str:
     return beside(features, "labels")
 
 
+def clean_staging(out: str, opts: Optional[dict] = None) -> int:
+    """Delete what killed runs left in <out>/_staging (never data: staged files are published by a move)."""
+    fs, _ = objstore.fs_for(out, opts)
+    staged = objstore.list_files(objstore.join(out, STAGING), opts, recursive=True)
+    for p in staged:
+        fs.delete_file(p)
+    return len(staged)
+
+
 def published_parts(uri: str, opts: Optional[dict] = None) -> list[str]:
     """Paths of the published Parquet parts directly under `uri` (staged and `_`/`.`-prefixed files excluded)."""
     return [p for p in objstore.list_files(uri, opts, suffix=".parquet")
@@ -80,14 +107,15 @@ def published_parts(uri: str, opts: Optional[dict] = None) -> list[str]:
 # --- Arrow <-> NumPy ---------------------------------------------------------------------------------------------------
 
 
-def fixed_list(arr: np.ndarray, valid: Optional[np.ndarray] = None):
-    """(n, a, b) numpy -> fixed_size_list<fixed_size_list<dtype>[b]>[a]; rows where valid is False are all-NaN.
+def fixed_list(arr: np.ndarray, valid: Optional[np.ndarray] = None, dtype=np.float32):
+    """(n, a, b) numpy -> fixed_size_list<fixed_size_list<dtype>[b]>[a]; rows where valid is False are all-NaN (float
+    dtypes only; 0/1 label columns are written with dtype=np.uint8 and no `valid`).
 
     (Not Arrow nulls: pyarrow 25 cannot read back a null entry of a nested fixed_size_list from Parquet.)"""
     import pyarrow as pa
 
     n, a, b = arr.shape
-    arr = np.array(arr, np.float32, copy=True) if valid is not None else np.ascontiguousarray(arr, np.float32)
+    arr = np.array(arr, dtype, copy=True) if valid is not None else np.ascontiguousarray(arr, dtype)
     if valid is not None:
         arr[~np.asarray(valid, bool)] = np.nan
     inner = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), b)

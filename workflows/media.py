@@ -46,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     tiny.add_argument("out_dir")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--amodel", default="HTSAT-tiny", help="laion_clap audio tower (default HTSAT-tiny)")
+    tiny.add_argument("--json", action="store_true", help="only the JSON line on stdout (the notes go to stderr)")
     tiny.set_defaults(func=cmd_tiny)
     teachers.set_defaults(func=lambda args: (teachers.print_help(), 2)[1])
 
@@ -75,14 +76,15 @@ def cmd_synth(args) -> int:
 
 def cmd_tiny(args) -> int:
     specs = write_tiny_teachers(args.out_dir, seed=args.seed, amodel=args.amodel)
-    print("tiny random-init teachers (smoke tests only: their logits mean nothing)")
-    print(f"  --clip {specs['clip']}")
-    print(f"  --clap {specs['clap']}")
+    note = sys.stderr if getattr(args, "json", False) else sys.stdout
+    print("tiny random-init teachers (smoke tests only: their logits mean nothing)", file=note)
+    print(f"  --clip {specs['clip']}", file=note)
+    print(f"  --clap {specs['clap']}", file=note)
     print("  spec syntax: CLIP 'CONFIG.json:CHECKPOINT' (open_clip); CLAP a spec JSON naming checkpoint, audio tower "
-          "and the Hugging Face cache holding its tokenizers/text model")
+          "and the Hugging Face cache holding its tokenizers/text model", file=note)
     if specs["env"]:
         print("  other processes importing laion_clap first: export " +
-              " ".join(f"{k}={v}" for k, v in specs["env"].items()))
+              " ".join(f"{k}={v}" for k, v in specs["env"].items()), file=note)
     print(json.dumps(specs))
     return 0
 

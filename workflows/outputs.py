@@ -10,8 +10,9 @@
     clear_owned(uri, ...)      empty a claimed output for a re-run, keeping its marker and lock
     lock(uri, holder)          a lock per output root held for a run (context manager): local `<uri>/_valor.lock`
                                under fcntl.flock (released by the kernel when the holder dies); S3 a lease object
-                               refreshed by a heartbeat and stale after LEASE_S seconds. A second run fails at once
-                               naming the holder; a stale lock is taken over.
+                               refreshed by a heartbeat and stale after LEASE_S seconds, or at once when its holder
+                               ran on this host and is gone. A second run fails at once naming the holder; a stale
+                               lock is taken over.
 
 Outputs of earlier valor versions carry no marker: a path whose every entry is something valor writes (part-*.parquet,
 _runs/, _staging/, _harvest.json, _pipeline/, features/, ...) is adopted (the marker is written).
@@ -33,8 +34,8 @@ from workflows import objstore
 
 MARKER = "_valor.json"
 LOCK = "_valor.lock"
-LEASE_S = 60.0  # an S3 lock not refreshed for this long is stale
-HEARTBEAT_S = 10.0
+LEASE_S = 60.0  # an S3 lock not refreshed for this long is stale ($VALOR_LOCK_LEASE_S overrides, e.g. in tests)
+HEARTBEAT_S = 10.0  # how often the holder renews it (at most a third of the lease)
 # What valor itself writes under an output root (anything else there is someone else's).
 VALOR_ENTRIES = ("_valor.json", "_valor.lock", "part-*.parquet", "_runs", "_staging", "_harvest.json", "_pipeline",
                  "features", "failures", "labels", "train", "thresholds.json", "eval.json", "config.yaml", "demo",
@@ -71,9 +72,12 @@ def _foreign(names: list[str], uri: str, opts: Optional[dict]) -> list[str]:
     for n in names:
         if any(fnmatch.fnmatch(n, pat) for pat in VALOR_ENTRIES):
             continue
+        sub = objstore.join(uri, n)
         try:
-            if objstore.is_file(objstore.join(uri, n, "checkpoint_manager_snapshot.json"), opts):
+            if objstore.is_file(objstore.join(sub, "checkpoint_manager_snapshot.json"), opts):
                 continue
+            if not objstore.is_file(sub, opts) and not objstore.list_files(sub, opts, recursive=True):
+                continue  # an empty directory (S3 stores may keep one after its files are deleted): nothing there
         except OSError:
             pass
         out.append(n)
@@ -169,8 +173,22 @@ def remove_owned(uri: str, opts: Optional[dict] = None) -> None:
 
 
 def _holder(what: str) -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "what": what, "since": time.time(),
-            "token": uuid.uuid4().hex}
+    import psutil
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": psutil.Process().create_time(),
+            "what": what, "since": time.time(), "token": uuid.uuid4().hex}
+
+
+def _dead_here(h: dict) -> bool:
+    """The holder ran on this host and its process is gone (a killed run): its lease need not be waited out."""
+    import psutil
+
+    if h.get("host") != socket.gethostname():
+        return False
+    try:
+        return abs(psutil.Process(int(h["pid"])).create_time() - float(h.get("pid_started", 0))) > 1e-3
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return True
 
 
 def _describe(h: dict) -> str:
@@ -213,17 +231,23 @@ def _local_lock(root: str, what: str) -> Iterator[dict]:
         os.close(fd)  # closing releases the flock (the kernel does the same when the holder dies)
 
 
+def _lease_s() -> float:
+    return float(os.environ.get("VALOR_LOCK_LEASE_S") or LEASE_S)
+
+
 @contextlib.contextmanager
 def _s3_lease(uri: str, what: str, opts: Optional[dict]) -> Iterator[dict]:
+    lease = _lease_s()
+    beat_every = min(HEARTBEAT_S, lease / 3)
     key = objstore.join(uri, LOCK)
     try:
         other = json.loads(objstore.read_bytes(key, opts))
     except (FileNotFoundError, OSError, ValueError):
         other = None
-    if other and time.time() - float(other.get("beat", 0)) < LEASE_S:
+    if other and time.time() - float(other.get("beat", 0)) < lease and not _dead_here(other):
         raise LockedError(f"{uri} is in use by {_describe(other)} (lease renewed "
                           f"{time.time() - float(other['beat']):.0f} s ago); wait for it, or for the lease to expire "
-                          f"({LEASE_S:.0f} s after its holder stops)")
+                          f"({lease:.0f} s after its holder stops)")
     holder = {**_holder(what), "beat": time.time()}
     objstore.write_bytes(key, json.dumps(holder).encode(), opts)
     time.sleep(0.2)  # two writers racing for a free lease: the last PUT wins, the other sees a foreign token
@@ -233,7 +257,7 @@ def _s3_lease(uri: str, what: str, opts: Optional[dict]) -> Iterator[dict]:
     stop = threading.Event()
 
     def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
+        while not stop.wait(beat_every):
             with contextlib.suppress(OSError):
                 objstore.write_bytes(key, json.dumps({**holder, "beat": time.time()}).encode(), opts)
 

@@ -13,7 +13,7 @@ never by name).
 
 The environment a worker needs (offline HF caches of the tiny teachers, quiet-library switches, Ray Train's health-check
 interval) travels in the driver's runtime_env `env_vars`: the variables whose names start with FORWARD_ENV_PREFIXES,
-plus the caller's `env`. Credentials never do (SECRET_ENV, AWS_*): on a local Ray the workers inherit the
+plus the caller's `env`. Credentials never do (`workflows.config.is_secret_env`): on a local Ray the workers inherit the
 driver's environment, on a cluster they use the node's own (instance role, or the variables its image sets).
 """
 from __future__ import annotations
@@ -21,12 +21,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import subprocess
 from pathlib import Path
 from typing import Callable, Optional
 
 from valor_core import __version__
+from workflows.config import is_secret_env
 
 FORWARD_ENV_PREFIXES = ("HF_", "TRANSFORMERS_", "HUGGINGFACE_", "VALOR_", "TORCH_HOME", "OPEN_CLIP", "WANDB_MODE",
                         "TOKENIZERS_PARALLELISM", "MLFLOW_DISABLE_TELEMETRY", "RAY_TRAIN_", "OMP_NUM_THREADS")
@@ -40,7 +40,6 @@ QUIET_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 LOOPBACK = "127.0.0.1"
-SECRET_ENV = re.compile(r"SECRET|PASSWORD|_TOKEN$|ACCESS_KEY|CREDENTIAL|SESSION_TOKEN", re.IGNORECASE)
 
 
 def job_env_vars() -> dict:
@@ -57,7 +56,7 @@ def worker_env(extra: Optional[dict] = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV_PREFIXES)}
     env.update(extra or {})
     for k in list(env):
-        if SECRET_ENV.search(k) or k.startswith("AWS_"):
+        if is_secret_env(k):
             env.pop(k)
     for k in job_env_vars():  # under `ray job submit`: Ray refuses a driver env var the job's runtime_env also sets
         env.pop(k, None)

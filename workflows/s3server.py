@@ -87,7 +87,10 @@ def weed_binary() -> str:
 
 
 def _port_free(port: int) -> bool:
+    """Nobody listens on 127.0.0.1:port (a port in TIME_WAIT after our own server stopped counts as free, as it
+    does for weed's listeners, which set SO_REUSEADDR)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", int(port)))
         except OSError:

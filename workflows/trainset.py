@@ -5,21 +5,29 @@ SOURCE is one of
                            simulated student features and teacher logits. `k=v` are SimConfig overrides, e.g.
                            `sim:0:frame_dim=256,clip_dim=128` (smaller features for quick runs). The preset's `features`
                            picks the simulated inputs (VGGish/ResNet/R(2+1)D-like, or CLIP/CLAP embeddings for valor++).
-    URI                    a `valor extract` features dataset (local dir or s3://bucket/prefix; rows with status "ok"):
-                           the student inputs are VALOR++-style, audio = clap_emb (10, 512), frames = clip_emb (10, 768)
-                           (one step per segment), no clip stream; weak labels and the split come from the table; dense
-                           val/test GT from the annotations dir, joined by video id.
+    URI                    a features dataset (local dir or s3://bucket/prefix; rows with status "ok"); weak labels and
+                           the split come from the table, dense val/test GT from the annotations dir (joined by id).
+                           The preset's `features` picks the student inputs (INPUTS):
+                             clip_clap            `valor extract` embeddings: audio = clap_emb (10, d), frames =
+                                                  clip_emb (10, d) (one step per segment), no clip stream
+                             vggish_resnet_r2p1d  `valor import llp` columns: audio = vggish (10, 128), frames = res152
+                                                  (80, 2048) (8 steps per segment), clips = r2plus1d (10, 512)
+                             clip_clap_maps       `valor import llp` columns, the official VALOR++ inputs: audio =
+                                                  clap_maps (64, 768), frames = clip_feat (10, 768), clips = r2plus1d
 
 Labels (the harvested targets of the valor loss), first match wins:
     --labels URI           a `valor harvest` output (video_id, audio_labels (10,25), visual_labels (10,25); thresholds
                            in its `_harvest.json`), joined by video id; every train video must have a row
     beside the features    the harvest output beside an extraction dataset (workflows.features.labels_uri), when complete
+    imported               the dataset's audio_pseudo / visual_pseudo columns (`valor import llp --clip/--clap`)
     on the fly             valor_core.labels.harvest_labels on the source's teacher logits with the run's LabelConfig
                            (Table 6 thresholds by default)
 
-The model's input sizes follow the data (`adapt_model`): audio_dim / frame_dim / frame_steps / clip_dim are set from the
-array shapes and the change is recorded in the run's `data.adapted` param (LLP-sim has one frame step per segment where
-the paper's ResNet-152 stream has 8; extraction outputs are CLIP/CLAP embeddings).
+The model's input sizes follow the data (`adapt_model`) for LLP-sim and the extraction embeddings only: audio_dim /
+audio_steps / frame_dim / frame_steps / clip_dim are set from the array shapes and the change is recorded in the run's
+`data.adapted` param (LLP-sim has one frame step per segment where the paper's ResNet-152 stream has 8; the embeddings'
+widths are the teachers'). The paper's feature kinds are never re-shaped: a dataset lacking one of the preset's columns,
+or holding it in another shape than the preset's model dims, is a DataError naming the preset, column and shapes.
 """
 from __future__ import annotations
 
@@ -30,13 +38,23 @@ from typing import Any, Optional
 import numpy as np
 
 from valor_core.arrays import AVVPArrays
+from valor_core.classes import NUM_SEGMENTS
 from valor_core.config import replace
 from valor_core.labels import harvest_labels, thresholds_for
 from valor_core.llp import default_annotations, load_split
 from valor_core.sim import SimConfig, parse_sim_source, simulate
-from workflows.features import column_array, features_dataset, labels_complete, labels_uri, read_labels
+from workflows.features import RELEASED, column_array, features_dataset, labels_complete, labels_uri, read_labels
 
 SPLITS = ("train", "val", "test")
+EMBEDDINGS = "clip_clap"  # the extraction embeddings: the one feature kind whose sizes follow the data
+# TrainConfig.features -> {student input: dataset column}; the RELEASED columns' sizes must be the preset's
+INPUTS = {
+    EMBEDDINGS: {"audio": "clap_emb", "frames": "clip_emb"},
+    "vggish_resnet_r2p1d": {"audio": "vggish", "frames": "res152", "clips": "r2plus1d"},
+    "clip_clap_maps": {"audio": "clap_maps", "frames": "clip_feat", "clips": "r2plus1d"},
+}
+PSEUDO = {"audio_labels": "audio_pseudo", "visual_labels": "visual_pseudo"}  # imported pseudo-labels
+IMPORTED_LABELS = "imported pseudo-labels"
 
 
 class DataError(ValueError):
@@ -59,8 +77,10 @@ def adapt_model(cfg, arrays: AVVPArrays):
     """(cfg with the model's input sizes set from `arrays`, {field: (old, new)} of what changed)."""
     m = cfg.model
     want = {"audio_dim": int(arrays.audio.shape[-1])}
+    if hasattr(m, "audio_steps"):  # 0 = the audio has one step per segment
+        want["audio_steps"] = 0 if arrays.audio.shape[1] == NUM_SEGMENTS else int(arrays.audio.shape[1])
     if arrays.frames is not None:
-        steps = arrays.frames.shape[1] // arrays.audio.shape[1]
+        steps = arrays.frames.shape[1] // NUM_SEGMENTS
         want.update(frame_dim=int(arrays.frames.shape[-1]), frame_steps=int(max(steps, 1)))
     else:
         want.update(frame_dim=0)
@@ -69,6 +89,17 @@ def adapt_model(cfg, arrays: AVVPArrays):
     if changed:
         cfg = replace(cfg, **{f"model.{k}": v for k, (_, v) in changed.items()})
     return cfg, changed
+
+
+def preset_shapes(cfg) -> dict[str, tuple[int, int]]:
+    """{student input: (steps, width) per video} the preset's model takes (streams of width 0 are absent)."""
+    m = cfg.model
+    shapes = {"audio": (getattr(m, "audio_steps", 0) or NUM_SEGMENTS, m.audio_dim)}
+    if m.frame_dim:
+        shapes["frames"] = (NUM_SEGMENTS * m.frame_steps, m.frame_dim)
+    if m.clip_dim:
+        shapes["clips"] = (NUM_SEGMENTS, m.clip_dim)
+    return shapes
 
 
 # --- labels -----------------------------------------------------------------------------------------------------------
@@ -131,49 +162,85 @@ def _first(table, name: str) -> Optional[str]:
     return values[0] if len(values) == 1 else json.dumps(values)
 
 
-def _inner_dim(table, name: str) -> int:
-    """d of a (T, d) per-row column (fixed-size or variable lists, or a fixed-shape tensor)."""
+def _row_shape(table, name: str) -> tuple[int, int]:
+    """(T, d) of a per-row (T, d) column (fixed-size or variable lists, or a fixed-shape tensor)."""
     import pyarrow as pa
 
     t = table.schema.field(name).type
     if isinstance(t, pa.FixedShapeTensorType):
-        return int(t.shape[-1])
+        return int(t.shape[0]), int(t.shape[-1])
     if pa.types.is_fixed_size_list(t) and pa.types.is_fixed_size_list(t.value_type):
-        return int(t.value_type.list_size)
-    for value in table.column(name).to_pylist():  # variable lists: the first non-null row
+        return int(t.list_size), int(t.value_type.list_size)
+    col = table.column(name)
+    for i in range(len(col)):  # variable lists: the first non-empty row
+        value = col[i].as_py()
         if value:
-            return len(value[0])
+            return len(value), len(value[0])
     raise DataError(f"column {name!r} is empty")
 
 
-def _load_uri(uri: str, annotations: str, splits) -> tuple[dict, dict]:
-    """An extraction features dataset -> {split: AVVPArrays}. Rows are selected in NumPy after conversion, never with
-    Arrow filter/take (see workflows.features)."""
+def _input_columns(uri: str, cfg, names: list[str]) -> dict[str, str]:
+    """{student input: column} for the preset's feature kind (INPUTS); DataError naming what the dataset lacks."""
+    if cfg.features not in INPUTS:
+        raise DataError(f"preset {cfg.preset}: unknown features {cfg.features!r} (expected one of {', '.join(INPUTS)})")
+    if cfg.features == EMBEDDINGS:
+        cols = dict(INPUTS[EMBEDDINGS])
+        missing = [c for c in ("video_id", "weak", *cols.values()) if c not in names]
+        if missing:
+            hint = ("; it holds imported features: train it with features=vggish_resnet_r2p1d or clip_clap_maps"
+                    if any(c in names for c in RELEASED) else "")
+            raise DataError(f"features {uri}: column(s) {', '.join(missing)} missing (has {', '.join(names)}){hint}")
+        return cols
+    shapes = preset_shapes(cfg)
+    cols = {role: INPUTS[cfg.features][role] for role in shapes}
+    for role, col in cols.items():
+        if col not in names:
+            raise DataError(f"preset {cfg.preset} needs column {col} {shapes[role]}; the dataset has none ({uri}: "
+                            f"{', '.join(names)})")
+    if "weak" not in names or "video_id" not in names:
+        raise DataError(f"features {uri}: columns video_id and weak needed (has {', '.join(names)})")
+    return cols
+
+
+def _input_shape(uri: str, cfg, role: str, col: str, table) -> tuple[int, int]:
+    """The (T, d) to read `col` as: the embeddings' width follows the data; the paper's kinds must be the preset's."""
+    got = _row_shape(table, col)
+    if cfg.features == EMBEDDINGS:
+        return NUM_SEGMENTS, got[1]
+    want = preset_shapes(cfg)[role]
+    if got != want:
+        raise DataError(f"preset {cfg.preset} needs column {col} {want}; the dataset has {got} ({uri}); no preset is "
+                        "re-shaped to other inputs")
+    return want
+
+
+def _load_uri(uri: str, annotations: str, splits, cfg) -> tuple[dict, dict]:
+    """A features dataset -> {split: AVVPArrays} with the inputs of the preset's feature kind (INPUTS). Rows are
+    selected in NumPy after conversion, never with Arrow filter/take (see workflows.features)."""
     dataset = features_dataset(uri)
     names = dataset.schema.names
-    needed = ["video_id", "weak", "clip_emb", "clap_emb"]
-    missing = [c for c in needed if c not in names]
-    if missing:
-        raise DataError(f"features {uri}: column(s) {', '.join(missing)} missing (has {', '.join(names)})")
-    cols = [c for c in needed + ["split", "status", "clip_logits", "clap_logits", "clip_teacher", "clip_checkpoint",
-                                 "clap_teacher", "clap_checkpoint"] if c in names]
-    table = dataset.to_table(columns=cols)
+    cols = _input_columns(uri, cfg, names)
+    extra = ["split", "status", "clip_logits", "clap_logits", "clip_teacher", "clip_checkpoint", "clap_teacher",
+             "clap_checkpoint", *PSEUDO.values()]
+    table = dataset.to_table(columns=[c for c in ["video_id", "weak", *cols.values(), *extra] if c in names])
     if table.num_rows == 0:
         raise DataError(f"features {uri}: empty dataset")
     ids = np.asarray(table.column("video_id").to_pylist()).astype(str)
-    d_clip, d_clap = _inner_dim(table, "clip_emb"), _inner_dim(table, "clap_emb")
-    arrays = {
-        "weak": column_array(table, "weak", (25,), np.uint8, ids),
-        "frames": column_array(table, "clip_emb", (10, d_clip), np.float32, ids, allow_null=True),
-        "audio": column_array(table, "clap_emb", (10, d_clap), np.float32, ids, allow_null=True),
-    }
+    arrays = {"weak": column_array(table, "weak", (25,), np.uint8, ids)}
+    for role, col in cols.items():
+        arrays[role] = column_array(table, col, _input_shape(uri, cfg, role, col, table), np.float32, ids,
+                                    allow_null=True)
     for name in ("clip_logits", "clap_logits"):
         if name in table.column_names:
             arrays[name] = column_array(table, name, (10, 25), np.float32, ids, allow_null=True)
+    if all(c in table.column_names for c in PSEUDO.values()):
+        for name, col in PSEUDO.items():
+            arrays[name] = column_array(table, col, RELEASED[col][1], np.uint8, ids)
     usable = np.ones(len(ids), bool)
     if "status" in table.column_names:  # "partial" rows lack one teacher: no student input for that modality
         usable &= np.asarray(table.column("status").to_pylist(), dtype=object) == "ok"
-    usable &= np.isfinite(arrays["frames"]).all(axis=(1, 2)) & np.isfinite(arrays["audio"]).all(axis=(1, 2))
+    for role in cols:
+        usable &= np.isfinite(arrays[role]).all(axis=(1, 2))
     _, first = np.unique(ids, return_index=True)  # a video written twice is used once
     once = np.zeros(len(ids), bool)
     once[first] = True
@@ -188,10 +255,7 @@ def _load_uri(uri: str, annotations: str, splits) -> tuple[dict, dict]:
         rows = np.flatnonzero(mask & usable)
         if rows.size == 0:
             continue
-        a = AVVPArrays(video_ids=ids[rows], weak=arrays["weak"][rows], audio=arrays["audio"][rows],
-                       frames=arrays["frames"][rows], clips=None,
-                       clap_logits=arrays["clap_logits"][rows] if "clap_logits" in arrays else None,
-                       clip_logits=arrays["clip_logits"][rows] if "clip_logits" in arrays else None)
+        a = AVVPArrays(video_ids=ids[rows], **{name: values[rows] for name, values in arrays.items()})
         if split in ("val", "test"):
             gt = load_split(annotations, split)
             where = gt.index()
@@ -202,8 +266,10 @@ def _load_uri(uri: str, annotations: str, splits) -> tuple[dict, dict]:
             keep = keep[keep >= 0]
             a.audio_gt, a.visual_gt = gt.audio_gt[keep], gt.visual_gt[keep]
         data[split] = a
-    teachers = {"clip": _first(table, "clip_teacher"), "clip_checkpoint": _first(table, "clip_checkpoint"),
-                "clap": _first(table, "clap_teacher"), "clap_checkpoint": _first(table, "clap_checkpoint")}
+    imported = [c for c in RELEASED if c in names]
+    teachers = {"imported": imported} if imported else {
+        "clip": _first(table, "clip_teacher"), "clip_checkpoint": _first(table, "clip_checkpoint"),
+        "clap": _first(table, "clap_teacher"), "clap_checkpoint": _first(table, "clap_checkpoint")}
     return data, teachers
 
 
@@ -222,7 +288,7 @@ def load_training_data(features: str, cfg, *, labels: Optional[str] = None, anno
     if kind == "sim":
         data, teachers = _load_sim(value, overrides, cfg, annotations, splits)
     else:
-        data, teachers = _load_uri(value, annotations, splits)
+        data, teachers = _load_uri(value, annotations, splits, cfg)
     if "train" in splits and "train" not in data:
         raise DataError(f"features {features}: no train videos")
     if "train" in data:
@@ -230,17 +296,22 @@ def load_training_data(features: str, cfg, *, labels: Optional[str] = None, anno
     for split in ("val", "test"):
         if split in data:
             data[split] = _subsample(data[split], max_eval, cfg.seed)
-    labels_used = labels
-    if labels:
-        thresholds = _join_harvest(data, labels)
-    elif kind == "uri" and labels_complete(labels_uri(value)):
-        labels_used = labels_uri(value)
+    imported = kind == "uri" and all(a.audio_labels is not None for a in data.values())
+    labels_used = labels or (labels_uri(value) if kind == "uri" and labels_complete(labels_uri(value)) else None)
+    if labels_used:
+        for arrays in data.values():  # a harvest output wins over imported pseudo-labels
+            arrays.audio_labels = arrays.visual_labels = None
         thresholds = _join_harvest(data, labels_used)
+    elif imported:
+        labels_used = IMPORTED_LABELS
+        thresholds = {"source": IMPORTED_LABELS}
     else:
         labels_used = "on the fly"
         thresholds = _harvest_on_the_fly(data, cfg.labels)
     first = next(iter(data.values()))
     cfg, changed = adapt_model(cfg, first)
+    if changed and kind == "uri" and cfg.features != EMBEDDINGS:  # never: _input_shape checked the preset's sizes
+        raise DataError(f"preset {cfg.preset}: its inputs would have to be re-shaped ({changed})")
     meta = {"features": features, "labels": labels_used, "annotations": os.path.abspath(annotations)
             if "://" not in annotations else annotations,
             "videos": {k: int(len(v)) for k, v in data.items()}, "thresholds": thresholds, "teachers": teachers,
@@ -255,7 +326,7 @@ def load_eval_split(features: str, split: str, cfg, annotations: Optional[str] =
     if kind == "sim":
         data, _ = _load_sim(value, overrides, cfg, annotations, (split,))
     else:
-        data, _ = _load_uri(value, annotations, (split,))
+        data, _ = _load_uri(value, annotations, (split,), cfg)
     if split not in data:
         raise DataError(f"features {features}: no {split} videos")
     return data[split]

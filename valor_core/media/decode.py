@@ -197,7 +197,7 @@ def _probe(data_or_path, video_id: str) -> _Probe:
         raise E.NotAVideo(video_id, f"not a recognised media container ({err})") from None
     if not probe.has_video:
         raise E.NoVideoStream(video_id, "the file has no video stream" + (" (audio only)" if probe.has_audio else ""))
-    if probe.video_codec is None:
+    if probe.video_codec is None and not probe.error:  # without PyAV there is no codec to check: decord decides
         raise E.UnknownCodec(video_id, "the video stream's codec is not supported by any decoder here")
     return probe
 
