@@ -256,3 +256,43 @@ def test_import_resume_and_train_data(release, ray_local, tmp_path, capsys):
     assert set(read_features(str(out2)).column_names) >= {"r2plus1d", "clip_feat", "visual_pseudo"}
     with pytest.raises(DataError, match=r"preset valor needs column vggish \(10, 128\); the dataset has none"):
         load_training_data(str(out2), get_preset("valor"), annotations=str(release["ann"]))
+
+
+@pytest.mark.integration  # real local Ray: Ray Train runs, then predict and evaluate
+def test_released_files_to_numbers_for_every_preset(release, ray_local, tmp_path, capsys):
+    """The issue's acceptance chain: released files -> `valor import llp` -> `valor train` (one epoch of each paper
+    preset, a narrow HAN: the inputs are the paper's) -> `valor predict` -> `valor evaluate --predictions`."""
+    out = tmp_path / "imported"
+    rc, _, err = _main(_argv(release, out), capsys)
+    assert rc == 0, err[-3000:]
+    # the val split as the dataset has it: the videos whose files were all good
+    ann = tmp_path / "ann"
+    shutil.copytree(release["ann"], ann)
+    lines = (ann / "AVVP_val_pd.csv").read_text().splitlines()
+    good = set(release["good"])
+    ann_ids = [ln.split("\t")[0] for ln in lines[1:] if ln.split("\t")[0] in good]
+    (ann / "AVVP_val_pd.csv").write_text("\n".join([lines[0]] + [ln for ln in lines[1:]
+                                                                 if ln.split("\t")[0] in good]) + "\n")
+    narrow = ["--set", "model.hidden=32", "--set", "model.ff=64", "--set", "model.heads=1",
+              "--set", "optim.batch_size=8", "--set", "optim.warmup_epochs=0", "--set", "optim.step_size=1"]
+    for preset in ("han", "valor", "valor+", "valor++"):
+        rc, stdout, err = _main(["train", "--preset", preset, "--features", str(out), "--annotations", str(ann),
+                                 "--workers", "1", "--epochs", "1", "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
+                                 "--storage", str(tmp_path / "ray"), "--no-figures", "--json", *narrow], capsys)
+        assert rc == 0, (preset, err[-3000:])
+        trained = json.loads(stdout.strip().splitlines()[-1])
+        assert trained["epochs"] == 1 and trained["val"]["videos"] == len(ann_ids)
+        npz = tmp_path / f"{preset}.npz"
+        rc, stdout, err = _main(["predict", "--checkpoint", trained["checkpoint"], "--features", str(out),
+                                 "--annotations", str(ann), "--split", "val", "--out", str(npz), "--json"], capsys)
+        assert rc == 0, (preset, err[-3000:])
+        assert json.loads(stdout.strip().splitlines()[-1])["videos"] == len(ann_ids)
+        z = np.load(npz)
+        assert z["segment_prob"].shape == (len(ann_ids), 10, 2, 25) and z["global_prob"].shape == (len(ann_ids), 25)
+        rc, stdout, err = _main(["evaluate", "--annotations", str(ann), "--split", "val", "--predictions", str(npz),
+                                 "--json"], capsys)
+        assert rc == 0, (preset, err[-3000:])
+        scores = json.loads(stdout.strip().splitlines()[-1])
+        assert scores["videos"] == len(ann_ids)
+        # the numbers are the training run's own val numbers of its best (= only) epoch
+        assert scores["segment"] == trained["val"]["segment"] and scores["event"] == trained["val"]["event"], preset

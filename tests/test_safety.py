@@ -170,3 +170,100 @@ def test_read_only_commands_create_nothing(tmp_path):
                "--plan", cwd=tmp_path, timeout=120)
     assert r.returncode == 0 and "would run extract" in r.stdout, r.stderr
     assert not (tmp_path / "v").exists() and not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
+
+
+# --- 6, 8, 10. extract: same teachers, fast one-line failures, nothing read outside --videos ----------------------
+
+
+def _extract(manifest, videos, out, clip, clap, *extra, timeout=120):
+    return _valor("extract", "--manifest", manifest, "--videos", videos, "--clip", clip, "--clap", clap, "--out", out,
+                  "--json", *extra, timeout=timeout)
+
+
+@pytest.fixture
+def one_video(tmp_path):
+    from valor_core.media.synth import write_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "a_0_10.mp4", duration=2.0, fps=10, size=(64, 48))
+    manifest = videos / "manifest.csv"
+    manifest.write_text("filename\tevent_labels\na_0_10\tSpeech\n")
+    return videos, manifest
+
+
+def test_extract_refuses_other_teachers_on_a_dataset(tmp_path, one_video):
+    videos, manifest = one_video
+    clip, clap = tmp_path / "clip.json", tmp_path / "clap.json"  # cheap stand-ins: only their files are checked
+    clip.write_text("{}")
+    clap.write_text(json.dumps({"checkpoint": None}))
+    out = tmp_path / "features"
+    outputs.claim(str(out), "features", meta={"teachers": {"clip": "ViT-L-14:openai", "clap": "630k-fusion-best.pt"}})
+    r = _extract(manifest, videos, out, f"{clip}:random", clap)
+    assert r.returncode == 2 and "was made with teachers clip='ViT-L-14:openai'" in r.stderr
+    assert "--mixed-teachers" in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Ray" not in r.stderr
+
+
+@pytest.mark.parametrize("case, message", [
+    ("checkpoint", "CLAP checkpoint '/nonexistent/630k-fusion-best.pt' not found"),
+    ("manifest", "manifest not found"),
+    ("utf8", "not a UTF-8 text file"),
+    ("duplicate", "listed twice (first on line 2)"),
+    ("s3", "does not answer"),
+])
+def test_extract_bad_input_fails_fast_in_one_line(case, message, tmp_path, one_video):
+    import time
+
+    videos, manifest = one_video
+    clip = tmp_path / "clip.json"
+    clip.write_text("{}")
+    clap, out, extra, env = "/nonexistent/630k-fusion-best.pt", tmp_path / "features", [], None
+    if case != "checkpoint":
+        clap = tmp_path / "clap.json"
+        clap.write_text(json.dumps({"checkpoint": None}))
+    if case == "manifest":
+        manifest = tmp_path / "nope.csv"
+    elif case == "utf8":
+        manifest = tmp_path / "bin.csv"
+        manifest.write_bytes(b"filename\tevent_labels\n\xff\xfe\x00\n")
+    elif case == "duplicate":
+        manifest.write_text("filename\tevent_labels\na_0_10\tSpeech\na_0_10\tDog\n")
+    elif case == "s3":
+        out, extra = "s3://valor/x/features", ["--endpoint", "http://127.0.0.1:9", "--access-key", "k",
+                                              "--secret-key", "s"]
+    t0 = time.time()
+    r = _extract(manifest, videos, out, f"{clip}:random", clap, *extra)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert time.time() - t0 < 30  # before Ray, decoding or inference
+    assert not (tmp_path / "features").exists() or case != "s3"
+
+
+def test_manifest_names_may_not_leave_the_video_root(tmp_path):
+    from workflows.manifest import read_manifest
+
+    (tmp_path / "videos").mkdir()
+    m = tmp_path / "m.csv"
+    m.write_text("filename\tevent_labels\tpath\nok_0_10\tDog\t\nup_0_10\tDog\t../secret.mp4\n"
+                 "abs_0_10\tDog\t/etc/passwd\nbucket_0_10\tDog\ts3://other/x.mp4\n")
+    entries = {e.video_id: e for e in read_manifest(str(m), str(tmp_path / "videos"))}
+    assert entries["ok_0_10"].error == "" and entries["ok_0_10"].source == str(tmp_path / "videos" / "ok_0_10.mp4")
+    for vid in ("up_0_10", "abs_0_10", "bucket_0_10"):
+        assert entries[vid].error, vid
+    s3 = {e.video_id: e for e in read_manifest(str(m), "s3://b/videos")}
+    assert s3["ok_0_10"].error == "" and s3["ok_0_10"].source == "s3://b/videos/ok_0_10.mp4"
+    assert s3["up_0_10"].error and "outside the video root" in s3["up_0_10"].error
+
+
+def test_decode_stage_turns_an_outside_entry_into_a_read_failure(tmp_path):
+    """The Ray Data decode stage never opens a refused entry: it becomes a `read` failure (`outside_root`)."""
+    from valor_core.config import MediaConfig
+    from workflows.extract import Decode
+
+    secret = tmp_path / "secret.mp4"
+    secret.write_bytes(b"not yours")
+    batch = {"video_id": np.array(["up_0_10"], object), "source": np.array([str(secret)], object),
+             "split": np.array([""], object), "labels": np.array(["Dog"], object),
+             "weak": np.zeros((1, 25), np.uint8), "refused": np.array(["'../secret.mp4' resolves outside"], object)}
+    out = Decode(MediaConfig(), None)(batch)
+    assert not out["ok"][0] and out["fail_stage"][0] == "read" and out["fail_kind"][0] == "outside_root"

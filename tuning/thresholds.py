@@ -71,11 +71,20 @@ def _quiet_tune_env() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+# Ray Tune copies these from the driver's environment into every trial actor's runtime_env, which Ray then logs in
+# plain text (ray/tune/execution/class_cache.py). Trials here read nothing from S3, so the search runs without them.
+TUNE_COPIES_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
+
+
 def _fit(tuner) -> None:
-    """tuner.fit() with TUNE_ENV set only for the call (other Tune/Train users in the process keep their loggers)."""
-    old = {k: os.environ.get(k) for k in TUNE_ENV}
+    """tuner.fit() with TUNE_ENV set and the credentials Tune would copy into trial runtime_envs unset, only for the
+    call (other Tune/Train users in the process keep their environment)."""
+    keys = (*TUNE_ENV, *TUNE_COPIES_CREDENTIALS)
+    old = {k: os.environ.get(k) for k in keys}
     for k, v in TUNE_ENV.items():
         os.environ.setdefault(k, v)
+    for k in TUNE_COPIES_CREDENTIALS:
+        os.environ.pop(k, None)
     try:
         tuner.fit()
     finally:
