@@ -97,9 +97,11 @@ def demo_config(name: str, args, arrays):
             "model.frame_dim": arrays.frames.shape[-1] if arrays.frames is not None else 0, "model.frame_steps": steps,
             "model.clip_dim": arrays.clips.shape[-1] if arrays.clips is not None else 0,
             "optim.lr_max": cfg.optim.lr_max * args.lr_scale, "optim.lr_min": cfg.optim.lr_min * args.lr_scale}
-    if args.hidden and args.hidden != m.hidden:
-        heads = max(h for h in (8, 4, 2, 1) if args.hidden % h == 0 and args.hidden // h >= 16 or h == 1)
-        over.update({"model.hidden": args.hidden, "model.heads": heads, "model.ff": 2 * args.hidden})
+    if args.hidden and args.hidden != m.hidden:  # narrower, same shape: the preset's FFN ratio, its heads if they fit
+        heads = max(h for h in (8, 4, 2, 1) if h <= m.heads and args.hidden % h == 0 and args.hidden // h >= 16
+                    or h == 1)
+        over.update({"model.hidden": args.hidden, "model.heads": heads,
+                     "model.ff": max(1, round(args.hidden * m.ff / m.hidden))})
     return shorten(replace(cfg, **over), args.epochs)
 
 
@@ -137,8 +139,10 @@ def run_demo(args, log=print) -> dict:
     c = cfgs["valor"].model
     log(f"valor demo: LLP-sim seed {args.seed} ({t_sim:.1f} s), train {len(train)} of {n_all} videos, "
         f"val {len(val)} / test {len(test)} with the real GT; {threads} CPU thread(s)")
-    log(f"demo scale: HAN width {c.hidden} ({c.heads} heads, FF {c.ff}; paper 512/8/1024), {args.epochs} epochs with each "
-        f"preset's schedule compressed to them, learning rates x{args.lr_scale:g} for both (paper: 60 / 40 epochs, x1)")
+    h = cfgs["han"].model
+    log(f"demo scale: HAN width {c.hidden} (valor {c.heads} heads, FF {c.ff}; paper 512/8/1024 | han {h.heads} head, "
+        f"FF {h.ff}, parallel update; 2020: 512/1/512), {args.epochs} epochs with each preset's schedule compressed to "
+        f"them, learning rates x{args.lr_scale:g} for both (paper: 60 / 40 epochs, x1)")
     log("harvested labels, Table 6 thresholds AND weak label; fidelity vs val GT (micro F, VALOR Table 3): "
         + "  ".join(f"{LABELS[k]} {fidelity[k]:.2f}" for k in ("audio", "visual", "av"))
         + "   (weak labels on every segment: " + "  ".join(f"{LABELS[k]} {fidelity_naive[k]:.2f}"
