@@ -162,7 +162,7 @@ def _nested(x):
 
 
 def test_extraction_dataset_with_harvest_beside_it(tmp_path):
-    """workflows.datasets on the extraction schema (features/ + harvest labels/ beside it), no Ray: VALOR++-style inputs
+    """workflows.trainset on the extraction schema (features/ + harvest labels/ beside it), no Ray: VALOR++-style inputs
     (clap_emb, clip_emb), harvested labels joined by id, partial rows dropped, real val/test GT attached."""
     import numpy as np
     import pyarrow as pa

@@ -1,6 +1,6 @@
 """`valor train` on Ray Train: DDP HAN training (TorchTrainer, Train V2), per-epoch checkpoints, MLflow tracking.
 
-    driver   load features+labels (workflows.datasets) -> ray.put the arrays once -> create the MLflow run
+    driver   load features+labels (workflows.trainset) -> ray.put the arrays once -> create the MLflow run
              -> TorchTrainer(train_loop, ScalingConfig(num_workers, use_gpu), RunConfig(storage, FailureConfig,
                 CheckpointConfig)).fit()
              -> load the best-val weights from the last checkpoint -> final val/test scores, figures, artifacts
