@@ -140,7 +140,6 @@ def claim(uri: str, kind: str, *, name: Optional[str] = None, opts: Optional[dic
 
 def clear_owned(uri: str, opts: Optional[dict] = None) -> None:
     """Empty a claimed output for a re-run (its marker and lock stay): it never mixes old and new."""
-    fs, path = objstore.fs_for(uri, opts)
     for name in _entries(uri, opts):
         if name in (MARKER, LOCK):
             continue
