@@ -25,7 +25,7 @@ import numpy as np
 from valor_core.llp import AnnotationError, PredictionError, align_predictions, default_annotations, load_split
 from valor_core.metrics import score_split
 from workflows import tracking
-from workflows.checkpoints import CheckpointError, predict_split
+from workflows.checkpoints import CheckpointError, predict_split, resolve_checkpoint
 
 SPLITS = ("val", "test")
 
@@ -125,9 +125,13 @@ def evaluate_checkpoint(checkpoint: str, *, features: Optional[str] = None, anno
     `run_id`, the numbers are also logged to that MLflow run as `eval.<split>.<level>.<key>`."""
     annotations = annotations or default_annotations()
     out: dict[str, Any] = {"checkpoint": checkpoint}
+    try:
+        local = resolve_checkpoint(checkpoint, tracking_uri)  # once: an MLflow run's artifacts are downloaded once
+    except (FileNotFoundError, ValueError) as err:
+        raise CheckpointError(str(err)) from None
     for name in splits:
         split = load_split(annotations, name)
-        audio, visual = predict_split(checkpoint, split, features=features, annotations=annotations,
+        audio, visual = predict_split(local, split, features=features, annotations=annotations,
                                       tracking_uri=tracking_uri)
         out[name] = score_split(split, audio, visual)
     if run_id:
