@@ -98,12 +98,19 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _previous_ports(d: Path) -> Optional[dict]:
-    """The ports this dir's last server used, when every one of them is free again."""
+def _previous_ports(d: Path, wait: float = 5.0) -> Optional[dict]:
+    """The ports this dir's last server used, when every one of them is free again within `wait` seconds (a
+    just-stopped server's sockets take a moment to close)."""
     with contextlib.suppress(OSError, ValueError, TypeError):
-        ports = json.loads((d / PORTS).read_text())
-        if set(ports) == set(PORT_FLAGS) and all(_port_free(p) for p in ports.values()):
-            return {k: int(v) for k, v in ports.items()}
+        ports = {k: int(v) for k, v in json.loads((d / PORTS).read_text()).items()}
+        if set(ports) != set(PORT_FLAGS):
+            return None
+        deadline = time.monotonic() + wait
+        while not all(_port_free(p) for p in ports.values()):
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.1)
+        return ports
     return None
 
 
