@@ -19,6 +19,8 @@ import pytest
 from tests.conftest import LLP_DIR
 from workflows.features import RELEASED
 
+REPO = Path(__file__).resolve().parents[1]
+
 PICKS = {"train": 24, "val": 12, "test": 12}
 SPLIT_FILES = {"train": "AVVP_train.csv", "val": "AVVP_val_pd.csv", "test": "AVVP_test_pd.csv"}
 ROOT_OF = {"feats": "feats", "CLIP": "clip", "CLAP": "clap"}  # release folder -> the option that points at it
@@ -296,3 +298,52 @@ def test_released_files_to_numbers_for_every_preset(release, ray_local, tmp_path
         assert scores["videos"] == len(ann_ids)
         # the numbers are the training run's own val numbers of its best (= only) epoch
         assert scores["segment"] == trained["val"]["segment"] and scores["event"] == trained["val"]["event"], preset
+
+
+@pytest.mark.integration  # real local Ray: `valor run` imports, trains two runs, evaluates them
+def test_paper_config_one_command(release, ray_local, tmp_path, capsys):
+    """configs/paper.yaml from the released files: import -> a run per preset/seed -> evaluate, all in MLflow, the
+    Table 1 layout printed; a second `valor run` does nothing."""
+    from workflows import tracking
+
+    out = tmp_path / "paper"
+    db = f"sqlite:///{tmp_path}/mlflow.db"
+    ann = tmp_path / "ann"  # val/test GT of the videos whose files were all good (evaluate scores every GT video)
+    shutil.copytree(release["ann"], ann)
+    for name in ("AVVP_val_pd.csv", "AVVP_test_pd.csv"):
+        lines = (ann / name).read_text().splitlines()
+        (ann / name).write_text("\n".join([lines[0]] + [ln for ln in lines[1:]
+                                                         if ln.split("\t")[0] in set(release["good"])]) + "\n")
+    argv = ["run", "--config", str(REPO / "configs" / "paper.yaml"), f"paths.output={out}",
+            f"paths.annotations={ann}", f"tracking.uri={db}", "released.rows_per_file=16",
+            *[f"released.{opt}={release['roots'][opt]}" for opt in ("feats", "clip", "clap")],
+            "runs=[{preset: han, seed: 1}, {preset: valor++, seed: 87}]",
+            "train.model.hidden=32", "train.model.ff=64", "train.model.heads=1", "train.optim.epochs=1",
+            "train.optim.batch_size=8", "train.optim.warmup_epochs=0", "train.optim.step_size=1", "--json"]
+    rc, stdout, err = _main(argv, capsys)
+    assert rc == 0, err[-3000:]
+    s = json.loads(stdout.strip().splitlines()[-1])
+    assert s["ran"] == ["import", "train", "evaluate"]
+    assert {k: s["stages"][k]["status"] for k in ("extract", "tune", "harvest")} == dict.fromkeys(
+        ("extract", "tune", "harvest"), "disabled")
+    assert s["results"]["import"]["videos"] == len(release["good"])
+    runs = s["results"]["train"]["runs"]
+    assert sorted(runs) == ["han-seed1", "valor++-seed87"]
+    for name, trained in runs.items():
+        assert Path(trained["checkpoint"]).is_relative_to(out / "train" / name)
+    ev = json.loads((out / "eval.json").read_text())["runs"]
+    assert sorted(ev) == sorted(runs) and all(ev[n]["test"]["videos"] > 0 for n in ev)
+    # the printed table is the eval.json numbers, one row per run
+    rows = {ln.split()[0]: ln.split()[1:] for ln in stdout.splitlines() if ln.split()[:1] and ln.split()[0] in runs}
+    for name in runs:
+        seg = ev[name]["test"]["segment"]
+        assert rows[name][:5] == [f"{seg[k]:.2f}" for k in ("audio", "visual", "av", "type", "event")]
+    # every run its own MLflow run, with its seed, labels from the released pseudo-labels
+    c = tracking.client(db)
+    exp = c.get_experiment_by_name("valor-paper")
+    found = {r.info.run_name: r for r in c.search_runs([exp.experiment_id])}
+    assert set(found) == {"valor-paper-han-seed1", "valor-paper-valor++-seed87"}
+    assert found["valor-paper-valor++-seed87"].data.params["seed"] == "87"
+    assert found["valor-paper-han-seed1"].data.params["data.labels"] == "imported pseudo-labels"
+    rc, stdout, err = _main(argv, capsys)
+    assert rc == 0 and json.loads(stdout.strip().splitlines()[-1])["ran"] == []

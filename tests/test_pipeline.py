@@ -293,7 +293,8 @@ def test_demo_stage_calls_valor_demo_and_is_skipped_after(tmp_path, monkeypatch)
     _, status = run("demo.args=['--epochs', '2']")
     assert status["demo"] == "ran" and status["train"] == "skipped" and len(calls) == 2
     _, status = run("demo.args=['--epochs', '3']")  # its own section only: nothing else re-runs
-    assert status["demo"] == "ran" and set(status.values()) == {"ran", "skipped"} and calls[-1].epochs == 3
+    assert status["demo"] == "ran" and status.pop("import") == "disabled" and set(status.values()) == {"ran", "skipped"}
+    assert calls[-1].epochs == 3
     assert [k for k, v in status.items() if v == "ran"] == ["demo"]
     with pytest.raises(engine.PipelineError, match=r"demo.args \['--nope'\]: not valid `valor demo` arguments"):
         run("demo.args=['--nope']")

@@ -82,6 +82,23 @@ def format_table(runs: list[dict[str, Any]], splits=("val", "test")) -> str:
     return "\n".join(lines)
 
 
+def paper_table(scores: dict[str, dict], split: str = "test") -> str:
+    """VALOR Table 1's layout: one row per run ({name: {split: {level: {key: F}}}}), segment-level then event-level
+    A, V, AV, Type@AV, Event@AV of `split`."""
+    heads = ("A", "V", "AV", "Type", "Event")
+    width = max([len(n) for n in scores] + [6])
+    lines = [f"{split:<{width}s}  " + "  ".join(f"{'segment-level':^34s}" if lvl == "segment" else f"{'event-level':^34s}"
+                                                 for lvl in LEVELS),
+             f"{'run':<{width}s}  " + "  ".join(" ".join(f"{h:>6s}" for h in heads) for _ in LEVELS)]
+    for name, s in scores.items():
+        cells = []
+        for lvl in LEVELS:
+            tab = (s.get(split) or {}).get(lvl) or {}
+            cells.append(" ".join(f"{tab[k]:6.2f}" if tab.get(k) is not None else f"{'-':>6s}" for k in KEYS))
+        lines.append(f"{name:<{width}s}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("compare", help="training runs side by side (MLflow): preset, labels, val/test metrics",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

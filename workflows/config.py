@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 from tuning.config import TuneConfig
 from valor_core.config import LabelConfig, MediaConfig, TeacherConfig, TrainConfig, to_dict
 from valor_core.configio import ConfigError, apply_overrides, build, read_yaml
 
-__all__ = ["ConfigError", "StorageConfig", "ExtractConfig", "HarvestConfig", "PathsConfig", "CorpusConfig", "RayConfig",
+__all__ = ["ConfigError", "StorageConfig", "ExtractConfig", "HarvestConfig", "ReleasedConfig", "PathsConfig", "CorpusConfig", "RayConfig",
            "TrackingConfig", "DemoConfig", "PipelineConfig", "load_config", "redacted", "is_secret", "is_secret_env",
            "SECRET_KEYS"]
 
@@ -43,7 +43,7 @@ class ExtractConfig:
     LIMITS: ClassVar[dict] = {"decode_batch_size": ">= 1", "decode_num_cpus": "> 0", "clip_batch_size": ">= 1",
                               "clap_batch_size": ">= 1", "clip_actors": ">= 1", "clap_actors": ">= 1",
                               "num_gpus": ">= 0", "actor_num_cpus": "> 0", "torch_threads": ">= 0",
-                              "rows_per_file": ">= 1"}
+                              "rows_per_file": ">= 1", "backbone_batch_size": ">= 1", "backbone_actors": ">= 1"}
 
     decode_batch_size: int = 2  # videos per decode task call (CPU tasks; frames are resized there)
     decode_num_cpus: float = 1.0
@@ -58,6 +58,16 @@ class ExtractConfig:
     dense: bool = False  # also store CLIP embeddings of the 8-fps frame stack (clip_dense_emb, (80, d) per video)
     retry_failed: bool = False  # re-run videos that have a row in the failures table (default: they count as skipped)
     mixed_teachers: bool = False  # add to a dataset made with other teachers/media (default: an error)
+    # what to extract (valor_core.backbones.FEATURES): the teachers clip, clap and the paper's backbones vggish, res152,
+    # r2plus1d, clap_maps (columns/shapes of `valor import llp`); res152/r2plus1d decode the 8-fps stack too
+    features: tuple[Literal["clip", "clap", "vggish", "res152", "r2plus1d", "clap_maps"], ...] = ("clip", "clap")
+    # backbone weights: "" = the torch hub cache file (never downloaded), a local path, or "random" (tests)
+    vggish_weights: str = ""
+    vggish_pca: str = ""  # torchvggish's PCA params file: PCA + quantisation as the reference postprocessor; "" = none
+    res152_weights: str = ""
+    r2plus1d_weights: str = ""
+    backbone_batch_size: int = 4  # videos per backbone actor call
+    backbone_actors: tuple[int, int] = (1, 1)  # ActorPoolStrategy(min_size, max_size) per backbone
 
 
 # --- harvest -------------------------------------------------------------------------------------------------------
@@ -72,9 +82,29 @@ class HarvestConfig:
 
     LIMITS: ClassVar[dict] = {"rows_per_file": ">= 1"}
 
-    thresholds_json: Optional[str] = None  # `valor tune thresholds --out` file (local path or URI)
+    thresholds_json: Optional[str] = None  # `valor tune thresholds --out` file (local path or URI), or "table6" (VALOR
+    #                                         Table 6, the paper's); set, `valor run` has no tune stage
     rows_per_file: int = 4096  # videos per Parquet file
     splits: tuple[str, ...] = ()  # () = every split in the features dataset
+
+
+@dataclass(frozen=True)
+class ReleasedConfig:
+    """The released LLP feature files `valor run` imports instead of extracting from videos (`valor import llp`,
+    workflows/importer.py): set any root to use them (local dirs or s3://). The run then trains on the imported VALOR
+    segment pseudo-labels -- VALOR's own Table 6 harvest of its teachers -- with no tune or harvest stage: the released
+    files hold no teacher logits to re-harvest."""
+
+    LIMITS: ClassVar[dict] = {"rows_per_file": ">= 1"}
+
+    feats: Optional[str] = None  # AVVP-ECCV20 feats/: vggish/, res152/, r2plus1d_18/
+    clip: Optional[str] = None  # VALOR CLIP.zip CLIP/: features/, segment_pseudo_labels/
+    clap: Optional[str] = None  # VALOR CLAP.zip CLAP/: features/, segment_pseudo_labels/
+    rows_per_file: int = 256
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.feats, self.clip, self.clap))
 
 
 # --- pipeline: one YAML names everything ---------------------------------------------------------------------------
@@ -88,7 +118,8 @@ class PathsConfig:
 
     videos: str = "runs/demo/videos"  # video root (<video_id>.mp4 files), local dir or s3://
     manifest: Optional[str] = None  # videos to process: LLP-style CSV (filename, event_labels[, split]); None = <videos>/manifest.csv
-    annotations: str = "runs/demo/videos"  # dir with AVVP_eval_audio.csv / AVVP_eval_visual.csv (dense val/test GT)
+    annotations: Optional[str] = "runs/demo/videos"  # dir with the LLP CSVs (weak labels, dense val/test GT); null =
+    #                                                  the annotations shipped with valor (valor_core/data/llp)
     output: str = "runs/local"  # stage outputs: features/, labels/, thresholds.json, train/, eval.json, config.yaml
     work: str = "runs/cache"  # local scratch: tiny teachers, HF caches (never on S3)
 
@@ -136,11 +167,21 @@ class DemoConfig:
 def load_config(path: Optional[str], overrides: Optional[list[str]] = None) -> "PipelineConfig":
     """Read a pipeline YAML (None = all defaults), apply `key=value` overrides, and type-check it into PipelineConfig."""
     data = apply_overrides(read_yaml(path), list(overrides or []))
+    if isinstance(data.get("runs"), list):  # each run is the `train` section with its own keys on top
+        data["runs"] = [merged(data.get("train") or {}, run) if isinstance(run, dict) else run for run in data["runs"]]
     try:
         return build(PipelineConfig, data)
     except ConfigError as err:
         source = path if path is not None else "built-in defaults"
         raise ConfigError(f"{source}{' + overrides' if overrides else ''}: {err}") from None
+
+
+def merged(base: dict, top: dict) -> dict:
+    """`base` with `top`'s keys on top, mappings merged key by key (a run of `runs:` over the `train:` section)."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 SECRET_KEYS = ("access_key", "secret_key", "token", "password", "secret", "credentials")
@@ -190,6 +231,10 @@ class PipelineConfig:
     # only for `valor train` on its own)
     thresholds: LabelConfig = field(default_factory=LabelConfig)
     harvest: HarvestConfig = field(default_factory=HarvestConfig)
+    released: ReleasedConfig = field(default_factory=ReleasedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # several training runs (e.g. the paper's presets with their official seeds): each is the `train` section with its
+    # own keys on top, trained to train/<preset>-seed<seed>, evaluated, and logged as its own MLflow run; () = one run
+    runs: tuple[TrainConfig, ...] = ()
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)

@@ -3,10 +3,12 @@
     corpus/teachers (prepare: the demo corpus and tiny teachers are created on first use when the config asks for them)
         │
     extract   videos + manifest ──► <output>/features (+ failures)            Ray Data, CLIP/CLAP actors
+    import    released files    ──► <output>/features (+ failures)            Ray Data (`released.*` set; then no
+                                                                              tune/harvest: the released pseudo-labels)
     tune      features + val GT ──► <output>/thresholds.json                  Ray Tune
     harvest   features + θ      ──► <output>/labels                           Ray Data
-    train     features + labels ──► <output>/train (checkpoints) + MLflow run Ray Train
-    evaluate  checkpoint        ──► <output>/eval.json (+ MLflow metrics)
+    train     features + labels ──► <output>/train (checkpoints) + MLflow run Ray Train (every run of `runs:`)
+    evaluate  checkpoint        ──► <output>/eval.json (+ MLflow metrics)   with `runs:`, a Table-1 layout of test
     demo      LLP-sim (no Ray) ──► <demo.out>/demo.{png,json,txt}               `valor demo` in-process (demo.enabled)
 
 Skipping: each stage has a fingerprint of what defines its outputs and a completion marker (workflows/pipeline/
@@ -31,6 +33,7 @@ import json
 import sys
 from typing import Any
 
+from workflows.compare import paper_table
 from workflows.config import ConfigError, PipelineConfig, load_config, redacted
 from workflows.objstore import StorageError
 from workflows.outputs import LockedError, OwnershipError
@@ -105,6 +108,9 @@ def main(args: argparse.Namespace) -> int:
     elif not ran:
         print("valor run: nothing to do (all stages up to date for this config)")
     s = summary(cfg, reports)
+    evaluated = s["results"].get("evaluate") or {}
+    if not args.plan and "runs" in evaluated:
+        print(paper_table(evaluated["runs"], "test"))
     if not args.plan:
         print(where_things_are(s))
     if args.json:

@@ -204,7 +204,7 @@ def execute(cfg: PipelineConfig, stages: tuple[Stage, ...], runners: dict[str, R
             todo.append(st)
     if only is not None and todo:
         st = todo[0]
-        stale = [i for i in st.inputs if status[i]["state"] != "done"]
+        stale = [i for i in st.inputs if status[i]["state"] == "todo"]
         if stale:
             raise PipelineError(f"--stage {only}: its input stage(s) {', '.join(stale)} are not up to date for this "
                                 f"config ({'; '.join(status[i]['reason'] for i in stale)}); run them first "

@@ -4,8 +4,8 @@
                  /failures        its failures table
                  /labels          harvested labels
                  /thresholds.json the tuned thresholds
-                 /train           Ray Train checkpoints
-                 /eval.json       val/test scores
+                 /train           Ray Train checkpoints (with `runs:`, one folder per run: train/<preset>-seed<seed>)
+                 /eval.json       val/test scores (with `runs:`, {"runs": {<run>: scores}})
                  /config.yaml     the resolved config (credentials redacted)
                  /_pipeline/<stage>.json          completion markers (<stage>.started.json while it runs)
     <tracking.uri>                MLflow; default sqlite:///<output>/mlflow.db (<paths.work>/mlflow.db when on S3)
@@ -19,6 +19,8 @@ import posixpath
 from dataclasses import dataclass
 from typing import Optional
 
+from valor_core.llp import default_annotations
+from valor_core.config import TrainConfig
 from workflows.config import ConfigError, PipelineConfig
 from workflows.features import failures_uri, labels_uri
 
@@ -58,12 +60,13 @@ def resolve(cfg: PipelineConfig) -> PipelineConfig:
     output root valor must not write into)."""
     p = cfg.paths
     check_output(p.output)
+    train_runs(cfg)
     videos = _abs_local(p.videos)
     paths = dataclasses.replace(
         p,
         videos=videos,
         manifest=_abs_local(p.manifest) if p.manifest else posixpath.join(videos, "manifest.csv"),
-        annotations=_abs_local(p.annotations),
+        annotations=_abs_local(p.annotations or default_annotations()),
         output=_abs_local(p.output).rstrip("/"),
         work=_abs_local(p.work),
     )
@@ -108,6 +111,10 @@ class Layout:
     def config(self) -> str:
         return posixpath.join(self.output, "config.yaml")
 
+    def train_run(self, name: str) -> str:
+        """The checkpoints of run `name` of a config with `runs:` (run_name)."""
+        return posixpath.join(self.train, name)
+
     def uri(self, key: str) -> str:
         """The URI of output `key` (one of OUTPUTS)."""
         if key not in OUTPUTS:
@@ -117,3 +124,19 @@ class Layout:
     def marker(self, stage: str, kind: str = "done") -> str:
         suffix = "" if kind == "done" else f".{kind}"
         return posixpath.join(self.output, MARKER_DIR, f"{stage}{suffix}.json")
+
+
+def run_name(cfg: TrainConfig) -> str:
+    """The name of one run of `runs:`: its folder under train/ and its MLflow run name's suffix."""
+    return f"{cfg.preset}-seed{cfg.seed}"
+
+
+def train_runs(cfg: PipelineConfig) -> dict[str, TrainConfig]:
+    """{run name: TrainConfig} of a config with `runs:` (ConfigError for two runs of one name); {} without."""
+    out: dict[str, TrainConfig] = {}
+    for run in cfg.runs:
+        name = run_name(run)
+        if name in out:
+            raise ConfigError(f"runs: two runs are named {name} (preset and seed must differ)")
+        out[name] = run
+    return out

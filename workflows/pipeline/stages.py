@@ -3,11 +3,16 @@ same function its `valor <stage>` command calls) with the pipeline's resolved co
 re-implements a stage.
 
     extract   videos + manifest ──► <output>/features (+ failures)            workflows.extract.run_extract
+    import    released files    ──► <output>/features (+ failures)            workflows.importer.run_import
     tune      features + val GT ──► <output>/thresholds.json (+ MLflow run)   workflows.tune.tune_and_record
     harvest   features + θ      ──► <output>/labels                           workflows.harvest.harvest
     train     features + labels ──► <output>/train (checkpoints) + MLflow run workflows.train_ray.train
     evaluate  checkpoint        ──► <output>/eval.json (+ MLflow metrics)     workflows.evaluate.evaluate_checkpoint
     demo      LLP-sim (no Ray)  ──► <demo.out>/demo.{png,json,txt}            workflows.demo.run_demo
+
+Which stages a config has: `released.*` set -> import instead of extract, and no tune or harvest (training uses the
+imported VALOR pseudo-labels); `harvest.thresholds_json` set (a file or "table6") -> no tune. With `runs:`, train and
+evaluate do every run (layout.train_runs).
 
 What each stage's fingerprint hashes (its *section*) is what defines its outputs: the label rule (`thresholds.*`,
 including the one `filter_by_weak` knob) feeds tune and harvest; `train.labels` is not hashed (in a pipeline the
@@ -20,11 +25,13 @@ from typing import Callable, Optional
 
 from tuning.config import TuneResources
 from valor_core.config import to_dict
-from workflows import demo, evaluate, extract, harvest, tracking, tune
+from workflows import demo, evaluate, extract, harvest, importer, tracking, tune
 from workflows.config import PipelineConfig
 from workflows.pipeline.engine import (Context, PipelineError, Runner, Stage, StageReport, Store, annotations_digest,
                                        execute, file_digest)
+from workflows.pipeline.layout import train_runs
 from workflows.pipeline.prepare import prepare_inputs
+from workflows.outputs import claim
 from workflows.runtime import start_ray
 from workflows.trainset import load_training_data
 
@@ -38,6 +45,11 @@ def _extract_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict
             "extract": {k: v for k, v in to_dict(cfg.extract).items() if k not in speed_only}}
 
 
+def _import_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict:
+    released = {k: v for k, v in to_dict(cfg.released).items() if k != "rows_per_file"}
+    return {"released": released, "annotations": annotations_digest(cfg.paths.annotations, store)}
+
+
 def _tune_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict:
     return {"annotations": annotations_digest(cfg.paths.annotations, store), "tune": to_dict(cfg.tune),
             "filter_by_weak": cfg.thresholds.filter_by_weak}
@@ -49,8 +61,11 @@ def _harvest_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict
 
 
 def _train_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict:
-    train = {k: v for k, v in to_dict(cfg.train).items() if k != "labels"}
-    return {"train": train, "annotations": annotations_digest(cfg.paths.annotations, store)}
+    def section(t) -> dict:
+        return {k: v for k, v in to_dict(t).items() if k != "labels"}
+
+    return {"train": section(cfg.train), "runs": {name: section(t) for name, t in train_runs(cfg).items()},
+            "annotations": annotations_digest(cfg.paths.annotations, store)}
 
 
 def _evaluate_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict:
@@ -67,12 +82,15 @@ def _demo_files(cfg: PipelineConfig) -> tuple[str, ...]:
 
 STAGES: tuple[Stage, ...] = (
     Stage("extract", (), _extract_section, ("features",), resumable=True, also_clears=("failures",),
-          help="decode videos, CLIP/CLAP logits + embeddings -> Parquet"),
+          enabled=lambda c: not c.released.enabled, help="decode videos, CLIP/CLAP logits + embeddings -> Parquet"),
+    Stage("import", (), _import_section, ("features",), resumable=True, also_clears=("failures",),
+          enabled=lambda c: c.released.enabled, help="the released LLP feature files -> Parquet (instead of extract)"),
     Stage("tune", ("extract",), _tune_section, ("thresholds",),
+          enabled=lambda c: not c.released.enabled and not c.harvest.thresholds_json,
           help="Ray Tune per-class thresholds on val -> thresholds.json"),
-    Stage("harvest", ("extract", "tune"), _harvest_section, ("labels",),
+    Stage("harvest", ("extract", "tune"), _harvest_section, ("labels",), enabled=lambda c: not c.released.enabled,
           help="thresholds AND weak labels -> harvested labels Parquet"),
-    Stage("train", ("extract", "harvest"), _train_section, ("train",),
+    Stage("train", ("extract", "import", "harvest"), _train_section, ("train",),
           help="Ray Train DDP HAN + MLflow run + checkpoint"),
     Stage("evaluate", ("train",), _evaluate_section, ("eval",),
           help="official segment/event F on val/test -> eval.json + MLflow"),
@@ -94,6 +112,15 @@ def run_extract(ctx: Context) -> dict:
         raise PipelineError(f"extract: no video succeeded ({s.failed} failed; see {s.failures})")
     return {**s.contract(), "partial": s.partial, "failures": s.failures, "run_id": s.run_id,
             "failed_by_stage": s.by_stage}
+
+
+def run_import(ctx: Context) -> dict:
+    cfg, r = ctx.cfg, ctx.cfg.released
+    s = importer.run_import(r.feats, ctx.layout.features, clip=r.clip, clap=r.clap, annotations=cfg.paths.annotations,
+                            storage=cfg.storage, rows_per_file=r.rows_per_file, log=ctx.log)
+    if s.videos + s.skipped == 0:
+        raise PipelineError(f"import: no video imported ({s.failed} failed; see {s.failures})")
+    return {**s.contract(), "failures": s.failures, "run_id": s.run_id, "failed_by_kind": s.by_kind}
 
 
 def run_tune(ctx: Context) -> dict:
@@ -122,31 +149,54 @@ def run_harvest(ctx: Context) -> dict:
 
 
 def run_train(ctx: Context) -> dict:
-    """One MLflow run with the resolved pipeline config as its parameters (`data.pipeline.*`) and as an artifact
-    (pipeline/config.json); checkpoints in train/."""
+    """One MLflow run per training run with the resolved pipeline config as its parameters (`data.pipeline.*`) and as
+    an artifact (pipeline/config.json); checkpoints in train/ (train/<run> with `runs:`)."""
+    runs = train_runs(ctx.cfg)
+    if not runs:
+        return _train_one(ctx, ctx.cfg.train, ctx.layout.train, f"{ctx.cfg.name}-{ctx.cfg.train.preset}")
+    claim(ctx.layout.train, "checkpoints", opts=ctx.store.opts)
+    out = {}
+    for name, tcfg in runs.items():
+        ctx.log(f"[valor run] train: run {name} ({len(out) + 1} of {len(runs)})")
+        out[name] = _train_one(ctx, tcfg, ctx.layout.train_run(name), f"{ctx.cfg.name}-{name}")
+    return {"runs": out}
+
+
+def _train_one(ctx: Context, tcfg, storage: str, run_name: str) -> dict:
     from workflows import train_ray  # torch-bound: imported where used, so `valor run --plan` starts without torch
 
     cfg = ctx.cfg
-    data, tcfg, meta = load_training_data(ctx.layout.features, cfg.train, labels=ctx.layout.labels,
-                                          annotations=cfg.paths.annotations)
+    labels = None if cfg.released.enabled else ctx.layout.labels  # released: the imported pseudo-labels
+    data, tcfg, meta = load_training_data(ctx.layout.features, tcfg, labels=labels, annotations=cfg.paths.annotations)
     meta["pipeline"] = ctx.resolved
-    outcome = train_ray.train(tcfg, data, workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+    outcome = train_ray.train(tcfg, data, workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
                               tracking_uri=cfg.tracking.uri, experiment=cfg.tracking.experiment,
-                              storage=ctx.layout.train, run_name=f"{cfg.name}-{tcfg.preset}", data_meta=meta)
+                              storage=storage, run_name=run_name, data_meta=meta)
     if outcome.run_id:
         tracking.log_json(cfg.tracking.uri, outcome.run_id, ctx.resolved, "pipeline", "config.json")
     return outcome.as_json()
 
 
 def run_evaluate(ctx: Context) -> dict:
-    cfg = ctx.cfg
     trained = ctx.results.get("train", {})
+    if "runs" not in trained:
+        out = _evaluate_one(ctx, trained)
+        ctx.store.write_json(ctx.layout.eval, out)
+        return _scores(out)
+    outs = {name: _evaluate_one(ctx, t) for name, t in trained["runs"].items()}
+    ctx.store.write_json(ctx.layout.eval, {"runs": outs})
+    return {"runs": {name: _scores(out) for name, out in outs.items()}}
+
+
+def _evaluate_one(ctx: Context, trained: dict) -> dict:
     ref = trained.get("run_id") or trained.get("checkpoint")
     if not ref:
         raise PipelineError("evaluate: the train stage recorded no run id or checkpoint")
-    out = evaluate.evaluate_checkpoint(ref, features=ctx.layout.features, annotations=cfg.paths.annotations,
-                                       tracking_uri=cfg.tracking.uri, run_id=trained.get("run_id"))
-    ctx.store.write_json(ctx.layout.eval, out)
+    return evaluate.evaluate_checkpoint(ref, features=ctx.layout.features, annotations=ctx.cfg.paths.annotations,
+                                        tracking_uri=ctx.cfg.tracking.uri, run_id=trained.get("run_id"))
+
+
+def _scores(out: dict) -> dict:
     return {name: {lvl: out[name][lvl] for lvl in ("segment", "event")} for name in evaluate.SPLITS}
 
 
@@ -171,8 +221,8 @@ def run_demo(ctx: Context) -> dict:
                for m in demo.MODELS}}
 
 
-RUNNERS: dict[str, Runner] = dict(extract=run_extract, tune=run_tune, harvest=run_harvest, train=run_train,
-                                  evaluate=run_evaluate, demo=run_demo)
+RUNNERS: dict[str, Runner] = {"extract": run_extract, "import": run_import, "tune": run_tune, "harvest": run_harvest,
+                               "train": run_train, "evaluate": run_evaluate, "demo": run_demo}
 
 
 def start_pipeline_ray(cfg: PipelineConfig, env: dict) -> Callable[[], None]:
