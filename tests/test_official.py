@@ -292,3 +292,31 @@ def test_predict_from_a_valor_checkpoint(tmp_path, capsys):
     old["preset"] = "han"
     del old["model"]["update"], old["model"]["audio_steps"]
     assert config_from_dict(old).model == get_preset("han-valor").model
+
+
+@pytest.mark.integration  # real S3 (SeaweedFS on loopback)
+def test_official_checkpoint_on_s3(han_checkpoint, tmp_path, monkeypatch, capsys):
+    """`official:han:s3://…` predicts what the local file does; a missing object is a one-line error naming it."""
+    from workflows import objstore, s3server as storage
+
+    local = str(tmp_path / "local.npz")
+    assert main(["predict", "--checkpoint", f"official:han:{han_checkpoint}", "--features", "sim:0", "--split", "val",
+                 "--out", local, "--annotations", str(LLP_DIR), "--json"]) == 0
+    capsys.readouterr()
+    with storage.running(tmp_path / "s3") as s3:
+        for k, v in s3.env().items():
+            monkeypatch.setenv(k, v)
+        uri = f"s3://{s3.bucket}/models/model_HAN/checkpoint_best.pt"
+        objstore.write_bytes(uri, open(han_checkpoint, "rb").read(), objstore.s3_options(s3.config()))
+        remote = str(tmp_path / "remote.npz")
+        assert main(["predict", "--checkpoint", f"official:han:{uri}", "--features", "sim:0", "--split", "val",
+                     "--out", remote, "--annotations", str(LLP_DIR), "--json"]) == 0
+        assert _last_json(capsys)["videos"] == 649
+        with np.load(local) as a, np.load(remote) as b:
+            for key in ("segment_prob", "global_prob", "audio", "visual"):
+                np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        missing = f"s3://{s3.bucket}/models/nope.pt"
+        assert main(["predict", "--checkpoint", f"official:han:{missing}", "--features", "sim:0", "--split", "val",
+                     "--out", str(tmp_path / "x.npz"), "--annotations", str(LLP_DIR)]) == 1
+        err = capsys.readouterr().err
+        assert missing in err and len(err.strip().splitlines()) == 1

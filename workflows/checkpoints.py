@@ -102,6 +102,9 @@ def _download(uri: str, single: bool = False) -> str:
     import pyarrow.fs as pafs
 
     fs, path = objstore.fs_for(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound or (single and info.type != pafs.FileType.File):
+        raise FileNotFoundError(f"{uri}: no such checkpoint {'file' if single else 'prefix'}")
     local = tempfile.mkdtemp(prefix="valor-ckpt-")
     if single:
         local = os.path.join(local, os.path.basename(path) or "checkpoint.pt")
