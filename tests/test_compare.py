@@ -88,3 +88,29 @@ def test_classwise_f_and_figures(tmp_path):
     for path in (figures.plot_classwise(gt_a, gt_v, gt_a, gt_v, str(tmp_path / "c.png")),
                  figures.plot_timelines(ids, gt_a, 1 - gt_v, gt_a, gt_v, str(tmp_path / "t.png"))):
         assert open(path, "rb").read(4) == b"\x89PNG"
+
+
+def test_compare_table_markdown_and_png(tmp_path, capsys):
+    """`valor compare --table`: the finished runs in the Table 1 layout, the same numbers as MLflow holds."""
+    from workflows.cli import main
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    for name, preset, base in (("han-t", "han", 40.0), ("valor-t", "valor", 50.0)):
+        _fake_run(uri, name, preset, "on the fly", base)
+    _fake_run(uri, "open", "valor+", "on the fly", 30.0, finished=False)
+    capsys.readouterr()
+    assert main(["compare", "--tracking-uri", uri, "--table", "--out", str(tmp_path / "t"), "--json"]) == 0
+    out = capsys.readouterr().out
+    info = json.loads(out.strip().splitlines()[-1])
+    assert info["runs"] == 2
+    md = (tmp_path / "t" / "valor.md").read_text()
+    rows = {tuple(c.strip() for c in ln.strip("|").split("|")[:2]): ln for ln in md.splitlines() if ln.startswith("| ")}
+    cells = [c.strip() for c in rows[("valor-t", "test")].strip("|").split("|")]
+    assert cells[2:] == [f"{v:.2f}" for v in (51, 52, 53, 54, 55, 41, 42, 43, 44, 45)]  # _scores(base + 1) for test
+    assert ("open", "val") not in rows
+    printed = [ln.split() for ln in out.splitlines() if ln.startswith("han-t")]
+    assert printed[0][1:6] == ["40.00", "41.00", "42.00", "43.00", "44.00"]  # val comes first
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(tmp_path / "t" / "valor.png")
+    assert img.shape[0] > 50 and img.shape[1] > 300 and (img[..., :3] < 0.5).any()  # text was drawn

@@ -1,6 +1,8 @@
 """`valor compare`: training runs side by side, from MLflow (the same store `mlflow ui` shows).
 
     valor compare [--tracking-uri URI] [--experiment E] [--runs ID ...] [--split val|test|both] [--json]
+    valor compare --experiment E --table [--out DIR]     every finished run in VALOR's Table 1 layout, printed and
+                                                         written as DIR/<E>.md and DIR/<E>.png (default runs/compare)
 
 One row per `valor train` run of the experiment (newest first): run id, name, status, preset, features, labels, teachers,
 best epoch, and the final val/test numbers (segment and event level: audio, visual, AV, Type@AV, Event@AV).
@@ -99,6 +101,59 @@ def paper_table(scores: dict[str, dict], split: str = "test") -> str:
     return "\n".join(lines)
 
 
+def table_scores(runs: list[dict[str, Any]]) -> dict[str, dict]:
+    """{row name: {"val": ..., "test": ...}} of the finished runs (oldest first), named by run name (else id)."""
+    out: dict[str, dict] = {}
+    for r in reversed(runs):
+        if r.get("val") is None and r.get("test") is None:
+            continue
+        name = str(r.get("run_name") or r["run_id"][:8])
+        if name in out:
+            name = f"{name} ({r['run_id'][:8]})"
+        out[name] = {"val": r.get("val"), "test": r.get("test")}
+    return out
+
+
+def markdown_table(scores: dict[str, dict], splits=("val", "test")) -> str:
+    """The Table 1 layout as Markdown: a row per run and split, segment- then event-level F."""
+    heads = [f"{lvl[:3]}. {h}" for lvl in LEVELS for h in ("A", "V", "AV", "Type@AV", "Event@AV")]
+    lines = ["| run | split | " + " | ".join(heads) + " |", "|---|---|" + "---:|" * len(heads)]
+    for name, s in scores.items():
+        for split in splits:
+            cells = [(s.get(split) or {}).get(lvl, {}).get(k) for lvl in LEVELS for k in KEYS]
+            lines.append(f"| {name} | {split} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(scores: dict[str, dict], out_dir: str, name: str) -> tuple[str, str]:
+    """DIR/<name>.md and DIR/<name>.png of the Table 1 layout; returns their paths."""
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    md, png = os.path.join(out_dir, f"{name}.md"), os.path.join(out_dir, f"{name}.png")
+    with open(md, "w") as fh:
+        fh.write(f"# {name}\n\n" + markdown_table(scores))
+    cols = ["run", "split"] + [f"{lvl[:3]}. {h}" for lvl in LEVELS for h in ("A", "V", "AV", "Type", "Event")]
+    rows = [[n, split] + ["-" if v is None else f"{v:.2f}" for v in
+                          ((s.get(split) or {}).get(lvl, {}).get(k) for lvl in LEVELS for k in KEYS)]
+            for n, s in scores.items() for split in ("val", "test")]
+    fig, ax = plt.subplots(figsize=(14, 0.6 + 0.32 * max(1, len(rows))))
+    ax.axis("off")
+    tab = ax.table(cellText=rows or [["-"] * len(cols)], colLabels=cols, loc="center", cellLoc="right")
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(8)
+    tab.auto_set_column_width(list(range(len(cols))))
+    ax.set_title(f"{name}: segment- and event-level F (VALOR Table 1 layout)", fontsize=9)
+    fig.savefig(png, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return md, png
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("compare", help="training runs side by side (MLflow): preset, labels, val/test metrics",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,6 +163,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--runs", nargs="+", default=None, metavar="ID", help="only these run ids")
     p.add_argument("--split", choices=("val", "test", "both"), default="both", help="table columns (text output)")
     p.add_argument("--json", action="store_true", help="print a JSON list of runs")
+    p.add_argument("--table", action="store_true", help="every finished run in VALOR's Table 1 layout (val and "
+                   "test), printed and written as DIR/<experiment>.md and .png")
+    p.add_argument("--out", default="runs/compare", metavar="DIR", help="where --table writes (default runs/compare)")
     p.set_defaults(func=run)
 
 
@@ -117,7 +175,14 @@ def run(args: argparse.Namespace) -> int:
     except Exception as err:  # unreachable server, unknown run id, ...
         print(f"valor compare: error: {err}", file=sys.stderr)
         return 1
-    if args.json:
+    if args.table:
+        scores = table_scores(runs)
+        print("\n\n".join(paper_table(scores, split) for split in ("val", "test")))
+        md, png = write_table(scores, args.out, args.experiment)
+        print(f"valor compare: {len(scores)} run(s) -> {md}, {png}")
+        if args.json:
+            print(json.dumps({"runs": len(scores), "markdown": md, "png": png}))
+    elif args.json:
         print(json.dumps(runs))
     else:
         splits = ("val", "test") if args.split == "both" else (args.split,)
