@@ -1,6 +1,7 @@
 """Extraction bench: Ray Data pipeline vs a plain in-process loop, memory flatness, and GPU frames/s.
 
     .venv/bin/python bench/extract.py [--videos 24] [--mem 100,1000] [--skip-throughput] [--skip-memory] [--gpu]
+        [--backbones all [--bb-videos 2] [--bb-device cpu]]
 
 1. Throughput (10-s 320x180 H.264+AAC clips, tiny random-init teachers through open_clip / laion_clap, CPU):
    plain   = for each video: decode -> CLIP.segment_logits -> CLAP.segment_logits, in this process (teachers loaded
@@ -16,6 +17,10 @@
    in a fresh process. flat = peak(1000) / peak(100) (target <= 1.1).
 3. With a GPU (`--gpu`, or automatically when CUDA is there): CLIP ViT-L-14 (random weights) bf16 image-tower frames/s
    on one GPU through the teacher's own encode path (goal >= 3,000 frames/s on one H100).
+4. Backbones (`--backbones vggish,res152,r2plus1d,clap_maps` or `all`; in-process, no Ray, random weights, the tiny
+   CLAP for clap_maps): `--bb-videos` 10-s clips decoded once with the 8-fps stack (timed), then each backbone over
+   them: videos/s and network items/s (VGGish examples, ResNet frames, R(2+1)D snippets, CLAP clips) on `--bb-device`
+   (cpu by default), and decode share = decode time / (decode + all backbone time).
 The last line is one JSON object with every number.
 """
 from __future__ import annotations
@@ -57,7 +62,6 @@ class StubTeacher:
     def segment_logits(self, batch):
         import numpy as np
 
-        n, T = len(batch), len(batch[0])
         feats = np.stack([np.stack([np.resize(np.asarray(seg, np.float32).ravel()[:4096], self.dim) for seg in v])
                           for v in batch])
         feats /= np.linalg.norm(feats, axis=-1, keepdims=True) + 1e-6
@@ -299,6 +303,51 @@ def gpu_frames_per_s(model: str = "ViT-L-14", batch: int = 256, iters: int = 20)
     return {"model": model, "frames_per_s": fps, "device": torch.cuda.get_device_name(0), "batch": batch}
 
 
+# --- 4. backbones ---------------------------------------------------------------------------------------------------
+
+
+def backbones(cache: Path, names: list[str], n: int, device: str) -> dict:
+    import numpy as np
+    import torch
+
+    from valor_core import backbones as bb
+    from valor_core.config import MediaConfig
+    from valor_core.media import decode
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    manifest = corpus(cache, n, 10.0)
+    ids = [line.split("\t")[0] for line in manifest.read_text().splitlines()[1:]][:n]
+    media = MediaConfig(dense_frames=True)
+    t0 = time.perf_counter()
+    decoded = [decode(str(manifest.parent / f"{v}.mp4"), v, media) for v in ids]
+    decode_s = time.perf_counter() - t0
+    dense = np.stack([d.dense_frames for d in decoded])
+    waves = [d.audio.reshape(-1) for d in decoded]
+    items = {"vggish": 10, "res152": dense.shape[1], "r2plus1d": 10, "clap_maps": 1}  # network inputs per video
+    out: dict = {"videos": n, "device": device, "decode_s": round(decode_s, 3),
+                 "decode_videos_per_s": round(n / decode_s, 3), "backbones": {}}
+    total = decode_s
+    for name in names:
+        weights = tiny_specs(cache)["clap"] if name == "clap_maps" else "random"
+        model = bb.build_backbone(name, weights, device)
+        bb.compute_features([name], dense[:1], waves[:1], media.sample_rate, {name: model})  # warm-up
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        bb.compute_features([name], dense, waves, media.sample_rate, {name: model})
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        total += dt
+        out["backbones"][name] = {"seconds": round(dt, 3), "videos_per_s": round(n / dt, 4),
+                                  "items_per_s": round(n * items[name] / dt, 2)}
+        print(f"backbone {name}: {n / dt:.3f} videos/s, {n * items[name] / dt:.1f} items/s", flush=True)
+    out["decode_share"] = round(decode_s / total, 4)
+    print(f"decode: {n / decode_s:.2f} videos/s; decode share of decode + backbones: {out['decode_share']:.1%}",
+          flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", type=int, default=24, help="10-s clips for the throughput comparison")
@@ -309,6 +358,9 @@ def main() -> int:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--gpu", action="store_true", help="also the GPU frames/s figure (automatic when CUDA is there)")
+    ap.add_argument("--backbones", default="", help="vggish,res152,r2plus1d,clap_maps or all (default: skip)")
+    ap.add_argument("--bb-videos", type=int, default=2, help="10-s clips for the backbone figures")
+    ap.add_argument("--bb-device", default="cpu")
     ap.add_argument("--mem-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     cache = Path(args.cache).resolve()
@@ -321,6 +373,11 @@ def main() -> int:
         result["throughput"] = throughput(cache, args.videos, args.num_cpus)
     if not args.skip_memory:
         result["memory"] = memory(cache, [int(x) for x in args.mem.split(",")], args.mem_teacher, args.num_cpus)
+    if args.backbones:
+        from valor_core.backbones import BACKBONES
+
+        names = list(BACKBONES) if args.backbones == "all" else args.backbones.split(",")
+        result["backbones"] = backbones(cache, names, args.bb_videos, args.bb_device)
     import torch
 
     if args.gpu or torch.cuda.is_available():

@@ -108,7 +108,8 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clip", default="ViT-L-14", help="open_clip model name (default ViT-L-14, the paper's)")
-    ap.add_argument("--clap", default="HTSAT-base", help="laion_clap audio tower (default HTSAT-base, the paper's)")
+    ap.add_argument("--clap", default="HTSAT-tiny",
+                    help="laion_clap audio tower (default HTSAT-tiny, the tower of the paper's 630k-fusion-best.pt)")
     ap.add_argument("--batch", type=int, default=0, help="items per forward (default 8 on CPU, 256 on GPU)")
     ap.add_argument("--iters", type=int, default=0, help="timed forwards (default 2 on CPU, 10 on GPU)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")

@@ -115,3 +115,19 @@ def test_missing_targets_are_named(sim):
     with pytest.raises(ValueError, match="clap_logits"):
         to_tensors(bare, small("kd"))
     to_tensors(bare, small("han"))  # the baseline needs weak labels only
+
+
+@pytest.mark.parametrize("preset", ["valor-global", "valor-visual", "valor-audio"])
+def test_table4_rows_train(sim, preset):
+    """Each Table 4 row trains end to end on the harvested labels and is scored on val; the dense visual labels lift
+    val visual F above the baseline's visual term (Table 4: 54.5 -> 66.7) in the same budget."""
+    from valor_core.fit import configure_threads, fit
+
+    configure_threads(1)
+    train, val = sim
+    sub = train.take(np.arange(600))
+    res = fit(sub, val, small(preset, epochs=2, hidden=64))
+    assert np.isfinite(res.history[-1]["loss"]) and 0 < res.val.segment["type"] <= 100
+    if preset == "valor-visual":
+        base = fit(sub, val, small("valor-audio", epochs=2, hidden=64))  # the baseline's visual term
+        assert res.val.segment["visual"] > base.val.segment["visual"]

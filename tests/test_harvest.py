@@ -211,3 +211,23 @@ def test_tune_and_harvest_on_s3(tmp_path, monkeypatch, capsys):
         order = {v: i for i, v in enumerate(val.video_ids)}
         idx = np.array([order[v] for v in t.column("video_id").to_pylist()])
         np.testing.assert_array_equal(a, _reference(clap[idx], val.weak[idx], tuned["audio"]["thresholds"], True))
+
+
+def test_modality_agnostic_labels(tmp_path, capsys):
+    """VALOR Table 2, third row: `--modality-agnostic` gives both modalities a OR v of the modality-aware harvest."""
+    from valor_core.sim import simulate
+    from workflows.cli import main
+
+    val = simulate(LLP_DIR, seed=0, splits=("val",))["val"]
+    a = _reference(val.clap_logits, val.weak, CLAP_THRESHOLDS, True)
+    v = _reference(val.clip_logits, val.weak, CLIP_THRESHOLDS, True)
+    out = tmp_path / "agnostic"
+    assert main(["harvest", "--logits", "sim:0", "--annotations", str(LLP_DIR), "--split", "val", "--out", str(out),
+                 "--modality-agnostic", "--json"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    meta, t = read_labels(str(out))
+    both = (a | v).astype(np.uint8)
+    assert last["modality_agnostic"] is True and meta["modality_agnostic"] is True
+    for col in ("audio_labels", "visual_labels"):
+        np.testing.assert_array_equal(np.asarray(t.column(col).to_pylist(), np.uint8), both)
+    assert last["audio_labels"] == last["visual_labels"] == int(both.sum()) > int(max(a.sum(), v.sum()))

@@ -87,3 +87,25 @@ def test_kd_loss_hand_computed():
 def test_unknown_loss():
     with pytest.raises(ValueError, match="unknown loss"):
         compute_loss("nope", _out([0.5], [0.5], [0.5]), {"weak": torch.ones(1, 1)})
+
+
+def test_table4_rows_hand_computed():
+    """VALOR Table 4's middle rows: global (BCE of p^m against max_t y^m_t), baseline audio + dense visual, dense audio +
+    baseline visual; each against a hand computation on a 2-segment, 2-class video."""
+    y = torch.tensor([[1.0, 1.0]])
+    logits = torch.tensor([[[[0.5, -1.0], [2.0, 0.0]], [[-0.5, 1.0], [0.0, -2.0]]]])  # (B, T=2, M=2, C=2)
+    out = _out([0.8, 0.6], [0.7, 0.4], [0.9, 0.2], logits)
+    a_lab = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])  # class 1 never on in audio
+    v_lab = torch.tensor([[[1.0, 1.0], [1.0, 0.0]]])
+    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    video = (bce(0.8, 1) + bce(0.6, 1)) / 2
+    dense_a = sum(bce(sig(z), t) for z, t in ((0.5, 1), (-1.0, 0), (-0.5, 0), (1.0, 0))) / 4
+    dense_v = sum(bce(sig(z), t) for z, t in ((2.0, 1), (0.0, 1), (0.0, 1), (-2.0, 0))) / 4
+    weak_a = (bce(0.7, 1) + bce(0.4, 1)) / 2
+    weak_v = (bce(0.9, 0.95) + bce(0.2, 0.95)) / 2
+    global_a = (bce(0.7, 1) + bce(0.4, 0)) / 2  # max_t audio labels = [1, 0]
+    global_v = (bce(0.9, 1) + bce(0.2, 1)) / 2
+    batch = {"weak": y, "audio_labels": a_lab, "visual_labels": v_lab}
+    for name, expect in (("valor-global", video + global_a + global_v), ("valor-visual", video + weak_a + dense_v),
+                         ("valor-audio", video + dense_a + weak_v), ("valor", video + dense_a + dense_v)):
+        assert compute_loss(name, out, batch, 0.1).item() == pytest.approx(expect, rel=1e-5), name

@@ -129,11 +129,12 @@ def test_spec_parsing(tmp_path):
     assert parse_clip_spec("ViT-B-32:random") == ("ViT-B-32", None, None)
     with pytest.raises(TeacherError, match="pretrained"):
         parse_clip_spec("ViT-L-14")
+    # a bare path is laion_clap's default tower, HTSAT-tiny, as VALOR loads 630k-fusion-best.pt (CLAP_Module(True))
     assert parse_clap_spec("/w/630k-fusion-best.pt") == {"checkpoint": "/w/630k-fusion-best.pt",
-                                                         "amodel": "HTSAT-base", "enable_fusion": True,
+                                                         "amodel": "HTSAT-tiny", "enable_fusion": True,
                                                          "hf_hub_cache": None}
-    assert parse_clap_spec("HTSAT-tiny:nofusion:/w/c.pt")["enable_fusion"] is False
-    assert parse_clap_spec("HTSAT-tiny:/w/c.pt")["amodel"] == "HTSAT-tiny"
+    assert parse_clap_spec("HTSAT-base:nofusion:/w/c.pt")["enable_fusion"] is False
+    assert parse_clap_spec("HTSAT-base:/w/c.pt")["amodel"] == "HTSAT-base"
     assert parse_clap_spec("random")["checkpoint"] is None
 
 

@@ -73,6 +73,38 @@ class LabelConfig:
     unified_clip: Optional[float] = None  # class-independent threshold (Table 8 ablation) overrides the per-class ones
     unified_clap: Optional[float] = None
     filter_by_weak: bool = True  # AND with the video-level label; False = the no-filter ablation
+    modality_agnostic: bool = False  # both modalities get a OR v (VALOR Table 2, third row)
+
+
+@dataclass(frozen=True)
+class LSLDConfig:
+    """LSLD label refinement and loss (Fan et al. 2023, Sec. 3.2-3.4; fyyCS/LSLD main.py defaults)."""
+
+    LIMITS: ClassVar[dict] = {"max_labels": ">= 1", "alpha": ">= 0.0", "beta": ">= 0.0", "audio_weight": ">= 0.0",
+                            "visual_weight": ">= 0.0", "video_weight": ">= 0.0"}
+
+    max_labels: int = 3  # videos with more weak labels keep them on every segment (the code builds no captions)
+    alpha: float = 4.0  # Eq. 4: soft label of an unreliable positive = alpha x s_c
+    beta: float = 0.4  # Eq. 4: soft label of an unreliable negative = beta x s_c
+    reweight: bool = True  # False = the "DeN only" ablation (Table 2): hard denoised visual labels
+    rule: Literal["code", "paper"] = "code"  # code: strict <, >, hard label kept outside (0,1); paper: <=, >=, clip
+    audio_prompt: str = "This is a sound of "  # CLAP prompts; CLIP prompts are the bare phrases
+    audio_weight: float = 3.0  # loss weights (main.py --audio_weight / --visual_weight / --video_weight)
+    visual_weight: float = 1.0
+    video_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class MAConfig:
+    """MA (Wu & Yang 2021): contrastive loss (Eq. 8) and the track-swap label refinement (Eq. 4-7; METHOD-NOTES)."""
+
+    LIMITS: ClassVar[dict] = {"tau": "> 0", "threshold": "0.0..1.0"}
+
+    tau: float = 0.2  # Eq. 8 temperature (Table 4)
+    contrastive: bool = True  # False = Table 2 "Baseline + R" (no L_c)
+    threshold: float = 0.5  # Eq. 6, 7: drop when p / E_c < threshold
+    refine: Literal["both", "audio", "visual"] = "both"  # which modality's labels stage 2 refines (Table 3)
+    seed: int = 0  # the draw of the partner video sharing no label
 
 
 # --- training ------------------------------------------------------------------------------------------------------
@@ -87,9 +119,11 @@ class TrainConfig:
     preset: str = "valor"
     model: HANConfig = field(default_factory=HANConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: Literal["han", "valor", "kd"] = "valor"
+    loss: Literal["han", "valor", "kd", "lsld", "ma", "ma-refined", "valor-global", "valor-visual",
+                  "valor-audio"] = "valor"  # the last three: VALOR Table 4 rows (valor_core.losses.TABLE4)
     labels: LabelConfig = field(default_factory=LabelConfig)
     label_smoothing: float = 0.1  # HAN baseline: visual target 0.9y + 0.05
+    ma: MAConfig = field(default_factory=MAConfig)  # losses "ma" / "ma-refined" and `valor refine ma`
     # student inputs: VGGish/ResNet-152/R(2+1)D | CLIP + CLAP embeddings (extract) | the official VALOR++ inputs:
     # CLAP HTSAT maps (64, 768), CLIP (10, 768), R(2+1)D (10, 512)
     features: Literal["vggish_resnet_r2p1d", "clip_clap", "clip_clap_maps"] = "vggish_resnet_r2p1d"
@@ -98,6 +132,20 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     num_workers: int = 1  # Ray Train workers (DDP)
     use_gpu: bool = False
+
+
+@dataclass(frozen=True)
+class AVEConfig:
+    """What VALOR appendix F adds for AVE on top of a TrainConfig (valor_core.ave_fit): C + 1 classes with background,
+    the 2-layer FFN head (Eq. 10), thresholds for Eq. 12, and how audio and visual predictions are combined."""
+
+    LIMITS: ClassVar[dict] = {"ffn_hidden": ">= 0"}
+
+    head: Literal["ffn2", "linear"] = "ffn2"  # Eq. 10: z_t^m = FFN(f_t^m), 2 layers; linear = HAN's Linear(d, C+1)
+    ffn_hidden: int = 0  # width of the FFN's hidden layer; 0 = the HAN's d (the paper does not give it)
+    clap_threshold: float = 0.0  # unified phi^CLAP on the teacher's audio logits (Eq. 12)
+    clip_threshold: float = 0.0  # unified phi^CLIP on the teacher's visual logits (Eq. 12)
+    combine: Literal["mean", "product"] = "mean"  # inference rule, valor_core.ave_metrics.combine
 
 
 # --- teachers and media --------------------------------------------------------------------------------------------

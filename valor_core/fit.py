@@ -25,6 +25,7 @@ from valor_core.arrays import AVVPArrays
 from valor_core.config import TrainConfig
 from valor_core.han import HAN, HANOutput, count_trainable, resample_audio, segment_count
 from valor_core.losses import compute_loss
+from valor_core.ma import MAHAN
 from valor_core.metrics import evaluate
 from valor_core.schedule import lr_at_epoch
 
@@ -52,6 +53,8 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
 def build_model(cfg: TrainConfig) -> HAN:
     """A freshly initialised HAN; the initial weights depend only on cfg.seed and cfg.model."""
     torch.manual_seed(cfg.seed)
+    if cfg.loss in ("ma", "ma-refined"):  # the same HAN, also returning MA's contrastive loss (valor_core.ma)
+        return MAHAN(cfg.model, cfg.ma)
     return HAN(cfg.model)
 
 
@@ -68,6 +71,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 # --- arrays -> tensors -> batches ------------------------------------------------------------------------------------
 
 TARGETS = {"han": (), "valor": ("audio_labels", "visual_labels"), "kd": ("clap_logits", "clip_logits")}
+TARGETS["lsld"] = ("audio_labels", "visual_labels")  # LSLD: refined segment labels (visual soft, valor refine lsld)
+TARGETS.update({"ma": (), "ma-refined": ("audio_labels", "visual_labels")})  # MA stage 1 / 3 (valor refine ma)
+TARGETS.update(dict.fromkeys(("valor-global", "valor-visual", "valor-audio"), ("audio_labels", "visual_labels")))
 
 
 def _tensor(x: np.ndarray) -> Tensor:

@@ -63,3 +63,9 @@ def harvest_labels(logits: np.ndarray, weak: np.ndarray, thresholds: Union[np.nd
             raise ValueError(f"weak labels must have shape {expected} for logits {z.shape}, got {y.shape}")
         out &= (y != 0)[..., None, :] if z.ndim == 3 else (y != 0)[None, :]
     return out.astype(np.uint8)
+
+
+def modality_agnostic(audio: np.ndarray, visual: np.ndarray) -> np.ndarray:
+    """VALOR Table 2's modality-agnostic labels: a segment's event without its modality, y_t^a OR y_t^v, given to both
+    modalities (uint8, the shape of the inputs)."""
+    return ((np.asarray(audio) > 0) | (np.asarray(visual) > 0)).astype(np.uint8)

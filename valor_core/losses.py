@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from valor_core.han import HANOutput
+from valor_core.lsld import lsld_loss
 
 EPS = 1e-7  # the official clamp of pooled probabilities before BCE
 
@@ -54,7 +55,43 @@ def kd_loss(out: HANOutput, weak: Tensor, clap_logits: Tensor, clip_logits: Tens
     return video_loss(out, weak) + loss_a + loss_v  # Eq. 8
 
 
-LOSSES = ("han", "valor", "kd")
+def ma_refined_loss(out, weak: Tensor, audio_labels: Tensor, visual_labels: Tensor, smoothing: float = 0.1) -> Tensor:
+    """MA stage 3: BCE(p, y) + BCE(p^a, y^a) + BCE(p^v, (1-s) y^v + s/2) + L_c, y^m = max_t of the refined (B, T, C)
+    modality labels (`valor refine ma`); `out` a valor_core.ma.MAOutput (L_c, MA Eq. 8)."""
+    y_a, y_v = audio_labels.amax(dim=1), visual_labels.amax(dim=1)
+    visual_target = (1.0 - smoothing) * y_v + 0.5 * smoothing
+    return video_loss(out, weak) + _bce_prob(out.audio_prob, y_a) + _bce_prob(out.visual_prob, visual_target) \
+        + out.contrastive  # Eq. 5 on modality-aware labels + MA Eq. 8
+
+
+def modality_term(out: HANOutput, modality: int, target: str, weak: Tensor, labels: Tensor,
+                  smoothing: float = 0.1) -> Tensor:
+    """One modality's term of VALOR Table 4 (modality 0 audio, 1 visual): `weak` the HAN baseline's (Eq. 5; the visual
+    target smoothed), `global` BCE of the pooled p^m against the refined weak label max_t y^m_t, `dense` the segment
+    BCE of Eq. 9 against the harvested (B, T, C) labels."""
+    if target == "dense":
+        return F.binary_cross_entropy_with_logits(out.segment_logits[:, :, modality], labels)  # Eq. 9
+    prob = out.audio_prob if modality == 0 else out.visual_prob
+    if target == "global":
+        return _bce_prob(prob, labels.amax(dim=1))
+    if target == "weak":
+        return _bce_prob(prob, weak if modality == 0 else (1.0 - smoothing) * weak + 0.5 * smoothing)  # Eq. 5
+    raise ValueError(f"unknown Table 4 target {target!r}")
+
+
+# VALOR Table 4's rows between the baseline and VALOR: (audio term, visual term) of modality_term
+TABLE4 = {"valor-global": ("global", "global"), "valor-visual": ("weak", "dense"), "valor-audio": ("dense", "weak")}
+
+
+def table4_loss(name: str, out: HANOutput, weak: Tensor, audio_labels: Tensor, visual_labels: Tensor,
+                smoothing: float = 0.1) -> Tensor:
+    """L_video + the audio and visual terms of Table 4 row `name` (TABLE4)."""
+    audio, visual = TABLE4[name]
+    return video_loss(out, weak) + modality_term(out, 0, audio, weak, audio_labels, smoothing) \
+        + modality_term(out, 1, visual, weak, visual_labels, smoothing)
+
+
+LOSSES = ("han", "valor", "kd", "lsld", "ma", "ma-refined", *TABLE4)
 
 
 def compute_loss(name: str, out: HANOutput, batch: dict[str, Tensor], smoothing: float = 0.1) -> Tensor:
@@ -67,4 +104,12 @@ def compute_loss(name: str, out: HANOutput, batch: dict[str, Tensor], smoothing:
         return valor_loss(out, weak, batch["audio_labels"], batch["visual_labels"])
     if name == "kd":
         return kd_loss(out, weak, batch["clap_logits"], batch["clip_logits"])
+    if name == "lsld":  # LSLD Eq. 2 on segment labels (valor_core.lsld), weights 3:1:1
+        return lsld_loss(out, weak, batch["audio_labels"], batch["visual_labels"])
+    if name == "ma":  # MA stage 1: the HAN loss (Eq. 5) + L_c (MA Eq. 8, computed by valor_core.ma.MAHAN)
+        return han_loss(out, weak, smoothing) + out.contrastive
+    if name == "ma-refined":  # MA stage 3 on `valor refine ma` labels
+        return ma_refined_loss(out, weak, batch["audio_labels"], batch["visual_labels"], smoothing)
+    if name in TABLE4:  # VALOR Table 4 ablation rows
+        return table4_loss(name, out, weak, batch["audio_labels"], batch["visual_labels"], smoothing)
     raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSSES)}")

@@ -12,6 +12,14 @@
                feature maps (64, 768) resampled to 10 steps as main_network.py does, CLIP ViT-L/14 frame embeddings
                (10, 768) fused with R(2+1)D-18 clips (10, 512) as the ResNet stream is
     kd         valor architecture and optimiser with the knowledge-distillation loss (Eq. 8; Table 4 "KD" row)
+    valor-global / valor-visual / valor-audio   VALOR Table 4's middle rows, valor otherwise: the refined weak labels
+               max_t y^m_t for both modalities (global); the baseline's audio term with VALOR's dense visual labels;
+               VALOR's dense audio labels with the baseline's visual term (valor_core.losses.TABLE4)
+    ma         MA stage 1 (Wu & Yang 2021): the 2020 HAN + contrastive loss (MA Eq. 8, tau 0.2), Adam 3e-4, StepLR(10,
+               0.1), batch 16, 12 epochs; `valor refine ma` then swaps tracks -> modality-aware labels (stage 2)
+    ma-retrain MA stage 3: the same from scratch, 40 epochs, on `valor refine ma` labels (loss ma-refined)
+    lsld       LSLD (Fan et al. 2023; fyyCS/LSLD): the 2020 HAN with 4 layers on CLIP/CLAP embeddings, Adam 2e-4,
+               StepLR(6, 0.25), batch 32, 20 epochs, 3:1:1 loss on `valor refine lsld` labels (valor_core.lsld)
 """
 from __future__ import annotations
 
@@ -38,7 +46,16 @@ PRESETS: dict[str, TrainConfig] = {
                           "model.frame_dim": 768, "model.frame_steps": 1, "model.clip_dim": 512,
                           "optim.lr_max": 3e-4, "optim.lr_min": 3e-6}),
     "kd": replace(_VALOR, preset="kd", loss="kd"),
+    "lsld": replace(_HAN_VALOR, preset="lsld", loss="lsld", features="clip_clap",
+                    **{"model.heads": 1, "model.ff": 512, "model.update": "parallel", "model.layers": 4,
+                       "model.audio_dim": 512, "model.frame_dim": 512, "model.frame_steps": 1, "model.clip_dim": 0,
+                       "optim.lr_max": 2e-4, "optim.step_size": 6, "optim.gamma": 0.25, "optim.epochs": 20,
+                       "optim.batch_size": 32}),
 }
+PRESETS.update({name: replace(_VALOR, preset=name, loss=name) for name in ("valor-global", "valor-visual", "valor-audio")})
+# MA (Wu & Yang 2021) on the 2020 HAN: Adam 3e-4, StepLR(10, 0.1), batch 16; stage 1 12 epochs (METHOD-NOTES), stage 3 40
+PRESETS["ma"] = replace(PRESETS["han"], preset="ma", loss="ma", **{"optim.epochs": 12})
+PRESETS["ma-retrain"] = replace(PRESETS["han"], preset="ma-retrain", loss="ma-refined")
 
 
 def get_preset(name: str) -> TrainConfig:

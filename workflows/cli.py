@@ -13,6 +13,10 @@ import sys
 
 from workflows import (compare, demo, evaluate, extract, harvest, importer, llp_stats, media, predict, s3server, train,
                        tune)
+from workflows import refine_lsld
+from workflows import refine_ma
+from workflows import parse as parse_cmd
+from workflows import ave_data
 from workflows.pipeline import cli as pipeline_cli
 from workflows.runtime import QUIET_ENV
 
@@ -29,6 +33,10 @@ COMMANDS = (
     importer,  # valor import llp
     tune,  # valor tune thresholds
     harvest,  # valor harvest
+    refine_lsld,  # valor refine lsld
+    refine_ma,  # valor refine ma
+    parse_cmd,  # valor parse
+    ave_data,  # valor ave train
     pipeline_cli,  # valor run
 )
 

@@ -1,9 +1,13 @@
-"""`valor extract`: videos -> per-segment CLIP/CLAP logits and embeddings, as Parquet on a local dir or S3 (Ray Data).
+"""`valor extract`: videos -> per-segment CLIP/CLAP logits and embeddings (and, with --features, the paper's VGGish /
+ResNet-152 / R(2+1)D-18 / CLAP-map features), as Parquet on a local dir or S3 (Ray Data).
 
     manifest (CSV) + video root (dir or s3://)                  workflows.manifest.read_manifest
       │  skip videos already in <out> (and, unless --retry-failed, in <failures>)       resumable, idempotent
     read + decode          CPU tasks: bytes from S3 / local path -> decord; T frames resized to 224 here, audio T segs
       │                    a fatal MediaError becomes a failure row (stage "decode"), the run goes on
+    backbone actors        one pool per backbone of --features (valor_core.backbones): vggish (T,128), res152 (8T,2048),
+                           r2plus1d (T,512), clap_maps (64,w) -- the `valor import llp` columns; res152/r2plus1d read
+                           the 8-fps stack (decoded only then)
     CLIP actors            ActorPoolStrategy(min, max) x (num_gpus per actor | CPUs): (n,T,25) logits + (n,T,d) emb
     CLAP actors            same for the audio segments (skipped, and the row marked partial, when audio is missing)
       │
@@ -33,10 +37,14 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from valor_core import backbones as backbone_lib
+from valor_core.backbones import vggish
 from valor_core import teachers as teacher_lib
 from valor_core.classes import NUM_CLASSES
 from valor_core.config import MediaConfig, TeacherConfig, to_dict
 from valor_core.media import decode
+from valor_core.teachers.clap import check_clap_files
+from valor_core.teachers.clip import check_clip_files
 from workflows import objstore
 from workflows.config import ExtractConfig, StorageConfig, redacted
 from workflows.features import (RUNS, SCHEMA_VERSION, STAGING, clean_staging, failure_schema, failures_uri, fixed_list,
@@ -207,6 +215,7 @@ class ClapStage(_TeacherStage):
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = {k: (v.copy() if k.startswith("fail_") else v) for k, v in batch.items()}
         audio, lens = batch.pop("audio"), batch.pop("audio_len")
+        batch.pop("frames", None), batch.pop("dense", None)  # the last model stage: nothing later needs them
         T = self.T
 
         def inputs(idx):
@@ -219,6 +228,51 @@ class ClapStage(_TeacherStage):
         return self._apply(batch, inputs, usable, T)
 
 
+class BackboneStage:
+    """Actor: one of the paper's feature extractors (valor_core.backbones) on each decoded video: `<column>` (n, a, b)
+    float32 (NaN rows where it had no input or failed; the video is then "partial") and `<name>_ok`. Frame backbones
+    read the 8-fps stack (`dense`), audio backbones the whole clip (the T segments joined). Drops `drop` columns."""
+
+    def __init__(self, name: str, weights: str, options: dict, num_cpus: float, device: str, sample_rate: int,
+                 segments: int, drop: tuple = ()):
+        _set_threads(num_cpus)
+        self.name, self.sample_rate, self.T, self.drop = name, int(sample_rate), int(segments), tuple(drop)
+        self.entry = backbone_lib.BACKBONES[name]
+        self.model = backbone_lib.build_backbone(name, weights, device, segments=segments, **options)
+
+    def _inputs(self, batch, idx):
+        if self.entry.input == "frames":
+            return (batch["dense"][idx],)
+        return [np.frombuffer(batch["audio"][i], np.float32) for i in idx], self.sample_rate
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = {k: (v.copy() if k.startswith("fail_") else v) for k, v in batch.items()}
+        n = len(batch["video_id"])
+        shape = backbone_lib.column_shape(self.name, self.T, getattr(self.model, "width", None))
+        out = np.full((n, *shape), np.nan, np.float32)
+        done = np.zeros(n, bool)
+        usable = batch["ok"].astype(bool)
+        if self.entry.input == "audio":
+            usable &= batch["audio_ok"].astype(bool)
+        else:
+            usable &= "dense" in batch
+        idx = np.flatnonzero(usable)
+        if len(idx):
+            try:
+                out[idx], done[idx] = self.model(*self._inputs(batch, idx)), True
+            except Exception:  # noqa: BLE001 - isolate the bad video(s): one at a time
+                for i in idx:
+                    try:
+                        out[i], done[i] = self.model(*self._inputs(batch, np.array([i])))[0], True
+                    except Exception as err:  # noqa: BLE001
+                        batch["fail_stage"][i], batch["fail_kind"][i], batch["fail_reason"][i] = _row_fail(
+                            self.name, err)
+        batch[self.entry.column], batch[f"{self.name}_ok"] = out, done
+        for col in self.drop:
+            batch.pop(col, None)
+        return batch
+
+
 @dataclass(frozen=True)
 class WriteSpec:
     out: str
@@ -227,6 +281,7 @@ class WriteSpec:
     run_id: str
     segments: int
     dense: bool
+    features: tuple = backbone_lib.TEACHERS  # what was extracted (valor_core.backbones.FEATURES)
 
 
 def _serialize(table) -> bytes:
@@ -264,9 +319,9 @@ class Write:
 
         s = self.spec
         ok = batch["ok"].astype(bool)
-        clip_ok, clap_ok = batch["clip_ok"].astype(bool), batch["clap_ok"].astype(bool)
-        done = ok & (clip_ok | clap_ok)
-        status = np.where(clip_ok & clap_ok, "ok", "partial").astype(object)
+        oks = {k: batch[f"{k}_ok"].astype(bool) for k in s.features}
+        done = ok & np.logical_or.reduce(list(oks.values()))
+        status = np.where(np.logical_and.reduce(list(oks.values())), "ok", "partial").astype(object)
         part = f"part-{s.run_id}-{uuid.uuid4().hex[:12]}.parquet"
         fs, out_path = objstore.fs_for(s.out, s.opts)
         ffs, fail_path = objstore.fs_for(s.failures, s.opts)
@@ -280,16 +335,22 @@ class Write:
                 "split": pa.array(batch["split"][idx].astype(str)),
                 "labels": pa.array(batch["labels"][idx].astype(str)),
                 "weak": pa.FixedSizeListArray.from_arrays(pa.array(weak.reshape(-1)), NUM_CLASSES),
-                "clip_ok": pa.array(clip_ok[idx]), "clap_ok": pa.array(clap_ok[idx]),
-                "clip_logits": fixed_list(batch["clip_logits"][idx], clip_ok[idx]),
-                "clap_logits": fixed_list(batch["clap_logits"][idx], clap_ok[idx]),
-                "clip_emb": fixed_list(batch["clip_emb"][idx], clip_ok[idx]),
-                "clap_emb": fixed_list(batch["clap_emb"][idx], clap_ok[idx]),
             }
-            if s.dense and "clip_dense_emb" in batch:
-                cols["clip_dense_emb"] = fixed_list(batch["clip_dense_emb"][idx], clip_ok[idx])
-            for k in ("clip_teacher", "clip_checkpoint", "clap_teacher", "clap_checkpoint"):
-                cols[k] = pa.array(batch[k][idx].astype(str))
+            teachers = [k for k in backbone_lib.TEACHERS if k in s.features]
+            for k in teachers:
+                cols[f"{k}_ok"] = pa.array(oks[k][idx])
+            for k in teachers:
+                cols[f"{k}_logits"] = fixed_list(batch[f"{k}_logits"][idx], oks[k][idx])
+            for k in teachers:
+                cols[f"{k}_emb"] = fixed_list(batch[f"{k}_emb"][idx], oks[k][idx])
+            if s.dense and "clip_dense_emb" in batch and "clip" in oks:
+                cols["clip_dense_emb"] = fixed_list(batch["clip_dense_emb"][idx], oks["clip"][idx])
+            for k in teachers:
+                cols[f"{k}_teacher"] = pa.array(batch[f"{k}_teacher"][idx].astype(str))
+                cols[f"{k}_checkpoint"] = pa.array(batch[f"{k}_checkpoint"][idx].astype(str))
+            for name in (k for k in s.features if k in backbone_lib.BACKBONES):  # the `valor import llp` columns
+                cols[backbone_lib.BACKBONES[name].column] = fixed_list(batch[backbone_lib.BACKBONES[name].column][idx],
+                                                                       oks[name][idx])
             err = np.where(status[idx] == "ok", "", [f"{st}: {k}: {r}" for st, k, r in zip(
                 batch["fail_stage"][idx], batch["fail_kind"][idx], batch["fail_reason"][idx])]).astype(str)
             cols.update({
@@ -345,25 +406,47 @@ def plan(entries: list[Entry], out: str, failures: str, opts: Optional[dict], re
                 failed_before=len(failed & {e.video_id for e in entries}))
 
 
-def build_dataset(todo: list[Entry], clip: str, clap: str, cfg: ExtractConfig, teachers: TeacherConfig,
-                  media: MediaConfig, spec: WriteSpec, opts: Optional[dict], loaders: Optional[dict] = None):
-    """The Ray Data pipeline (lazy): manifest rows -> decode tasks -> CLIP actors -> CLAP actors -> write tasks."""
+def actor_pool(ds, stage, kwargs: dict, actors: tuple[int, int], batch_size: int, actor_res: dict):
+    """One model stage of the pipeline: `stage` (a class) as a Ray Data ActorPoolStrategy(min, max) pool."""
     import ray
 
+    return ds.map_batches(stage, fn_constructor_kwargs=kwargs,
+                          compute=ray.data.ActorPoolStrategy(min_size=actors[0], max_size=actors[1]),
+                          batch_size=batch_size, batch_format="numpy", **actor_res)
+
+
+def backbone_options(cfg: ExtractConfig, name: str) -> tuple[str, dict]:
+    """(weights spec, build options) of backbone `name` under `cfg` (clap_maps: the CLAP teacher spec, set later)."""
+    weights = {"vggish": cfg.vggish_weights, "res152": cfg.res152_weights, "r2plus1d": cfg.r2plus1d_weights}
+    options = {"pca": cfg.vggish_pca or None} if name == "vggish" else {}
+    return weights.get(name, ""), options
+
+
+def build_dataset(todo: list[Entry], clip: str, clap: str, cfg: ExtractConfig, teachers: TeacherConfig,
+                  media: MediaConfig, spec: WriteSpec, opts: Optional[dict], loaders: Optional[dict] = None):
+    """The Ray Data pipeline (lazy): manifest rows -> decode tasks -> backbone actors -> CLIP actors -> CLAP actors ->
+    write tasks (only the stages of `spec.features`)."""
+    import ray
+
+    features = tuple(spec.features)
+    backbones = [k for k in features if k in backbone_lib.BACKBONES]
+    pools = ([cfg.clip_actors] if "clip" in features else []) + ([cfg.clap_actors] if "clap" in features else []) + [
+        cfg.backbone_actors] * len(backbones)
+    min_actors = sum(a[0] for a in pools) or 1
     resources = ray.cluster_resources()
     gpus = float(resources.get("GPU", 0.0))
     cpus = float(resources.get("CPU", 1.0))
     node_cpus = max([n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")] or [cpus])
     if gpus > 0 and cfg.num_gpus > 0:
-        actor_res = {"num_gpus": cfg.num_gpus, "num_cpus": 1}
+        # every pool's minimum actors fit on the GPUs at once (a share of one GPU each when there are more pools)
+        actor_res = {"num_gpus": min(cfg.num_gpus, gpus / min_actors), "num_cpus": 1}
         threads = cfg.torch_threads or 1
     else:
         # the teacher stages are the bottleneck on CPU and the other stages are mostly idle: by default each teacher
         # actor's torch uses every core of its node (decode tasks and the other pool share them when they run)
         threads = cfg.torch_threads or max(1, int(node_cpus))
         # CPU-only: leave room for decode and write tasks beside the minimum actor pools (no scheduling deadlock)
-        min_actors = cfg.clip_actors[0] + cfg.clap_actors[0]
-        room = max(0.25, (cpus - cfg.decode_num_cpus - 0.25) / max(1, min_actors))
+        room = max(0.05, (cpus - cfg.decode_num_cpus - 0.25) / min_actors)
         actor_cpus = min(cfg.actor_num_cpus, room)
         actor_res = {"num_cpus": actor_cpus}
     items = [{"video_id": e.video_id, "source": e.source, "split": e.split, "labels": e.labels, "refused": e.error,
@@ -372,15 +455,25 @@ def build_dataset(todo: list[Entry], clip: str, clap: str, cfg: ExtractConfig, t
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     ds = ds.map_batches(_decode_fn(media, opts), batch_size=cfg.decode_batch_size, num_cpus=cfg.decode_num_cpus,
                         batch_format="numpy")
-    ds = ds.map_batches(ClipStage, fn_constructor_kwargs={"spec": clip, "tcfg": teachers, "num_cpus": threads,
-                                                          "dense": cfg.dense, "loader": (loaders or {}).get("clip")},
-                        compute=ray.data.ActorPoolStrategy(min_size=cfg.clip_actors[0], max_size=cfg.clip_actors[1]),
-                        batch_size=cfg.clip_batch_size, batch_format="numpy", **actor_res)
-    ds = ds.map_batches(ClapStage, fn_constructor_kwargs={"spec": clap, "tcfg": teachers, "num_cpus": threads,
-                                                          "segments": media.segments,
-                                                          "loader": (loaders or {}).get("clap")},
-                        compute=ray.data.ActorPoolStrategy(min_size=cfg.clap_actors[0], max_size=cfg.clap_actors[1]),
-                        batch_size=cfg.clap_batch_size, batch_format="numpy", **actor_res)
+    for i, name in enumerate(backbones):
+        weights, options = backbone_options(cfg, name)
+        drop: tuple = ()
+        if i == len(backbones) - 1:  # the last backbone drops what no teacher stage after it reads
+            drop = (() if "clap" in features else ("audio", "audio_len")) + (
+                () if "clip" in features or "clap" in features else ("frames", "dense"))
+        ds = actor_pool(ds, BackboneStage, {"name": name, "weights": clap if name == "clap_maps" else weights,
+                                            "options": options, "num_cpus": threads, "device": teachers.device,
+                                            "sample_rate": media.sample_rate, "segments": media.segments,
+                                            "drop": drop},
+                        cfg.backbone_actors, cfg.backbone_batch_size, actor_res)
+    if "clip" in features:
+        ds = actor_pool(ds, ClipStage, {"spec": clip, "tcfg": teachers, "num_cpus": threads, "dense": cfg.dense,
+                                        "loader": (loaders or {}).get("clip")},
+                        cfg.clip_actors, cfg.clip_batch_size, actor_res)
+    if "clap" in features:
+        ds = actor_pool(ds, ClapStage, {"spec": clap, "tcfg": teachers, "num_cpus": threads,
+                                        "segments": media.segments, "loader": (loaders or {}).get("clap")},
+                        cfg.clap_actors, cfg.clap_batch_size, actor_res)
     # writers are I/O: a small fixed pool (more would only add worker processes, i.e. memory, not speed)
     ds = ds.map_batches(_write_fn(spec), batch_size=cfg.rows_per_file, num_cpus=0.25, batch_format="numpy",
                         compute=ray.data.TaskPoolStrategy(size=2))
@@ -416,13 +509,15 @@ class Summary:
                 "out": self.out}
 
 
-def run_extract(manifest: str, videos: str, clip: str, clap: str, out: str, *, cfg: ExtractConfig = ExtractConfig(),
+def run_extract(manifest: str, videos: str, clip: Optional[str], clap: Optional[str], out: str, *,
+                cfg: ExtractConfig = ExtractConfig(),
                 teachers: TeacherConfig = TeacherConfig(), media: MediaConfig = MediaConfig(),
                 storage: StorageConfig = StorageConfig(), split: Optional[str] = None, failures: Optional[str] = None,
                 address: Optional[str] = None, num_cpus: Optional[int] = None,
                 object_store_memory: Optional[int] = None, include_dashboard: bool = False,
                 loaders: Optional[dict] = None, log: Callable[[str], None] = print) -> Summary:
-    """Extract teacher outputs for every manifest video not yet in `out`. Starts (and stops) Ray unless already up."""
+    """Extract teacher outputs (and the backbones of `cfg.features`) for every manifest video not yet in `out`. Starts
+    (and stops) Ray unless already up. clip / clap may be None when `cfg.features` does not use them."""
     t0 = time.time()
     if media.frame_size <= 0:
         raise ValueError("extract needs a fixed frame size (media.frame_size > 0)")
@@ -437,9 +532,14 @@ def run_extract(manifest: str, videos: str, clip: str, clap: str, out: str, *, c
     # output is valor's (same teachers) and ours alone for the run
     for uri in {u for u in (out, failures, manifest, videos) if objstore.is_s3(u)}:
         objstore.check_reachable(uri, opts)
+    features, media = check_features(cfg, clip, clap, media)
     entries = read_manifest(manifest, videos, split=split, opts=opts)
-    teacher_lib.check_teacher_files(clip, clap)
     made_with = {"clip": clip, "clap": clap, "media": to_dict(media)}
+    if features != backbone_lib.TEACHERS:  # recorded only when not the default (markers of older outputs match)
+        made_with["features"] = {k: (clip if k == "clip" else clap if k in ("clap", "clap_maps") else
+                                     backbone_options(cfg, k)[0] or "hub cache") for k in features}
+        if cfg.vggish_pca and "vggish" in features:
+            made_with["features"]["vggish_pca"] = cfg.vggish_pca
     marker = claim(out, "features", opts=opts, meta={"teachers": made_with})
     if "imported" in marker:
         raise OwnershipError(f"{out} holds released features imported by `valor import llp`: extract into another "
@@ -452,6 +552,32 @@ def run_extract(manifest: str, videos: str, clip: str, clap: str, out: str, *, c
         return _extract_locked(entries, clip, clap, out, failures, cfg, teachers, media, storage, manifest, videos,
                                split, address, num_cpus, object_store_memory, include_dashboard, loaders, log, t0,
                                opts)
+
+
+def check_features(cfg: ExtractConfig, clip: Optional[str], clap: Optional[str],
+                   media: MediaConfig) -> tuple[tuple[str, ...], MediaConfig]:
+    """Before Ray or any decoding: the features named are known, the teachers' and backbones' files exist (an error
+    naming the file and how to get it). Returns (features, media with the 8-fps stack on when a frame backbone needs
+    it)."""
+    features = backbone_lib.parse_features(cfg.features)
+    for name, spec in (("clip", clip), ("clap", clap)):
+        if (name in features or (name == "clap" and "clap_maps" in features)) and not spec:
+            raise ValueError(f"--{name} (a {name.upper()} teacher spec) is needed with --features "
+                             f"{','.join(features)}")
+    if "clip" in features:
+        check_clip_files(clip)
+    if "clap" in features or "clap_maps" in features:
+        check_clap_files(clap)
+    for name in features:
+        if name in backbone_lib.BACKBONES and name != "clap_maps":
+            backbone_lib.weights_path(name, backbone_options(cfg, name)[0], f"--{name}-weights")
+    if cfg.vggish_pca and "vggish" in features and not os.path.isfile(cfg.vggish_pca):
+        raise backbone_lib.MissingWeights(
+            f"vggish PCA params {cfg.vggish_pca!r} not found: download {vggish.PCA_URL} on a machine with network "
+            "access and copy it here (or leave --vggish-pca empty: no postprocessing)")
+    if any(backbone_lib.BACKBONES[k].input == "frames" for k in features if k in backbone_lib.BACKBONES):
+        media = dataclasses.replace(media, dense_frames=True)
+    return features, media
 
 
 def _teachers_text(t: dict) -> str:
@@ -472,7 +598,8 @@ def _extract_locked(entries, clip, clap, out, failures, cfg, teachers, media, st
                              include_dashboard=include_dashboard, log=log)
         try:
             spec = WriteSpec(out=out, failures=failures, opts=opts, run_id=run_id, segments=media.segments,
-                             dense=cfg.dense and media.dense_frames)
+                             dense=cfg.dense and media.dense_frames,
+                             features=backbone_lib.parse_features(cfg.features))
             if cfg.dense and not media.dense_frames:
                 media = dataclasses.replace(media, dense_frames=True)
                 spec = dataclasses.replace(spec, dense=True)
@@ -510,12 +637,14 @@ def _pair(text: str) -> tuple[int, int]:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("extract", help="Ray Data: decode videos, CLIP/CLAP per-segment logits + embeddings -> Parquet",
+    p = sub.add_parser("extract", help="Ray Data: decode videos, CLIP/CLAP per-segment logits + embeddings "
+                                       "(+ backbone features) -> Parquet",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--manifest", required=True, help="LLP-style CSV (filename, event_labels[, split][, path])")
     p.add_argument("--videos", required=True, help="video root: local dir or s3://bucket/prefix")
-    p.add_argument("--clip", required=True, help="CLIP teacher spec (valor_core.teachers)")
-    p.add_argument("--clap", required=True, help="CLAP teacher spec")
+    p.add_argument("--clip", default=None,
+                   help="CLIP teacher spec (valor_core.teachers); needed with clip in --features")
+    p.add_argument("--clap", default=None, help="CLAP teacher spec; needed with clap or clap_maps in --features")
     p.add_argument("--out", required=True, help="output dataset URI: local dir or s3://bucket/prefix")
     p.add_argument("--json", action="store_true", help="last line: {done, failed, skipped, seconds, out}")
     p.add_argument("--failures", default=None, help="failures table URI (default: beside --out, see docs)")
@@ -534,6 +663,17 @@ def register(sub) -> None:
     p.add_argument("--clap-actors", type=_pair, default=d.clap_actors, metavar="MIN,MAX")
     p.add_argument("--num-gpus", type=float, default=d.num_gpus, help="per teacher actor, when GPUs exist")
     p.add_argument("--dense", action="store_true", help="also store CLIP embeddings of the 80-frame 8-fps stack")
+    p.add_argument("--features", default=",".join(d.features),
+                   help=f"what to extract, comma-separated, from {','.join(backbone_lib.FEATURES)} (default: "
+                        f"{','.join(d.features)}); the backbones write the `valor import llp` columns")
+    for name in ("vggish", "res152", "r2plus1d"):
+        e = backbone_lib.BACKBONES[name]
+        p.add_argument(f"--{name}-weights", default="", metavar="PATH",
+                       help=f"{name} state dict (default: {e.filename} in the torch hub cache; `random`: random init)")
+    p.add_argument("--vggish-pca", default="", metavar="PATH",
+                   help="torchvggish PCA params: PCA + 8-bit quantisation as the reference (default: none)")
+    p.add_argument("--backbone-batch", type=int, default=d.backbone_batch_size, help="videos per backbone actor call")
+    p.add_argument("--backbone-actors", type=_pair, default=d.backbone_actors, metavar="MIN,MAX")
     p.add_argument("--retry-failed", action="store_true", help="re-run videos listed in the failures table")
     p.add_argument("--mixed-teachers", action="store_true",
                    help="add to a dataset made with other teachers/media settings (default: an error)")
@@ -550,8 +690,13 @@ def _cli(args) -> int:
     cfg = ExtractConfig(decode_batch_size=args.decode_batch, clip_batch_size=args.clip_batch,
                         clap_batch_size=args.clap_batch, clip_actors=tuple(args.clip_actors),
                         clap_actors=tuple(args.clap_actors), num_gpus=args.num_gpus, rows_per_file=args.rows_per_file,
-                        dense=args.dense, retry_failed=args.retry_failed, mixed_teachers=args.mixed_teachers)
-    teachers = TeacherConfig(clip=args.clip, clap=args.clap, device=args.device, batch_size=args.teacher_batch)
+                        dense=args.dense, retry_failed=args.retry_failed, mixed_teachers=args.mixed_teachers,
+                        features=tuple(args.features.split(",")), vggish_weights=args.vggish_weights,
+                        vggish_pca=args.vggish_pca, res152_weights=args.res152_weights,
+                        r2plus1d_weights=args.r2plus1d_weights, backbone_batch_size=args.backbone_batch,
+                        backbone_actors=tuple(args.backbone_actors))
+    teachers = TeacherConfig(clip=args.clip or TeacherConfig.clip, clap=args.clap or TeacherConfig.clap,
+                             device=args.device, batch_size=args.teacher_batch)
     storage = StorageConfig(endpoint=args.endpoint, access_key=args.access_key, secret_key=args.secret_key)
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
     try:
@@ -560,8 +705,8 @@ def _cli(args) -> int:
                         num_cpus=args.num_cpus,
                         object_store_memory=args.object_store_mb * 2**20 if args.object_store_mb else None,
                         include_dashboard=args.dashboard, log=log)
-    except (ManifestError, OwnershipError, LockedError, teacher_lib.TeacherError, objstore.StorageError,
-            PermissionError, ValueError) as err:
+    except (ManifestError, OwnershipError, LockedError, teacher_lib.TeacherError, backbone_lib.BackboneError,
+            objstore.StorageError, PermissionError, ValueError) as err:
         print(f"valor extract: error: {err}", file=sys.stderr)
         return 2
     by_stage = ", ".join(f"{k}: {v}" for k, v in sorted(s.by_stage.items()))

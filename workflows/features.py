@@ -17,6 +17,8 @@ Features schema (SCHEMA_VERSION 1; T = media.segments = 10, C = 25 classes in Ta
     clip_emb, clap_emb         fixed_size_list<fixed_size_list<float32>[d]>[T]    (L2-normalised; d = teacher dim)
     clip_dense_emb             fixed_size_list<fixed_size_list<float32>[d]>[8T]   (only with dense=true)
     clip_teacher, clip_checkpoint, clap_teacher, clap_checkpoint  string
+    (with `--features`: the clip_* / clap_* columns only for the teachers asked for, and the backbones' columns
+    vggish / res152 / r2plus1d / clap_maps exactly as imported below; NaN rows where a backbone had no input)
     status string ("ok" | "partial": one teacher had no input, e.g. no audio track) · error string (why partial)
     issues string (recoverable media issues, "kind: reason; ...") · notes string (policies applied)
     duration float32 (s) · source string (video URI) · run_id string · schema_version int16
@@ -24,9 +26,9 @@ Imported features (`valor import llp`, workflows/importer.py; same layout): vide
     above, whichever RELEASED columns were imported -- vggish (10,128), res152 (80,2048), r2plus1d (10,512), clip_feat
     (10,768), clap_maps (64,768) as fixed_size_list<fixed_size_list<float32>>, visual_pseudo / audio_pseudo (10,25) as
     fixed_size_list<fixed_size_list<uint8>> -- status ("ok") · source (the files read) · run_id · schema_version.
-Failures schema: video_id · stage ("read" | "decode" | "clip" | "clap" | "write" | "import") · kind · reason ·
-    fatal bool (True: no features row) · source · run_id · schema_version. Partial videos have a features row AND a
-    non-fatal failure row. Imported videos: one fatal row per bad file (kind missing | truncated | shape | dtype |
+Failures schema: video_id · stage ("read" | "decode" | "clip" | "clap" | a backbone name | "write" | "import") · kind ·
+    reason · fatal bool (True: no features row) · source · run_id · schema_version. Partial videos have a features row
+    AND a non-fatal failure row. Imported videos: one fatal row per bad file (kind missing | truncated | shape | dtype |
     nonfinite).
 Labels schema (workflows/harvest.py writes it): video_id, split, weak (25 uint8), audio_labels / visual_labels
     (10 x 25 uint8), audio_ok / visual_ok bool; the thresholds used in the schema metadata and in LABELS_SIDECAR.

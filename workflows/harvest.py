@@ -1,7 +1,7 @@
 """`valor harvest`: VALOR's label elaboration over a whole features dataset -> harvested labels Parquet.
 
     valor harvest --logits SOURCE [--annotations DIR] [--thresholds JSON|table6] [--out URI]
-                  [--no-filter] [--unified | --unified-audio X --unified-visual Y] [--json]
+                  [--no-filter] [--modality-agnostic] [--unified | --unified-audio X --unified-visual Y] [--json]
 
 For every video of the features dataset (`valor extract --out URI`; rows with status "ok" or "partial"): audio labels =
 (clap_logits > theta^CLAP) AND weak, visual labels = (clip_logits > theta^CLIP) AND weak, each (10, 25) uint8
@@ -11,6 +11,7 @@ For every video of the features dataset (`valor extract --out URI`; rows with st
 Thresholds, first match wins: --unified-audio/--unified-visual (one value for all classes, Table 8 ablation);
 --unified (the best unified thresholds of a tune JSON); the per-class thresholds of a tune JSON (`valor tune thresholds
 --out`); Table 6 (`--thresholds table6`, the default). --no-filter drops the AND with the weak label (ablation).
+--modality-agnostic gives both modalities a OR v (VALOR Table 2, third row: labels without their modality).
 
 Output (default: `labels` beside the features dataset, workflows.features.labels_uri; same object store): Parquet files
 `part-NNNNN.parquet` with columns
@@ -41,7 +42,7 @@ import numpy as np
 
 from valor_core.classes import NUM_CLASSES, NUM_SEGMENTS
 from valor_core.config import LabelConfig
-from valor_core.labels import harvest_labels, thresholds_for
+from valor_core.labels import harvest_labels, modality_agnostic, thresholds_for
 from valor_core.llp import default_annotations
 from valor_core.sim import parse_sim_source, simulate
 from valor_core.tuning_objective import LogitsError, validate_logits
@@ -133,6 +134,8 @@ def harvest_table(video_ids, splits, weak, clap_logits, clip_logits, thresholds:
     weak = (np.asarray(weak) > 0).astype(np.uint8)
     a = harvest_labels(clap_logits, weak, thresholds["audio"], filter_by_weak)
     v = harvest_labels(clip_logits, weak, thresholds["visual"], filter_by_weak)
+    if meta.get("modality_agnostic"):  # Table 2: a OR v for both modalities
+        a = v = modality_agnostic(a, v)
     table = pa.table({
         "video_id": pa.array([str(x) for x in video_ids], pa.string()),
         "split": pa.array([str(x) for x in splits], pa.string()),
@@ -198,7 +201,8 @@ def _batches(source: str, annotations: Optional[str], storage_opts: Optional[dic
 
 def harvest(source: str, out: Optional[str] = None, *, annotations: Optional[str] = None,
             thresholds: Optional[dict] = None, provenance: Optional[dict] = None, filter_by_weak: bool = True,
-            rows_per_file: int = 4096, splits=(), storage_opts: Optional[dict] = None) -> dict:
+            rows_per_file: int = 4096, splits=(), storage_opts: Optional[dict] = None,
+            modality_agnostic: bool = False) -> dict:
     """Harvest every video of SOURCE into Parquet at `out` (default: beside the features). Returns a summary dict.
     `out` must be new, empty or a labels output valor made (OwnershipError otherwise, before anything is read)."""
     t0 = time.perf_counter()
@@ -216,8 +220,9 @@ def harvest(source: str, out: Optional[str] = None, *, annotations: Optional[str
     meta = {"thresholds": {m: [float(t) for t in thresholds[m]] for m in ("audio", "visual")},
             "teachers": {"audio": "clap_logits > theta^CLAP", "visual": "clip_logits > theta^CLIP"},
             "filter_by_weak": bool(filter_by_weak), "from": provenance or {}, "source": str(source),
-            "rule": "(z > theta) AND weak" if filter_by_weak else "z > theta",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "rule": ("(z > theta) AND weak" if filter_by_weak else "z > theta")
+            + (", then a OR v for both modalities" if modality_agnostic else ""),
+            "modality_agnostic": bool(modality_agnostic), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if sim is None and _same_uri(out, source):
         raise OwnershipError(f"--out {out} is the features dataset itself: choose another path")
     claim(out, "labels", opts=storage_opts)  # a new or empty path, or a labels output valor made
@@ -265,7 +270,8 @@ def _harvest_into(out, source, annotations, thresholds, filter_by_weak, rows_per
     if videos == 0:
         raise ValueError(f"{source}: no videos to harvest (no rows with status 'ok')")
     summary = {"videos": videos, "files": files, "splits": per_split, "audio_labels": n_a, "visual_labels": n_v,
-               "out": str(out), **{k: meta[k] for k in ("thresholds", "filter_by_weak", "from", "source")},
+               "out": str(out),
+               **{k: meta[k] for k in ("thresholds", "filter_by_weak", "modality_agnostic", "from", "source")},
                "seconds": round(time.perf_counter() - t0, 3)}
     objstore.put_atomic(fs, posixpath.join(path, LABELS_SIDECAR), (json.dumps(summary, indent=1) + "\n").encode())
     return summary
@@ -281,7 +287,8 @@ def run(args: argparse.Namespace) -> int:
                                        labels=LabelConfig(filter_by_weak=not args.no_filter))
         summary = harvest(args.logits, args.out, annotations=args.annotations or default_annotations(), thresholds=th,
                           provenance=where, filter_by_weak=not args.no_filter, rows_per_file=args.rows_per_file,
-                          splits=tuple(args.split or ()), storage_opts=opts)
+                          splits=tuple(args.split or ()), storage_opts=opts,
+                          modality_agnostic=args.modality_agnostic)
     except (LogitsError, FileNotFoundError, ValueError, OwnershipError, LockedError, PermissionError) as err:
         print(f"valor harvest: {err}", file=sys.stderr)
         return 2
@@ -307,6 +314,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--unified-audio", type=float, default=None, metavar="X", help="one CLAP threshold for all classes")
     p.add_argument("--unified-visual", type=float, default=None, metavar="X", help="one CLIP threshold for all classes")
     p.add_argument("--no-filter", action="store_true", help="drop the AND with the weak label (ablation)")
+    p.add_argument("--modality-agnostic", action="store_true",
+                   help="both modalities get audio OR visual (VALOR Table 2: modality-agnostic labels)")
     p.add_argument("--out", default=None, help="output URI (default: labels beside the features)")
     p.add_argument("--split", action="append", default=None, help="only this split (repeatable; default all)")
     p.add_argument("--rows-per-file", type=int, default=d.rows_per_file)

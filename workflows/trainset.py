@@ -40,7 +40,7 @@ import numpy as np
 from valor_core.arrays import AVVPArrays
 from valor_core.classes import NUM_SEGMENTS
 from valor_core.config import replace
-from valor_core.labels import harvest_labels, thresholds_for
+from valor_core.labels import harvest_labels, modality_agnostic, thresholds_for
 from valor_core.llp import default_annotations, load_split
 from valor_core.sim import SimConfig, parse_sim_source, simulate
 from workflows.features import RELEASED, column_array, features_dataset, labels_complete, labels_uri, read_labels
@@ -112,8 +112,11 @@ def _harvest_on_the_fly(data: dict[str, AVVPArrays], labels_cfg) -> dict:
             continue
         arrays.audio_labels = harvest_labels(arrays.clap_logits, arrays.weak, th_a, labels_cfg.filter_by_weak)
         arrays.visual_labels = harvest_labels(arrays.clip_logits, arrays.weak, th_v, labels_cfg.filter_by_weak)
+        if labels_cfg.modality_agnostic:  # Table 2: a OR v for both modalities
+            arrays.audio_labels = arrays.visual_labels = modality_agnostic(arrays.audio_labels, arrays.visual_labels)
     return {"audio": [float(x) for x in th_a], "visual": [float(x) for x in th_v],
-            "filter_by_weak": bool(labels_cfg.filter_by_weak), "source": "on the fly (LabelConfig)"}
+            "filter_by_weak": bool(labels_cfg.filter_by_weak),
+            "modality_agnostic": bool(labels_cfg.modality_agnostic), "source": "on the fly (LabelConfig)"}
 
 
 def _join_harvest(data: dict[str, AVVPArrays], uri: str) -> dict:
@@ -124,6 +127,8 @@ def _join_harvest(data: dict[str, AVVPArrays], uri: str) -> dict:
     ids = np.asarray(table.column("video_id").to_pylist()).astype(str)
     audio = column_array(table, "audio_labels", (10, 25), np.uint8, ids)
     visual = column_array(table, "visual_labels", (10, 25), np.uint8, ids)
+    if "visual_soft" in table.column_names:  # `valor refine lsld`: soft visual targets (LSLD Eq. 4), float32
+        visual = column_array(table, "visual_soft", (10, 25), np.float32, ids)
     where = {v: i for i, v in enumerate(ids.tolist())}
     for name, arrays in data.items():
         rows = np.array([where.get(v, -1) for v in arrays.video_ids.tolist()], dtype=np.int64)
@@ -297,6 +302,8 @@ def load_training_data(features: str, cfg, *, labels: Optional[str] = None, anno
         if split in data:
             data[split] = _subsample(data[split], max_eval, cfg.seed)
     imported = kind == "uri" and all(a.audio_labels is not None for a in data.values())
+    if cfg.loss == "ma-refined" and not labels:  # MA stage 3: modality-aware labels only, never VALOR's
+        raise DataError(f"preset {cfg.preset} (loss ma-refined) needs --labels: a `valor refine ma` output")
     labels_used = labels or (labels_uri(value) if kind == "uri" and labels_complete(labels_uri(value)) else None)
     if labels_used:
         for arrays in data.values():  # a harvest output wins over imported pseudo-labels

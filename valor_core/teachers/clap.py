@@ -1,7 +1,9 @@
 """CLAP teacher through laion_clap (audio modality).
 
 Spec syntax (`--clap`, `TeacherConfig.clap`):
-- `PATH`                       a laion_clap checkpoint, HTSAT-base with fusion (the paper's `630k-fusion-best.pt`).
+- `PATH`                       a laion_clap checkpoint, HTSAT-tiny with fusion (the paper's `630k-fusion-best.pt`, as
+                               VALOR's clap_preprocess.py loads it: `CLAP_Module(enable_fusion=True)`, laion_clap's
+                               default audio tower).
 - `AMODEL:PATH`                another audio tower (e.g. `HTSAT-tiny:/ckpt.pt`), fusion on.
 - `AMODEL:nofusion:PATH`       ... with fusion off (`fusion` turns it on explicitly).
 - `SPEC.json`                  {"checkpoint": PATH, "amodel": "HTSAT-base", "enable_fusion": true,
@@ -33,7 +35,7 @@ from valor_core.teachers import mel
 from valor_core.teachers.base import MissingCheckpoint, Teacher, TeacherError
 from valor_core.teachers.hf import TOKENIZER_REPOS, hub_cache_dir, missing_hub_repos, offline_hub
 
-DEFAULT_AMODEL = "HTSAT-base"
+DEFAULT_AMODEL = "HTSAT-tiny"  # laion_clap's default, the tower of the 630k checkpoints
 KNOWN_BUFFERS = ("text_branch.embeddings.position_ids", "text_branch.embeddings.token_type_ids")
 HOW_TO_GET_HUB_FILES = (
     "laion_clap loads the roberta-base, bert-base-uncased and facebook/bart-base tokenizers (and the roberta-base "
@@ -141,7 +143,7 @@ def check_clap_files(spec: str) -> dict:
     if ckpt is not None and not Path(ckpt).is_file():
         raise MissingCheckpoint(
             f"CLAP checkpoint {ckpt!r} not found (spec {spec!r}). The paper's teacher is laion_clap's "
-            f"630k-fusion-best.pt (HTSAT-base, fusion; NOT the AudioSet one, which overlaps LLP val/test): "
+            f"630k-fusion-best.pt (HTSAT-tiny, fusion; NOT the AudioSet one, which overlaps LLP val/test): "
             f"download https://huggingface.co/lukewys/laion_clap/resolve/main/630k-fusion-best.pt on a machine "
             f"with network access and copy it here.")
     return opts

@@ -143,7 +143,7 @@ def run_harvest(ctx: Context) -> dict:
     summary = harvest.harvest(ctx.layout.features, ctx.layout.labels, annotations=cfg.paths.annotations,
                               thresholds=th, provenance=where, filter_by_weak=cfg.thresholds.filter_by_weak,
                               rows_per_file=cfg.harvest.rows_per_file, splits=tuple(cfg.harvest.splits),
-                              storage_opts=ctx.store.opts)
+                              storage_opts=ctx.store.opts, modality_agnostic=cfg.thresholds.modality_agnostic)
     return {k: summary[k] for k in ("videos", "files", "splits", "audio_labels", "visual_labels", "from",
                                     "filter_by_weak") if k in summary}
 

@@ -1,0 +1,462 @@
+"""`valor parse`: what happens in your own videos, when, and whether it is heard or seen.
+
+    valor parse VIDEO... --checkpoint SPEC --out DIR [--clip SPEC] [--clap SPEC] [--ray | --no-ray] [--json]
+
+VIDEO: files, directories (their video files, not recursive) or s3:// URIs (an object, or a prefix). SPEC: anything
+`valor predict` takes (workflows/checkpoints.py): a checkpoint dir or file, a Ray Train run dir, an s3:// prefix, an
+MLflow run id, or official:PRESET:PATH. Per video: decode (valor_core.media), compute the features the checkpoint's
+preset takes (TrainConfig.features: clip_clap = the CLIP/CLAP teachers' embeddings, with the teachers and media
+settings recorded by the features dataset the checkpoint was trained on unless --clip/--clap are given;
+vggish_resnet_r2p1d and clip_clap_maps = the paper backbones of valor_core.backbones), run the HAN, apply the official
+rule (valor_core.fit.decide) per window and turn the segments into events (valor_core.events: windows of T segments
+for videos longer than T x segment_seconds, merged across borders). Written into DIR (a new or empty dir, or an
+earlier `valor parse` output, which is replaced):
+    <id>.json      {"video", "source", "duration", "segments", "segment_seconds", "windows", "checkpoint", "features",
+                    "issues", "events": [{"class", "modality", "start", "end", "confidence"}],
+                    "segment_prob": {"audio": n x 25, "visual": n x 25}, "global_prob": windows x 25}
+    <id>.png       the timeline (workflows.timeline)
+    index.html     every video with its timeline; a cursor follows playback, a click on an event seeks to it
+    failures.json  [{"video", "source", "stage", "kind", "reason"}]: the videos that could not be parsed (media error
+                   kinds of valor_core.media.errors); the batch goes on
+More than RAY_THRESHOLD videos (or --ray) go through Ray Data (an actor pool, each actor loads the model once);
+fewer run in this process without Ray. With --json the last line is {"videos": n, "failed": m, "out": DIR}.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from valor_core.classes import CLASSES
+from valor_core.config import MediaConfig
+from valor_core.configio import build
+from valor_core.events import find_events, plan_windows, stitch, window_frames
+from valor_core.media import decode
+from valor_core.media.errors import MediaError
+from workflows import objstore
+from workflows.outputs import LockedError, OwnershipError, claim, clear_owned, lock, read_marker
+from workflows.parse_page import render_page
+from workflows.timeline import timeline_png
+
+VIDEO_EXT = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".ts", ".3gp")
+RAY_THRESHOLD = 8
+# TrainConfig.features -> (teachers, paper backbones) it is computed from, and the HAN input each column feeds
+NEEDS = {"clip_clap": (("clip", "clap"), ()),
+         "vggish_resnet_r2p1d": ((), ("vggish", "res152", "r2plus1d")),
+         "clip_clap_maps": (("clip",), ("clap_maps", "r2plus1d"))}
+ROLES = {"clip_clap": {"audio": "clap", "frames": "clip"},
+         "vggish_resnet_r2p1d": {"audio": "vggish", "frames": "res152", "clips": "r2plus1d"},
+         "clip_clap_maps": {"audio": "clap_maps", "frames": "clip", "clips": "r2plus1d"}}
+
+
+class ParseError(ValueError):
+    """Bad input to `valor parse` (exit 2); the message names it."""
+
+
+# --- inputs ----------------------------------------------------------------------------------------------------------
+
+
+def _id_of(path: str) -> str:
+    return os.path.splitext(os.path.basename(path.rstrip("/")))[0]
+
+
+def list_videos(inputs: list[str], opts: Optional[dict] = None) -> list[tuple[str, str]]:
+    """[(video id, source)] of the VIDEO arguments; ParseError for a path that is not there or ids given twice."""
+    out: list[tuple[str, str]] = []
+    for item in inputs:
+        if objstore.is_s3(item):
+            if item.lower().endswith(VIDEO_EXT):
+                out.append((_id_of(item), item))
+                continue
+            found = [f"s3://{p}" for p in objstore.list_files(item.rstrip("/") + "/", opts)
+                     if p.lower().endswith(VIDEO_EXT)]
+            if not found:
+                raise ParseError(f"{item}: no video files under this prefix")
+            out += [(_id_of(p), p) for p in found]
+        elif os.path.isdir(item):
+            found = sorted(os.path.join(item, n) for n in os.listdir(item) if n.lower().endswith(VIDEO_EXT)
+                           and os.path.isfile(os.path.join(item, n)))
+            if not found:
+                raise ParseError(f"{item}: no video files ({', '.join(VIDEO_EXT)}) in this directory")
+            out += [(_id_of(p), os.path.abspath(p)) for p in found]
+        elif os.path.exists(item):
+            out.append((_id_of(item), os.path.abspath(item)))
+        else:
+            raise ParseError(f"{item}: no such file or directory")
+    seen: dict[str, str] = {}
+    for vid, src in out:
+        if vid in seen:
+            raise ParseError(f"video id {vid!r} twice ({seen[vid]} and {src}): outputs are named by id")
+        seen[vid] = src
+    return out
+
+
+# --- the model and its feature extractors ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParserSpec:
+    """What a parser is built from (picklable: Ray actors build their own)."""
+
+    checkpoint: str  # as given (recorded in every JSON)
+    resolved: str  # workflows.checkpoints.resolve_checkpoint of it
+    clip: Optional[str] = None
+    clap: Optional[str] = None
+    weights: dict = field(default_factory=dict)  # backbone name -> weights path
+    device: str = "auto"
+    media: Optional[dict] = None  # MediaConfig fields (default: the features dataset's, else MediaConfig())
+
+
+def _paper_backbones(kind: str, names: tuple) -> Any:
+    try:
+        import valor_core.backbones as backbones
+    except ImportError:
+        raise ParseError(f"features {kind} need the paper backbones (valor extract --features {','.join(names)}), "
+                         "which this valor does not have (valor_core.backbones)") from None
+    return backbones
+
+
+def make_spec(checkpoint: str, *, clip: Optional[str] = None, clap: Optional[str] = None,
+              weights: Optional[dict] = None, device: str = "auto", tracking_uri: Optional[str] = None) -> ParserSpec:
+    """Resolve the checkpoint and the teachers; ParseError (before any model is built) when something is missing."""
+    from valor_core.teachers import TeacherError
+    from valor_core.teachers.clap import check_clap_files
+    from valor_core.teachers.clip import check_clip_files
+    from workflows.checkpoints import CheckpointError, config_from_dict, parse_official, resolve_checkpoint
+
+    try:
+        resolved = resolve_checkpoint(checkpoint, tracking_uri)
+        official = parse_official(resolved)
+        if official is not None:  # an official checkpoint: the preset's config, no features recorded
+            from valor_core.presets import get_preset
+
+            cfg, data = get_preset(official[0]), {}
+        else:
+            with open(os.path.join(resolved, "config.json")) as f:
+                meta = json.load(f)
+            cfg, data = config_from_dict(meta["train"]), meta.get("data", {})
+    except (FileNotFoundError, CheckpointError, ValueError, KeyError, OSError) as err:
+        raise ParseError(f"--checkpoint {checkpoint}: {err}") from None
+    features = str(data.get("features") or "")
+    marker = (read_marker(features) or {}) if features and not features.startswith("sim") else {}
+    made = marker.get("teachers", {}) if isinstance(marker, dict) else {}
+    kind = cfg.features
+    teachers, backbones = NEEDS[kind]
+    clip, clap = clip or made.get("clip"), clap or made.get("clap")
+    for name, spec in (("clip", clip), ("clap", clap)):
+        if (name in teachers or (name == "clap" and "clap_maps" in backbones)) and not spec:
+            raise ParseError(f"--checkpoint {checkpoint}: its features ({kind}) need the {name.upper()} teacher and "
+                             f"the checkpoint's features dataset records none: pass --{name} SPEC")
+    try:
+        if "clip" in teachers:
+            check_clip_files(clip)
+        if "clap" in teachers or "clap_maps" in backbones:
+            check_clap_files(clap)
+    except TeacherError as err:
+        raise ParseError(str(err)) from None
+    if backbones:
+        bb = _paper_backbones(kind, backbones)
+        try:
+            for name in backbones:
+                bb.weights_path(name, clap if name == "clap_maps" else (weights or {}).get(name))
+        except Exception as err:  # noqa: BLE001 - BackboneError / MissingWeights: one line naming the file
+            raise ParseError(str(err)) from None
+    return ParserSpec(checkpoint=checkpoint, resolved=resolved, clip=clip, clap=clap, weights=dict(weights or {}),
+                      device=device, media=made.get("media"))
+
+
+class Parser:
+    """The model, its feature extractors and media settings, loaded once; `parse(source, id)` -> result dict."""
+
+    def __init__(self, spec: ParserSpec):
+        from valor_core.config import TeacherConfig
+        from valor_core.teachers import load_clap_teacher, load_clip_teacher
+        from workflows.checkpoints import load_checkpoint_model
+
+        self.spec = spec
+        self.model, self.cfg, _ = load_checkpoint_model(spec.resolved)
+        self.kind = self.cfg.features
+        teachers, backbones = NEEDS[self.kind]
+        self.media = build(MediaConfig, dict(spec.media)) if spec.media else MediaConfig()
+        if backbones:
+            self.media = dataclasses.replace(self.media, frame_size=self.media.frame_size or 224)
+        tcfg = TeacherConfig(device=spec.device)
+        self.clip = load_clip_teacher(spec.clip, tcfg) if "clip" in teachers else None
+        self.clap = load_clap_teacher(spec.clap, tcfg) if "clap" in teachers else None
+        self.backbones: dict = {}
+        if backbones:
+            bb = _paper_backbones(self.kind, backbones)
+            self.backbones = {n: bb.build_backbone(n, spec.clap if n == "clap_maps" else spec.weights.get(n),
+                                                   spec.device, segments=self.media.segments) for n in backbones}
+            self._compute = bb.compute_features
+        m = self.model.cfg
+        for role, dim, src in (("audio", m.audio_dim, self.clap), ("frames", m.frame_dim, self.clip)):
+            if src is not None and self.kind == "clip_clap" and dim and int(src.dim) != dim:
+                raise ParseError(f"--checkpoint {spec.checkpoint}: its HAN takes {role} of width {dim}; the "
+                                 f"{src.name.upper()} teacher {src.spec} gives {src.dim}")
+
+    # --- per video ---
+    def _decode(self, data, vid: str):
+        """(decoded video, WindowPlan, frames (W, T, S, S, 3), dense (W, 8T, ...) or None, audio (W, T, L) or None)."""
+        m, T = self.media, self.media.segments
+        dense_needed = bool(self.backbones)
+        d = decode(data, vid, dataclasses.replace(m, dense_frames=dense_needed))
+        plan = plan_windows(d.duration, T, m.segment_seconds, m.length_policy)
+        if not plan.windowed:
+            return (d, plan, d.frames[None], None if d.dense_frames is None else d.dense_frames[None],
+                    None if d.audio is None else d.audio[None])
+        W = plan.windows
+        dw = decode(data, vid, dataclasses.replace(m, segments=W * T, length_policy="pad_trim", dense_frames=True))
+        per = int(round(m.grid_fps * m.segment_seconds))
+        dense = dw.dense_frames
+        frames = window_frames(dense, W, T, per, m.frame_sampling)
+        audio = None if dw.audio is None else dw.audio.reshape(W, T, -1)
+        dense = dense.reshape((W, T * per) + dense.shape[1:]) if dense_needed else None
+        dw.issues, dw.notes = d.issues, d.notes + (f"{W} windows of {T} x {m.segment_seconds:g} s",)
+        dw.duration = d.duration
+        return dw, plan, frames, dense, audio
+
+    def _features(self, frames, dense, audio) -> dict[str, np.ndarray]:
+        W = frames.shape[0]
+        cols: dict[str, np.ndarray] = {}
+        if self.clip is not None:
+            cols["clip"] = self.clip.segment_logits(list(frames))[1]
+        if self.clap is not None:
+            cols["clap"] = self.clap.segment_logits(list(audio))[1]
+        if self.backbones:
+            waves = [a.reshape(-1) for a in audio]
+            out = self._compute(list(self.backbones), dense, waves, self.media.sample_rate, self.backbones,
+                                self.spec.device, segments=self.media.segments)
+            cols.update({name: np.asarray(out[name]).reshape((W,) + np.asarray(out[name]).shape[-2:])
+                         for name in self.backbones})
+        return cols
+
+    def parse(self, source: str, vid: str, opts: Optional[dict] = None) -> dict:
+        """The result dict (module doc) of one video; MediaError when it cannot be decoded."""
+        from valor_core.arrays import AVVPArrays
+        from valor_core.fit import decide, predict_probs
+
+        data = objstore.read_bytes(source, opts) if objstore.is_s3(source) else source
+        d, plan, frames, dense, audio = self._decode(data, vid)
+        issues = [f"{e.kind}: {e.reason}" for e in d.issues]
+        T = self.media.segments
+        if audio is None:  # no (decodable) audio track: the audio streams see silence, and the JSON says so
+            seg = int(round(self.media.sample_rate * (plan.edges[1] - plan.edges[0] if not plan.windowed
+                                                       else self.media.segment_seconds)))
+            audio = np.zeros((plan.windows, T, max(seg, 1)), np.float32)
+            issues.append("audio missing: parsed as silence")
+        cols = self._features(frames, dense, audio)
+        W = plan.windows
+        roles = {role: cols[col] for role, col in ROLES[self.kind].items()
+                 if role == "audio" or getattr(self.model.cfg, {"frames": "frame_dim", "clips": "clip_dim"}[role])}
+        arrays = AVVPArrays(video_ids=np.array([f"{vid}#{w}" for w in range(W)]),
+                            weak=np.zeros((W, len(CLASSES)), np.uint8), **roles)
+        segment_prob, global_prob = predict_probs(self.model, arrays)
+        on_a, on_v = decide(segment_prob, global_prob)
+        n = plan.kept
+        pa, pv = stitch(segment_prob[:, :, 0], n), stitch(segment_prob[:, :, 1], n)
+        events = find_events(stitch(on_a, n), stitch(on_v, n), pa, pv, plan.edges)
+        for e in events:
+            e.pop("segments")
+        seg_s = float(plan.edges[1] - plan.edges[0])
+        return {"video": vid, "source": source, "duration": round(float(d.duration), 3), "segments": int(n),
+                "segment_seconds": round(seg_s, 4), "windows": int(W), "checkpoint": self.spec.checkpoint,
+                "features": self.kind, "issues": issues, "events": events,
+                "segment_prob": {"audio": np.round(pa, 5).tolist(), "visual": np.round(pv, 5).tolist()},
+                "global_prob": np.round(global_prob, 5).tolist()}
+
+
+def failure(vid: str, source: str, err: BaseException) -> dict:
+    """A failures.json row: media errors by their kind, anything else as stage `parse` with its type."""
+    if isinstance(err, MediaError):
+        return {"video": vid, "source": source, "stage": "decode", "kind": err.kind, "reason": err.reason}
+    return {"video": vid, "source": source, "stage": "parse", "kind": type(err).__name__,
+            "reason": (str(err).strip().splitlines() or [""])[0][:500]}
+
+
+def parse_one(parser: Parser, vid: str, source: str, opts: Optional[dict] = None) -> dict:
+    """{"video", "source", "result" | None, "png" | None, "failure" | None}: never raises for a bad video."""
+    try:
+        result = parser.parse(source, vid, opts)
+        return {"video": vid, "source": source, "result": result, "png": timeline_png(result), "failure": None}
+    except Exception as err:  # noqa: BLE001 - one bad video never stops the batch
+        return {"video": vid, "source": source, "result": None, "png": None, "failure": failure(vid, source, err)}
+
+
+# --- Ray Data: many videos -------------------------------------------------------------------------------------------
+
+
+class ParseActor:
+    """Ray Data actor: builds a Parser once, parses one batch of (video_id, source) rows."""
+
+    def __init__(self, spec: ParserSpec, opts: Optional[dict], threads: int = 1):
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.parser, self.opts = Parser(spec), opts
+
+    def __call__(self, batch: dict) -> dict:
+        outs = [parse_one(self.parser, str(v), str(s), self.opts) for v, s in zip(batch["video_id"], batch["source"])]
+        return {"video_id": np.array([o["video"] for o in outs], dtype=object),
+                "record": np.array([json.dumps({k: o[k] for k in ("result", "failure")}) for o in outs],
+                                   dtype=object),
+                "png": np.array([o["png"] or b"" for o in outs], dtype=object)}
+
+
+def parse_with_ray(spec: ParserSpec, videos: list[tuple[str, str]], opts: Optional[dict], *, actors: int = 1,
+                   address: Optional[str] = None, num_cpus: Optional[int] = None,
+                   log: Callable[[str], None] = print):
+    """Yield parse_one-like dicts for `videos` through a Ray Data actor pool (results come back to the driver)."""
+    import ray
+
+    from workflows.runtime import start_ray
+
+    shutdown = start_ray(address, num_cpus=num_cpus, log=log)
+    try:
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        per_actor = max(0.5, min(cpus / max(1, actors), cpus - 0.25))
+        ds = ray.data.from_items([{"video_id": v, "source": s} for v, s in videos],
+                                 override_num_blocks=max(1, len(videos)))
+        ds = ds.map_batches(ParseActor, fn_constructor_kwargs={"spec": spec, "opts": opts,
+                                                               "threads": int(max(1, per_actor))},
+                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
+                            batch_size=1, batch_format="numpy", num_cpus=per_actor)
+        sources = dict(videos)
+        for row in ds.iter_rows():
+            rec = json.loads(row["record"])
+            yield {"video": row["video_id"], "source": sources[row["video_id"]], "result": rec["result"],
+                   "png": row["png"] or None, "failure": rec["failure"]}
+    finally:
+        shutdown()
+
+
+# --- the run ---------------------------------------------------------------------------------------------------------
+
+
+def _page_src(out: str, vid: str, source: str, copy: bool, opts: Optional[dict]) -> str:
+    """The player's src relative to index.html: the file itself, or a copy in DIR/videos/ (s3:// or --copy-videos)."""
+    if objstore.is_s3(source) or copy:
+        ext = os.path.splitext(source)[1] or ".mp4"
+        os.makedirs(os.path.join(out, "videos"), exist_ok=True)
+        dest = os.path.join(out, "videos", vid + ext)
+        if objstore.is_s3(source):
+            with open(dest, "wb") as f:
+                f.write(objstore.read_bytes(source, opts))
+        else:
+            shutil.copyfile(source, dest)
+        return f"videos/{vid}{ext}"
+    return os.path.relpath(source, out).replace(os.sep, "/")
+
+
+def run_parse(inputs: list[str], checkpoint: str, out: str, *, clip: Optional[str] = None,
+              clap: Optional[str] = None, weights: Optional[dict] = None, device: str = "auto",
+              use_ray: Optional[bool] = None, actors: int = 1, address: Optional[str] = None,
+              num_cpus: Optional[int] = None, copy_videos: bool = False, tracking_uri: Optional[str] = None,
+              opts: Optional[dict] = None, log: Callable[[str], None] = print) -> dict:
+    """Parse every video of `inputs` into `out`; returns {"videos", "failed", "out", "seconds", "ray"}.
+    ParseError / OwnershipError / LockedError for bad input, before any model is built."""
+    t0 = time.time()
+    if objstore.is_s3(out):
+        raise ParseError(f"--out {out}: the page and pictures are written to a local directory; give a local --out")
+    out = os.path.abspath(out)
+    videos = list_videos(inputs, opts)
+    spec = make_spec(checkpoint, clip=clip, clap=clap, weights=weights, device=device, tracking_uri=tracking_uri)
+    claim(out, "parse")
+    with lock(out, f"valor parse -> {out}"):
+        clear_owned(out)
+        ray_used = bool(use_ray) if use_ray is not None else len(videos) > RAY_THRESHOLD
+        log(f"parse: {len(videos)} video(s), checkpoint {checkpoint}, "
+            f"{'Ray Data' if ray_used else 'in-process'} -> {out}")
+        if ray_used:
+            stream = parse_with_ray(spec, videos, opts, actors=actors, address=address, num_cpus=num_cpus, log=log)
+        else:
+            parser = Parser(spec)
+            stream = (parse_one(parser, v, s, opts) for v, s in videos)
+        results, srcs, failures = [], [], []
+        for o in stream:
+            if o["failure"] is not None:
+                failures.append(o["failure"])
+                log(f"parse: {o['video']}: failed ({o['failure']['kind']}: {o['failure']['reason']})")
+                continue
+            r = o["result"]
+            with open(os.path.join(out, f"{r['video']}.json"), "w") as f:
+                json.dump(r, f)
+            with open(os.path.join(out, f"{r['video']}.png"), "wb") as f:
+                f.write(o["png"])
+            results.append(r)
+            srcs.append(_page_src(out, r["video"], o["source"], copy_videos, opts))
+            log(f"parse: {r['video']}: {r['duration']:.1f} s, {len(r['events'])} event(s)")
+        order = {v: i for i, (v, _) in enumerate(videos)}
+        keep = sorted(range(len(results)), key=lambda i: order[results[i]["video"]])
+        results, srcs = [results[i] for i in keep], [srcs[i] for i in keep]
+        failures.sort(key=lambda f: order[f["video"]])
+        with open(os.path.join(out, "failures.json"), "w") as f:
+            json.dump(failures, f, indent=1)
+        with open(os.path.join(out, "index.html"), "w") as f:
+            f.write(render_page(results, srcs, failures, checkpoint))
+    return {"videos": len(results), "failed": len(failures), "out": out, "seconds": round(time.time() - t0, 2),
+            "ray": ray_used}
+
+
+# --- CLI -------------------------------------------------------------------------------------------------------------
+
+
+def _weights(items: list[str]) -> dict:
+    out = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ParseError(f"--weights {item!r}: expected NAME=PATH (e.g. vggish=/models/vggish.pth)")
+        out[name] = path
+    return out
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("parse", help="parse your own videos: events (class, audio/visual/audio-visual, when), "
+                       "timelines and a page", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, directories of them, or s3:// URIs")
+    p.add_argument("--checkpoint", required=True, metavar="SPEC",
+                   help="a checkpoint dir/file, Ray Train run dir, s3:// prefix, MLflow run id, or official:PRESET:PATH")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (new, empty, or a valor parse output)")
+    p.add_argument("--clip", metavar="SPEC", help="CLIP teacher (default: the one the checkpoint's features used)")
+    p.add_argument("--clap", metavar="SPEC", help="CLAP teacher (default: the one the checkpoint's features used)")
+    p.add_argument("--weights", action="append", metavar="NAME=PATH",
+                   help="paper backbone weights (vggish, res152, r2plus1d); repeatable")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--ray", action="store_true", default=None, help="use Ray Data whatever the number of videos")
+    g.add_argument("--no-ray", action="store_false", dest="ray", help="parse in this process whatever the number")
+    p.add_argument("--actors", type=int, default=1, help="with Ray: parser actors (each loads the model once)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
+    p.add_argument("--num-cpus", type=int, default=None, help="local Ray only: CPUs to use")
+    p.add_argument("--copy-videos", action="store_true", help="copy local videos next to index.html "
+                   "(s3:// videos always are)")
+    p.add_argument("--tracking-uri", metavar="URI", help="with --checkpoint RUN: the MLflow store")
+    p.add_argument("--json", action="store_true", help='last line: {"videos": n, "failed": m, "out": DIR}')
+    p.set_defaults(func=_cli)
+
+
+def _cli(args) -> int:
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
+    try:
+        if args.actors < 1:
+            raise ParseError(f"--actors {args.actors}: must be >= 1")
+        s = run_parse(args.videos, args.checkpoint, args.out, clip=args.clip, clap=args.clap,
+                      weights=_weights(args.weights), device=args.device, use_ray=args.ray, actors=args.actors,
+                      address=args.address, num_cpus=args.num_cpus, copy_videos=args.copy_videos,
+                      tracking_uri=args.tracking_uri, opts=objstore.s3_options(), log=log)
+    except (ParseError, OwnershipError, LockedError, objstore.StorageError) as err:
+        print(f"valor parse: error: {err}", file=sys.stderr)
+        return 2
+    log(f"parse: {s['videos']} parsed, {s['failed']} failed in {s['seconds']:.1f} s -> {s['out']}/index.html")
+    if args.json:
+        print(json.dumps({"videos": s["videos"], "failed": s["failed"], "out": s["out"]}), flush=True)
+    return 1 if s["videos"] == 0 and s["failed"] > 0 else 0
