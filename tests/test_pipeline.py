@@ -448,8 +448,8 @@ def test_job_submit_on_loopback_with_s3(ray_head, s3, tmp_path_factory):
     s2 = _last_json(logs)
     assert "nothing to do" in logs and s2["ran"] == []
     assert {k: v["status"] for k, v in s2["stages"].items()} == {
-        "extract": "skipped", "tune": "skipped", "harvest": "skipped", "train": "skipped", "evaluate": "skipped",
-        "demo": "disabled"}
+        "extract": "skipped", "import": "disabled", "tune": "skipped", "harvest": "skipped", "train": "skipped",
+        "evaluate": "skipped", "demo": "disabled"}
 
     # only the thresholds changed: harvest, train and evaluate re-run; extract and tune do not
     status, logs = _submit(ray_head["dashboard"], renv, ["--config", "configs/local.yaml", *overrides,

@@ -36,12 +36,17 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from valor_core.classes import CLASSES
-from valor_core.config import MediaConfig
+from valor_core.config import MediaConfig, TeacherConfig
 from valor_core.configio import build
 from valor_core.events import find_events, plan_windows, stitch, window_frames
 from valor_core.media import decode
 from valor_core.media.errors import MediaError
+from valor_core.teachers import TeacherError, load_clap_teacher, load_clip_teacher
+from valor_core.teachers.clap import check_clap_files
+from valor_core.teachers.clip import check_clip_files
 from workflows import objstore
+from workflows.checkpoints import (CheckpointError, config_from_dict, load_checkpoint_model, parse_official,
+                                   resolve_checkpoint)
 from workflows.outputs import LockedError, OwnershipError, claim, clear_owned, lock, read_marker
 from workflows.parse_page import render_page
 from workflows.timeline import timeline_png
@@ -127,11 +132,6 @@ def _paper_backbones(kind: str, names: tuple) -> Any:
 def make_spec(checkpoint: str, *, clip: Optional[str] = None, clap: Optional[str] = None,
               weights: Optional[dict] = None, device: str = "auto", tracking_uri: Optional[str] = None) -> ParserSpec:
     """Resolve the checkpoint and the teachers; ParseError (before any model is built) when something is missing."""
-    from valor_core.teachers import TeacherError
-    from valor_core.teachers.clap import check_clap_files
-    from valor_core.teachers.clip import check_clip_files
-    from workflows.checkpoints import CheckpointError, config_from_dict, parse_official, resolve_checkpoint
-
     try:
         resolved = resolve_checkpoint(checkpoint, tracking_uri)
         official = parse_official(resolved)
@@ -177,10 +177,6 @@ class Parser:
     """The model, its feature extractors and media settings, loaded once; `parse(source, id)` -> result dict."""
 
     def __init__(self, spec: ParserSpec):
-        from valor_core.config import TeacherConfig
-        from valor_core.teachers import load_clap_teacher, load_clip_teacher
-        from workflows.checkpoints import load_checkpoint_model
-
         self.spec = spec
         self.model, self.cfg, _ = load_checkpoint_model(spec.resolved)
         self.kind = self.cfg.features

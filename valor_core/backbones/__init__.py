@@ -23,6 +23,7 @@ import numpy as np
 from valor_core.backbones import clap_maps, r2plus1d, resnet, vggish
 from valor_core.backbones.base import resolve_device
 from valor_core.backbones.weights import BackboneError, MissingWeights, resolve
+from valor_core.teachers.clap import check_clap_files
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,6 @@ def weights_path(name: str, spec: Optional[str], flag: Optional[str] = None) -> 
     if name not in BACKBONES:
         raise BackboneError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
     if name == "clap_maps":
-        from valor_core.teachers.clap import check_clap_files
-
         check_clap_files(spec or "random")
         return spec or "random"
     e = BACKBONES[name]
