@@ -37,6 +37,7 @@ from workflows.features import (LABELS_SIDECAR, beside, column_array, features_d
                                 usable_rows)
 from workflows.harvest import HARVEST_META_KEY, _labels_array, _same_uri
 from workflows.outputs import LockedError, OwnershipError, claim, clear_owned, lock
+from workflows.refine import method_parsers
 from workflows.runtime import code_version
 
 OUT_NAME = "lsld_labels"
@@ -199,12 +200,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    """Adds `valor refine lsld` (and `valor refine` if no other method made it yet)."""
-    refine_parser = subparsers.choices.get("refine") or subparsers.add_parser(
-        "refine", help="label refinement methods -> labels beside the features")
-    methods = next((a for a in refine_parser._actions if isinstance(a, argparse._SubParsersAction)), None)
-    if methods is None:
-        methods = refine_parser.add_subparsers(dest="method", metavar="METHOD")
+    """Adds `valor refine lsld` (workflows.refine owns `valor refine`)."""
+    methods = method_parsers(subparsers)
     d, t = LSLDConfig(), TeacherConfig()
     p = methods.add_parser("lsld", help="LSLD caption scoring + visual re-weighting -> refined labels",
                            description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -37,6 +37,7 @@ from workflows.config import StorageConfig
 from workflows.features import LABELS_SIDECAR, beside
 from workflows.harvest import HARVEST_META_KEY, _labels_array, _same_uri
 from workflows.outputs import LockedError, OwnershipError, claim, clear_owned, lock
+from workflows.refine import method_parsers
 from workflows.runtime import code_version, start_ray
 from workflows.trainset import DataError, load_eval_split
 
@@ -178,12 +179,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    """Adds `valor refine ma` (and `valor refine` if no other method made it yet)."""
-    refine_parser = subparsers.choices.get("refine") or subparsers.add_parser(
-        "refine", help="label refinement methods -> labels beside the features")
-    methods = next((a for a in refine_parser._actions if isinstance(a, argparse._SubParsersAction)), None)
-    if methods is None:
-        methods = refine_parser.add_subparsers(dest="method", metavar="METHOD")
+    """Adds `valor refine ma` (workflows.refine owns `valor refine`)."""
+    methods = method_parsers(subparsers)
     d = MAConfig()
     p = methods.add_parser("ma", help="MA track swap with unrelated videos -> modality-aware labels (stage 2)",
                            description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
