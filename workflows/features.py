@@ -316,6 +316,11 @@ def read_val_logits(source: str, annotations: str, storage_opts: Optional[dict] 
                       visual_gt=split.visual_gt, **arrays)
 
 
+def finish_labels(fs, path: str, summary: dict) -> None:
+    """Mark a labels output complete: its LABELS_SIDECAR (the run's summary), written last and atomically."""
+    objstore.put_atomic(fs, posixpath.join(path, LABELS_SIDECAR), (json.dumps(summary, indent=1) + "\n").encode())
+
+
 def labels_complete(uri: str, storage_opts: Optional[dict] = None) -> bool:
     """Whether a complete harvest output (its sidecar, written last) is at `uri`."""
     try:

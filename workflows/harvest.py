@@ -48,7 +48,7 @@ from valor_core.sim import parse_sim_source, simulate
 from valor_core.tuning_objective import LogitsError, validate_logits
 from workflows import objstore
 from workflows.config import HarvestConfig, StorageConfig
-from workflows.features import (LABELS_SIDECAR, LOGIT_COLUMNS, OK_FLAGS, column_array, features_dataset, labels_uri,
+from workflows.features import (LOGIT_COLUMNS, finish_labels, OK_FLAGS, column_array, features_dataset, labels_uri,
                                 teacher_logits, usable_rows)
 from workflows.outputs import LockedError, OwnershipError, claim, clear_owned, lock
 
@@ -273,7 +273,7 @@ def _harvest_into(out, source, annotations, thresholds, filter_by_weak, rows_per
                "out": str(out),
                **{k: meta[k] for k in ("thresholds", "filter_by_weak", "modality_agnostic", "from", "source")},
                "seconds": round(time.perf_counter() - t0, 3)}
-    objstore.put_atomic(fs, posixpath.join(path, LABELS_SIDECAR), (json.dumps(summary, indent=1) + "\n").encode())
+    finish_labels(fs, path, summary)
     return summary
 
 

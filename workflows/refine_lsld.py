@@ -33,7 +33,7 @@ from valor_core.lsld import CLASS_TEXTS, PHRASES, class_similarity, denoise, rew
 from valor_core.tuning_objective import LogitsError
 from workflows import objstore
 from workflows.config import StorageConfig
-from workflows.features import (LABELS_SIDECAR, beside, column_array, features_dataset, fixed_list, teacher_ok,
+from workflows.features import (beside, finish_labels, column_array, features_dataset, fixed_list, teacher_ok,
                                 usable_rows)
 from workflows.harvest import HARVEST_META_KEY, _labels_array, _same_uri
 from workflows.outputs import LockedError, OwnershipError, claim, clear_owned, lock
@@ -171,7 +171,7 @@ def refine(features: str, out: Optional[str] = None, *, clip_spec: str, clap_spe
                    "visual_labels": int(labels["visual"].sum()),
                    "soft_labels": int(((soft > 0) & (soft < 1)).sum()), **meta,
                    "seconds": round(time.perf_counter() - t0, 3)}
-        objstore.put_atomic(fs, posixpath.join(path, LABELS_SIDECAR), (json.dumps(summary, indent=1) + "\n").encode())
+        finish_labels(fs, path, summary)
     return summary
 
 

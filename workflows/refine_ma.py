@@ -34,7 +34,7 @@ from valor_core.sim import parse_sim_source
 from workflows import objstore
 from workflows.checkpoints import CheckpointError, load_checkpoint_model, resolve_checkpoint
 from workflows.config import StorageConfig
-from workflows.features import LABELS_SIDECAR, beside
+from workflows.features import beside, finish_labels
 from workflows.harvest import HARVEST_META_KEY, _labels_array, _same_uri
 from workflows.outputs import LockedError, OwnershipError, claim, clear_owned, lock
 from workflows.refine import method_parsers
@@ -152,7 +152,7 @@ def refine(checkpoint: str, features: Optional[str] = None, out: Optional[str] =
                    "out": str(out), "weak_labels": int(weak.sum()), "audio_labels": int(audio.sum()),
                    "visual_labels": int(visual.sum()), "no_partner": int((partners < 0).sum()), **info,
                    "seconds": round(time.perf_counter() - t0, 3)}
-        objstore.put_atomic(fs, posixpath.join(path, LABELS_SIDECAR), (json.dumps(summary, indent=1) + "\n").encode())
+        finish_labels(fs, path, summary)
     return summary
 
 
