@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Optional
 
 from tuning.config import TuneConfig
-from valor_core.config import LabelConfig, MediaConfig, TeacherConfig, TrainConfig, to_dict
+from valor_core.config import LSLDConfig, LabelConfig, MediaConfig, TeacherConfig, TrainConfig, to_dict
 from valor_core.configio import ConfigError, apply_overrides, build, read_yaml
+from valor_core.presets import get_preset
 
-__all__ = ["ConfigError", "StorageConfig", "ExtractConfig", "HarvestConfig", "ReleasedConfig", "PathsConfig", "CorpusConfig", "RayConfig",
+__all__ = ["ConfigError", "StorageConfig", "ExtractConfig", "HarvestConfig", "ReleasedConfig", "RefineConfig", "PathsConfig", "CorpusConfig", "RayConfig",
            "TrackingConfig", "DemoConfig", "PipelineConfig", "load_config", "redacted", "is_secret", "is_secret_env",
            "SECRET_KEYS"]
 
@@ -86,6 +87,11 @@ class HarvestConfig:
     #                                         Table 6, the paper's); set, `valor run` has no tune stage
     rows_per_file: int = 4096  # videos per Parquet file
     splits: tuple[str, ...] = ()  # () = every split in the features dataset
+    # VALOR Table 2 "HAN as dense labeler": the segment labels are a HAN's predictions instead of the teachers'
+    # thresholded logits. "han" = `valor run` trains `refine.han_labeler` (preset han, weak labels only) first;
+    # "han:SPEC" = an existing checkpoint (`valor harvest --labeler han:SPEC`). Set, `valor run` has no tune stage.
+    labeler: Optional[str] = None
+    labeler_threshold: float = 0.5  # the official rule on the labeler: segment prob >= x AND video prob >= x
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,23 @@ class ReleasedConfig:
     @property
     def enabled(self) -> bool:
         return any((self.feats, self.clip, self.clap))
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """The label refinement `valor run` does when a run needs it (workflows/pipeline/methods.py): a run with loss
+    ma-refined (preset ma-retrain) makes the pipeline train MA stage 1 (`ma_stage1`, the `labeler` stage) and refine
+    the train labels with it (`valor refine ma`, the `refine` stage); a run with loss lsld refines with the teachers'
+    text towers (`valor refine lsld` with `lsld`); `harvest.labeler: han` trains `han_labeler`. `ma_stage1` and
+    `han_labeler` are the `train:` section (all but its preset, loss and labels) with their preset on top, as each run
+    of `runs:` is; MA's stage-2 rule (threshold, refine, seed) is `ma_stage1.ma`."""
+
+    LIMITS: ClassVar[dict] = {"videos_per_task": ">= 1"}
+
+    ma_stage1: TrainConfig = field(default_factory=lambda: get_preset("ma"))
+    han_labeler: TrainConfig = field(default_factory=lambda: get_preset("han"))
+    lsld: LSLDConfig = field(default_factory=LSLDConfig)
+    videos_per_task: int = 1024  # MA stage 2: videos per Ray task (speed only: not in any fingerprint)
 
 
 # --- pipeline: one YAML names everything ---------------------------------------------------------------------------
@@ -169,6 +192,16 @@ def load_config(path: Optional[str], overrides: Optional[list[str]] = None) -> "
     data = apply_overrides(read_yaml(path), list(overrides or []))
     if isinstance(data.get("runs"), list):  # each run is the `train` section with its own keys on top
         data["runs"] = [merged(data.get("train") or {}, run) if isinstance(run, dict) else run for run in data["runs"]]
+    train = data.get("train") if isinstance(data.get("train"), dict) else {}
+    shared = {k: v for k, v in train.items() if k not in ("preset", "loss", "labels")}
+    refine = data.get("refine") if isinstance(data.get("refine"), dict) else None
+    if refine is not None or shared:  # the labelers are the `train:` section with their preset on top
+        refine = dict(refine or {})
+        for key, preset in (("ma_stage1", "ma"), ("han_labeler", "han")):
+            own = refine.get(key) if refine.get(key) is not None else {}
+            if isinstance(own, dict):
+                refine[key] = merged(shared, {"preset": preset, **own})
+        data["refine"] = refine
     try:
         return build(PipelineConfig, data)
     except ConfigError as err:
@@ -232,6 +265,7 @@ class PipelineConfig:
     thresholds: LabelConfig = field(default_factory=LabelConfig)
     harvest: HarvestConfig = field(default_factory=HarvestConfig)
     released: ReleasedConfig = field(default_factory=ReleasedConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)  # labelers and refinement, when a run needs them
     train: TrainConfig = field(default_factory=TrainConfig)
     # several training runs (e.g. the paper's presets with their official seeds): each is the `train` section with its
     # own keys on top, trained to train/<preset>-seed<seed>, evaluated, and logged as its own MLflow run; () = one run
