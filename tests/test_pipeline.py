@@ -141,7 +141,7 @@ def test_second_run_does_nothing(tmp_path):
     out = tmp_path / "out"
     assert (out / "config.yaml").exists()
     done = json.loads((out / "_pipeline" / "harvest.json").read_text())
-    assert set(done["inputs"]) == {"extract", "tune"} and done["result"]["inputs"] == ["extract", "tune"]
+    assert set(done["inputs"]) == {"extract", "tune", "labeler"} and done["result"]["inputs"] == ["extract", "tune"]
 
 
 def test_threshold_change_reruns_only_downstream(tmp_path):
@@ -293,7 +293,8 @@ def test_demo_stage_calls_valor_demo_and_is_skipped_after(tmp_path, monkeypatch)
     _, status = run("demo.args=['--epochs', '2']")
     assert status["demo"] == "ran" and status["train"] == "skipped" and len(calls) == 2
     _, status = run("demo.args=['--epochs', '3']")  # its own section only: nothing else re-runs
-    assert status["demo"] == "ran" and status.pop("import") == "disabled" and set(status.values()) == {"ran", "skipped"}
+    assert status["demo"] == "ran" and all(status.pop(k) == "disabled" for k in ("import", "labeler", "refine"))
+    assert set(status.values()) == {"ran", "skipped"}
     assert calls[-1].epochs == 3
     assert [k for k, v in status.items() if v == "ran"] == ["demo"]
     with pytest.raises(engine.PipelineError, match=r"demo.args \['--nope'\]: not valid `valor demo` arguments"):
@@ -448,8 +449,8 @@ def test_job_submit_on_loopback_with_s3(ray_head, s3, tmp_path_factory):
     s2 = _last_json(logs)
     assert "nothing to do" in logs and s2["ran"] == []
     assert {k: v["status"] for k, v in s2["stages"].items()} == {
-        "extract": "skipped", "import": "disabled", "tune": "skipped", "harvest": "skipped", "train": "skipped",
-        "evaluate": "skipped", "demo": "disabled"}
+        "extract": "skipped", "import": "disabled", "tune": "skipped", "labeler": "disabled", "harvest": "skipped",
+        "refine": "disabled", "train": "skipped", "evaluate": "skipped", "demo": "disabled"}
 
     # only the thresholds changed: harvest, train and evaluate re-run; extract and tune do not
     status, logs = _submit(ray_head["dashboard"], renv, ["--config", "configs/local.yaml", *overrides,

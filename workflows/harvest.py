@@ -2,6 +2,7 @@
 
     valor harvest --logits SOURCE [--annotations DIR] [--thresholds JSON|table6] [--out URI]
                   [--no-filter] [--modality-agnostic] [--unified | --unified-audio X --unified-visual Y] [--json]
+    valor harvest --features SOURCE --labeler han:SPEC [--labeler-threshold 0.5] [--no-filter] [--out URI] [--json]
 
 For every video of the features dataset (`valor extract --out URI`; rows with status "ok" or "partial"): audio labels =
 (clap_logits > theta^CLAP) AND weak, visual labels = (clip_logits > theta^CLIP) AND weak, each (10, 25) uint8
@@ -26,6 +27,14 @@ and the thresholds used recorded twice: in every file's schema metadata under `v
 modality, filter_by_weak, unified, where they came from, source) and in `_harvest.json` beside the files, written last
 (its presence marks a complete output; `pyarrow.dataset` ignores `_`-prefixed files). A re-run replaces the output.
 
+VALOR Table 2, "HAN as dense labeler": `--labeler han:SPEC` takes the segment labels from a HAN trained on the weak
+labels (SPEC: any checkpoint reference of workflows/checkpoints.py, e.g. `valor train --preset han`'s run id) instead
+of the teachers' logits: its segment predictions by the official rule (segment prob >= x AND the video's global prob
+>= x, x = --labeler-threshold, default 0.5), AND the weak label unless --no-filter -- the same filter the teachers'
+labels get, so only the labeler differs. The paper says only that the HAN "individually annotate[s] segment-level
+labels within the two modalities"; the rule is our choice. SOURCE then feeds the HAN (its own features, default: the
+checkpoint's); the output has the same schema, its metadata names the labeler, and no thresholds apply.
+
 A tune JSON records the label rule it was tuned for (`filter_by_weak`); harvesting with the other rule from its
 thresholds is an error (tune again with the same rule, or pass explicit thresholds).
 """
@@ -47,10 +56,13 @@ from valor_core.llp import default_annotations
 from valor_core.sim import parse_sim_source, simulate
 from valor_core.tuning_objective import LogitsError, validate_logits
 from workflows import objstore
+from workflows.checkpoints import CheckpointError, checkpoint_split, load_checkpoint_model, resolve_checkpoint
 from workflows.config import HarvestConfig, StorageConfig
 from workflows.features import (LOGIT_COLUMNS, finish_labels, OK_FLAGS, column_array, features_dataset, labels_uri,
                                 teacher_logits, usable_rows)
 from workflows.outputs import LockedError, OwnershipError, claim, clear_owned, lock
+from workflows.runtime import code_version
+from workflows.trainset import DataError
 
 HARVEST_META_KEY = "valor.harvest"
 
@@ -136,16 +148,116 @@ def harvest_table(video_ids, splits, weak, clap_logits, clip_logits, thresholds:
     v = harvest_labels(clip_logits, weak, thresholds["visual"], filter_by_weak)
     if meta.get("modality_agnostic"):  # Table 2: a OR v for both modalities
         a = v = modality_agnostic(a, v)
+    return labels_table(video_ids, splits, weak, a, v, meta, audio_ok, visual_ok), int(a.sum()), int(v.sum())
+
+
+def labels_table(video_ids, splits, weak, audio, visual, meta: dict, audio_ok=None, visual_ok=None):
+    """The labels schema (module doc) of given (N, 10, 25) audio / visual labels, with `meta` in the metadata."""
+    import pyarrow as pa
+
     table = pa.table({
         "video_id": pa.array([str(x) for x in video_ids], pa.string()),
         "split": pa.array([str(x) for x in splits], pa.string()),
-        "weak": _labels_array(weak),
-        "audio_labels": _labels_array(a),
-        "visual_labels": _labels_array(v),
-        "audio_ok": pa.array(np.ones(len(a), bool) if audio_ok is None else np.asarray(audio_ok, bool)),
-        "visual_ok": pa.array(np.ones(len(v), bool) if visual_ok is None else np.asarray(visual_ok, bool)),
+        "weak": _labels_array((np.asarray(weak) > 0).astype(np.uint8)),
+        "audio_labels": _labels_array(np.asarray(audio)),
+        "visual_labels": _labels_array(np.asarray(visual)),
+        "audio_ok": pa.array(np.ones(len(audio), bool) if audio_ok is None else np.asarray(audio_ok, bool)),
+        "visual_ok": pa.array(np.ones(len(visual), bool) if visual_ok is None else np.asarray(visual_ok, bool)),
     })
-    return table.replace_schema_metadata({HARVEST_META_KEY: json.dumps(meta)}), int(a.sum()), int(v.sum())
+    return table.replace_schema_metadata({HARVEST_META_KEY: json.dumps(meta)})
+
+
+# --- VALOR Table 2: a HAN as the dense labeler -----------------------------------------------------------------------
+
+LABELERS = ("han",)
+
+
+def parse_labeler(spec: str) -> tuple[str, str]:
+    """`han:SPEC` -> ("han", SPEC); ValueError naming the option for anything else."""
+    kind, sep, ref = str(spec).partition(":")
+    if kind not in LABELERS or not sep or not ref:
+        raise ValueError(f"--labeler {spec!r}: expected han:CHECKPOINT (a checkpoint path, Ray Train run dir, s3:// "
+                         "prefix or MLflow run id of `valor train --preset han`)")
+    return kind, ref
+
+
+def labeler_labels(segment_prob: np.ndarray, global_prob: np.ndarray, weak: np.ndarray, threshold: float = 0.5,
+                   filter_by_weak: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(audio, visual) (N, 10, 25) uint8 segment labels from a HAN's probabilities: the official rule (segment prob >=
+    threshold AND the video's global prob >= threshold), AND the weak label when filter_by_weak."""
+    from valor_core.fit import decide  # torch-bound: imported where used
+
+    audio, visual = decide(np.asarray(segment_prob), np.asarray(global_prob), threshold)
+    if filter_by_weak:
+        y = (np.asarray(weak) > 0).astype(np.uint8)[:, None, :]
+        audio, visual = audio & y, visual & y
+    return audio.astype(np.uint8), visual.astype(np.uint8)
+
+
+def harvest_labeler(labeler: str, source: Optional[str] = None, out: Optional[str] = None, *,
+                    annotations: Optional[str] = None, threshold: float = 0.5, filter_by_weak: bool = True,
+                    splits=(), rows_per_file: int = 4096, tracking_uri: Optional[str] = None,
+                    storage_opts: Optional[dict] = None) -> dict:
+    """Harvest a HAN labeler's segment predictions (labeler_labels) for every video of `source` (default: the
+    features the checkpoint was trained on) into `out` (default: beside the features); the summary."""
+    from valor_core.fit import predict_probs  # torch-bound: imported where used
+
+    t0 = time.perf_counter()
+    kind, ref = parse_labeler(labeler)
+    if not 0.0 < float(threshold) < 1.0:
+        raise ValueError(f"--labeler-threshold {threshold}: expected a probability in (0, 1)")
+    ckpt_dir = resolve_checkpoint(ref, tracking_uri)
+    _, train_cfg, ckpt_meta = load_checkpoint_model(ckpt_dir)
+    if train_cfg.loss != "han" and "official" not in ckpt_meta:
+        _log(f"note: labeler {ref} was trained with loss {train_cfg.loss!r}, not the HAN baseline's ('han')")
+    source = source or ckpt_meta.get("data", {}).get("features")
+    if not source:
+        raise CheckpointError(f"{ref}: the checkpoint records no features source; pass --features")
+    if out is None:
+        if parse_sim_source(source) is not None:
+            raise ValueError("--features sim[:SEED] needs --out URI (there is no features dataset to write beside)")
+        out = labels_uri(source)
+    if parse_sim_source(source) is None and _same_uri(out, source):
+        raise OwnershipError(f"--out {out} is the features dataset itself: choose another path")
+    meta = {"labeler": kind, "checkpoint": str(ref), "checkpoint_dir": str(ckpt_dir),
+            "checkpoint_run_id": ckpt_meta.get("run_id"), "threshold": float(threshold),
+            "filter_by_weak": bool(filter_by_weak), "source": str(source), "code_version": code_version(),
+            "rule": f"HAN segment prob >= {threshold} AND video prob >= {threshold}" + (" AND weak" if filter_by_weak
+                                                                                       else ""),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    claim(out, "labels", opts=storage_opts)
+    with lock(out, f"valor harvest --labeler -> {out}", storage_opts):
+        clear_owned(out, storage_opts)
+        fs, path = objstore.fs_for(out, storage_opts)
+        fs.create_dir(path, recursive=True)
+        import pyarrow.parquet as pq
+
+        files = videos = n_a = n_v = 0
+        per_split: dict[str, int] = {}
+        for split in tuple(splits) or ("train", "val", "test"):
+            try:
+                model, _, arrays, _ = checkpoint_split(str(ckpt_dir), split, features=source, annotations=annotations)
+            except DataError:
+                if splits:  # asked for by name: it must be there
+                    raise
+                continue  # a features dataset without this split
+            seg, glob = predict_probs(model, arrays)
+            audio, visual = labeler_labels(seg, glob, arrays.weak, threshold, filter_by_weak)
+            for start in range(0, len(arrays.video_ids), rows_per_file):
+                sl = slice(start, start + rows_per_file)
+                n = len(arrays.video_ids[sl])
+                table = labels_table(arrays.video_ids[sl], [split] * n, arrays.weak[sl], audio[sl], visual[sl], meta)
+                pq.write_table(table, posixpath.join(path, f"part-{files:05d}.parquet"), filesystem=fs)
+                files += 1
+            videos += len(arrays.video_ids)
+            per_split[split] = len(arrays.video_ids)
+            n_a, n_v = n_a + int(audio.sum()), n_v + int(visual.sum())
+        if videos == 0:
+            raise ValueError(f"{source}: no videos to label")
+        summary = {"videos": videos, "files": files, "splits": per_split, "audio_labels": n_a, "visual_labels": n_v,
+                   "out": str(out), **meta, "seconds": round(time.perf_counter() - t0, 3)}
+        finish_labels(fs, path, summary)
+    return summary
 
 
 def _batches(source: str, annotations: Optional[str], storage_opts: Optional[dict], rows: int, splits=()):
@@ -282,6 +394,11 @@ def _harvest_into(out, source, annotations, thresholds, filter_by_weak, rows_per
 
 def run(args: argparse.Namespace) -> int:
     opts = objstore.s3_options(StorageConfig())
+    if args.labeler:
+        return run_labeler(args, opts)
+    if not args.logits:
+        print("valor harvest: --logits/--features SOURCE is required (without --labeler)", file=sys.stderr)
+        return 2
     try:
         th, where = resolve_thresholds(args.thresholds, args.unified, args.unified_audio, args.unified_visual, opts,
                                        labels=LabelConfig(filter_by_weak=not args.no_filter))
@@ -300,12 +417,36 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_labeler(args: argparse.Namespace, opts: dict) -> int:
+    """`valor harvest --labeler han:SPEC`: no thresholds apply (Table 2's HAN labeler)."""
+    given = [o for o, v in (("--unified", args.unified), ("--unified-audio", args.unified_audio is not None),
+                            ("--unified-visual", args.unified_visual is not None),
+                            ("--modality-agnostic", args.modality_agnostic)) if v]
+    try:
+        if given:
+            raise ValueError(f"--labeler takes no thresholds: drop {', '.join(given)}")
+        summary = harvest_labeler(args.labeler, args.logits, args.out,
+                                  annotations=args.annotations or default_annotations(),
+                                  threshold=args.labeler_threshold, filter_by_weak=not args.no_filter,
+                                  splits=tuple(args.split or ()), rows_per_file=args.rows_per_file,
+                                  tracking_uri=args.tracking_uri, storage_opts=opts)
+    except (CheckpointError, LogitsError, FileNotFoundError, ValueError, OwnershipError, LockedError,
+            PermissionError) as err:
+        print(f"valor harvest: {err}", file=sys.stderr)
+        return 2
+    _log(f"{summary['videos']} videos -> {summary['out']} ({summary['files']} files, {summary['audio_labels']} audio / "
+         f"{summary['visual_labels']} visual segment labels from the {summary['labeler']} labeler {args.labeler})")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
 def register(subparsers: Any) -> None:
     d = HarvestConfig()
     p = subparsers.add_parser("harvest", help="thresholds AND weak labels -> harvested labels Parquet",
                               description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--logits", "--features", dest="logits", required=True, metavar="SOURCE",
-                   help="features dataset URI (valor extract --out) or sim[:SEED]")
+    p.add_argument("--logits", "--features", dest="logits", default=None, metavar="SOURCE",
+                   help="features dataset URI (valor extract --out) or sim[:SEED] (required without --labeler)")
     p.add_argument("--annotations", default=None, help="LLP CSV dir for sim (default: $VALOR_ANNOTATIONS, else the LLP "
                    "files shipped with valor)")
     p.add_argument("--thresholds", default="table6", metavar="JSON|table6",
@@ -316,6 +457,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-filter", action="store_true", help="drop the AND with the weak label (ablation)")
     p.add_argument("--modality-agnostic", action="store_true",
                    help="both modalities get audio OR visual (VALOR Table 2: modality-agnostic labels)")
+    p.add_argument("--labeler", default=None, metavar="han:SPEC", help="VALOR Table 2: a HAN checkpoint labels the "
+                   "segments (official rule AND weak) instead of the teachers' logits; SOURCE may then be omitted "
+                   "(the checkpoint's features)")
+    p.add_argument("--labeler-threshold", type=float, default=d.labeler_threshold, metavar="X",
+                   help="the labeler's rule: segment prob >= X AND video prob >= X (default %(default)s)")
+    p.add_argument("--tracking-uri", default=None, metavar="URI", help="MLflow store for a run-id labeler")
     p.add_argument("--out", default=None, help="output URI (default: labels beside the features)")
     p.add_argument("--split", action="append", default=None, help="only this split (repeatable; default all)")
     p.add_argument("--rows-per-file", type=int, default=d.rows_per_file)

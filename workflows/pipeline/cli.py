@@ -6,7 +6,12 @@
     import    released files    ──► <output>/features (+ failures)            Ray Data (`released.*` set; then no
                                                                               tune/harvest: the released pseudo-labels)
     tune      features + val GT ──► <output>/thresholds.json                  Ray Tune
-    harvest   features + θ      ──► <output>/labels                           Ray Data
+    labeler   features + weak   ──► <output>/labeler/<name>                   Ray Train: MA stage 1 (a run with preset
+                                                                              ma-retrain), the HAN of harvest.labeler
+    harvest   features + θ      ──► <output>/labels                           Ray Data (harvest.labeler: han -> the
+                                                                              HAN's segment predictions, VALOR Table 2)
+    refine    features + labeler──► <output>/ma_labels, lsld_labels           Ray tasks: MA's track swap (ma-retrain);
+                                                                              LSLD's captions (a run with preset lsld)
     train     features + labels ──► <output>/train (checkpoints) + MLflow run Ray Train (every run of `runs:`)
     evaluate  checkpoint        ──► <output>/eval.json (+ MLflow metrics)   with `runs:`, a Table-1 layout of test
     demo      LLP-sim (no Ray) ──► <demo.out>/demo.{png,json,txt}               `valor demo` in-process (demo.enabled)
@@ -39,6 +44,7 @@ from workflows.objstore import StorageError
 from workflows.outputs import LockedError, OwnershipError
 from workflows.pipeline.engine import PipelineError, StageReport, to_yaml
 from workflows.pipeline.layout import Layout, resolve
+from workflows.pipeline.methods import labelers, refinements
 from workflows.pipeline.stages import STAGE_NAMES, run_pipeline
 
 
@@ -51,6 +57,8 @@ def summary(cfg: PipelineConfig, reports: list[StageReport]) -> dict:
         "output": cfg.paths.output,
         "features": layout.features,
         "labels": layout.labels,
+        "refined": {m: layout.refined(m) for m in refinements(cfg)},
+        "labelers": {name: layout.labeler_run(name) for name in labelers(cfg)},
         "thresholds": layout.thresholds,
         "checkpoints": layout.train,
         "eval": layout.eval,
@@ -62,8 +70,8 @@ def summary(cfg: PipelineConfig, reports: list[StageReport]) -> dict:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("run", help="the whole pipeline from one YAML config (extract -> tune -> harvest -> "
-                                          "train -> evaluate), skipping stages already done",
+    p = subparsers.add_parser("run", help="the whole pipeline from one YAML config (extract -> tune -> [labeler] -> "
+                                          "harvest -> [refine] -> train -> evaluate), skipping stages already done",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", "-c", metavar="FILE", help="pipeline YAML (configs/local.yaml, configs/llp.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -122,6 +130,8 @@ def where_things_are(s: dict) -> str:
     lines = ["valor run: outputs",
              f"  Parquet features  {s['features']}  (failures: {s['output']}/failures)",
              f"  harvested labels  {s['labels']}",
+             *[f"  {m} labels{' ' * max(1, 12 - len(m))}{uri}" for m, uri in s["refined"].items()],
+             *[f"  {n} labeler{' ' * max(1, 11 - len(n))}{uri}" for n, uri in s["labelers"].items()],
              f"  thresholds        {s['thresholds']}",
              f"  checkpoints       {s['checkpoints']}",
              f"  evaluation        {s['eval']}",

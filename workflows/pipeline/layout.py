@@ -3,6 +3,9 @@
     <paths.output>/features       the features dataset (workflows/features.py owns its schema and its siblings:)
                  /failures        its failures table
                  /labels          harvested labels
+                 /ma_labels       MA's refined labels (`valor refine ma`), when a run trains with loss ma-refined
+                 /lsld_labels     LSLD's refined labels (`valor refine lsld`), when a run trains with loss lsld
+                 /labeler/<name>  the labelers' checkpoints (ma: MA stage 1; han: harvest.labeler han)
                  /thresholds.json the tuned thresholds
                  /train           Ray Train checkpoints (with `runs:`, one folder per run: train/<preset>-seed<seed>)
                  /eval.json       val/test scores (with `runs:`, {"runs": {<run>: scores}})
@@ -21,11 +24,14 @@ from typing import Optional
 
 from valor_core.llp import default_annotations
 from valor_core.config import TrainConfig
+from workflows import refine_lsld, refine_ma
 from workflows.config import ConfigError, PipelineConfig
-from workflows.features import failures_uri, labels_uri
+from workflows.features import beside, failures_uri, labels_uri
 
 MARKER_DIR = "_pipeline"
-OUTPUTS = ("features", "failures", "thresholds", "labels", "train", "eval", "config")
+OUTPUTS = ("features", "failures", "thresholds", "labels", "labeler", "ma_labels", "lsld_labels", "train", "eval",
+           "config")
+REFINED_NAMES = {"ma": refine_ma.OUT_NAME, "lsld": refine_lsld.OUT_NAME}  # where `valor refine METHOD` writes
 
 
 def _abs_local(uri: Optional[str]) -> Optional[str]:
@@ -94,6 +100,25 @@ class Layout:
     @property
     def labels(self) -> str:
         return labels_uri(self.features)
+
+    @property
+    def labeler(self) -> str:  # the labelers' checkpoints, one folder each (labeler_run)
+        return posixpath.join(self.output, "labeler")
+
+    @property
+    def ma_labels(self) -> str:
+        return self.refined("ma")
+
+    @property
+    def lsld_labels(self) -> str:
+        return self.refined("lsld")
+
+    def refined(self, method: str) -> str:
+        """The labels `valor refine METHOD` writes by default: beside the features."""
+        return beside(self.features, REFINED_NAMES[method])
+
+    def labeler_run(self, name: str) -> str:
+        return posixpath.join(self.labeler, name)
 
     @property
     def thresholds(self) -> str:

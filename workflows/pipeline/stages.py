@@ -5,14 +5,19 @@ re-implements a stage.
     extract   videos + manifest ──► <output>/features (+ failures)            workflows.extract.run_extract
     import    released files    ──► <output>/features (+ failures)            workflows.importer.run_import
     tune      features + val GT ──► <output>/thresholds.json (+ MLflow run)   workflows.tune.tune_and_record
-    harvest   features + θ      ──► <output>/labels                           workflows.harvest.harvest
+    labeler   features + weak   ──► <output>/labeler/<name> + MLflow run      workflows.train_ray.train (MA stage 1,
+                                                                              Table 2's HAN labeler)
+    harvest   features + θ      ──► <output>/labels                           workflows.harvest.harvest (or
+                                                                              harvest_labeler with harvest.labeler)
+    refine    features + labeler──► <output>/{ma,lsld}_labels                 workflows.refine_ma / refine_lsld.refine
     train     features + labels ──► <output>/train (checkpoints) + MLflow run workflows.train_ray.train
     evaluate  checkpoint        ──► <output>/eval.json (+ MLflow metrics)     workflows.evaluate.evaluate_checkpoint
     demo      LLP-sim (no Ray)  ──► <demo.out>/demo.{png,json,txt}            workflows.demo.run_demo
 
 Which stages a config has: `released.*` set -> import instead of extract, and no tune or harvest (training uses the
 imported VALOR pseudo-labels); `harvest.thresholds_json` set (a file or "table6") -> no tune. With `runs:`, train and
-evaluate do every run (layout.train_runs).
+evaluate do every run (layout.train_runs). A run whose loss trains on refined labels (ma-refined, lsld) or
+`harvest.labeler: han` adds the labeler and refine stages it needs (workflows/pipeline/methods.py).
 
 What each stage's fingerprint hashes (its *section*) is what defines its outputs: the label rule (`thresholds.*`,
 including the one `filter_by_weak` knob) feeds tune and harvest; `train.labels` is not hashed (in a pipeline the
@@ -25,11 +30,12 @@ from typing import Callable, Optional
 
 from tuning.config import TuneResources
 from valor_core.config import to_dict
-from workflows import demo, evaluate, extract, harvest, importer, tracking, tune
+from workflows import demo, evaluate, extract, harvest, importer, refine_lsld, refine_ma, tracking, tune
 from workflows.config import PipelineConfig
 from workflows.pipeline.engine import (Context, PipelineError, Runner, Stage, StageReport, Store, annotations_digest,
                                        execute, file_digest)
-from workflows.pipeline.layout import train_runs
+from workflows.pipeline import methods
+from workflows.pipeline.layout import Layout, train_runs
 from workflows.pipeline.prepare import prepare_inputs
 from workflows.outputs import claim
 from workflows.runtime import start_ray
@@ -60,6 +66,18 @@ def _harvest_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict
             "thresholds_file": file_digest(cfg.harvest.thresholds_json, store)}
 
 
+def _labeler_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict:
+    return {"labelers": methods.labeler_section(cfg), "annotations": annotations_digest(cfg.paths.annotations, store)}
+
+
+def _refine_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict:
+    return methods.refine_section(cfg)
+
+
+def _refined_files(cfg: PipelineConfig) -> tuple[str, ...]:
+    return tuple(Layout(cfg.paths.output).refined(m) for m in methods.refinements(cfg))
+
+
 def _train_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict:
     def section(t) -> dict:
         return {k: v for k, v in to_dict(t).items() if k != "labels"}
@@ -86,11 +104,16 @@ STAGES: tuple[Stage, ...] = (
     Stage("import", (), _import_section, ("features",), resumable=True, also_clears=("failures",),
           enabled=lambda c: c.released.enabled, help="the released LLP feature files -> Parquet (instead of extract)"),
     Stage("tune", ("extract",), _tune_section, ("thresholds",),
-          enabled=lambda c: not c.released.enabled and not c.harvest.thresholds_json,
+          enabled=methods.tunes,
           help="Ray Tune per-class thresholds on val -> thresholds.json"),
-    Stage("harvest", ("extract", "tune"), _harvest_section, ("labels",), enabled=lambda c: not c.released.enabled,
-          help="thresholds AND weak labels -> harvested labels Parquet"),
-    Stage("train", ("extract", "import", "harvest"), _train_section, ("train",),
+    Stage("labeler", ("extract", "import"), _labeler_section, ("labeler",), enabled=lambda c: bool(methods.labelers(c)),
+          help="train the model a method labels with (MA stage 1; harvest.labeler: han) -> labeler/<name>"),
+    Stage("harvest", ("extract", "tune", "labeler"), _harvest_section, ("labels",), enabled=methods.harvests,
+          help="thresholds AND weak labels (or a HAN labeler's predictions) -> harvested labels Parquet"),
+    Stage("refine", ("extract", "import", "labeler"), _refine_section, (), enabled=lambda c: bool(methods.refinements(c)),
+          also_clears=("ma_labels", "lsld_labels"), produced=_refined_files,
+          help="MA track swap / LSLD caption scoring -> ma_labels / lsld_labels (runs with loss ma-refined / lsld)"),
+    Stage("train", ("extract", "import", "harvest", "refine"), _train_section, ("train",),
           help="Ray Train DDP HAN + MLflow run + checkpoint"),
     Stage("evaluate", ("train",), _evaluate_section, ("eval",),
           help="official segment/event F on val/test -> eval.json + MLflow"),
@@ -136,8 +159,58 @@ def run_tune(ctx: Context) -> dict:
             "paper": summary.get("paper"), "filter_by_weak": summary["filter_by_weak"]}
 
 
+def run_labeler(ctx: Context) -> dict:
+    """Each labeler the config needs (methods.labelers), trained like a run: checkpoints in labeler/<name>."""
+    claim(ctx.layout.labeler, "checkpoints", opts=ctx.store.opts)
+    out = {}
+    for name, tcfg in methods.labelers(ctx.cfg).items():
+        ctx.log(f"[valor run] labeler: training the {name} labeler (preset {tcfg.preset})")
+        out[name] = _train_one(ctx, tcfg, ctx.layout.labeler_run(name), f"{ctx.cfg.name}-labeler-{name}", labels=None)
+    return out
+
+
+def _checkpoint_of(ctx: Context, name: str) -> str:
+    trained = (ctx.results.get("labeler") or {}).get(name) or {}
+    ref = trained.get("checkpoint") or trained.get("run_id")
+    if not ref:
+        raise PipelineError(f"the labeler stage recorded no checkpoint for the {name} labeler")
+    return ref
+
+
+def run_refine(ctx: Context) -> dict:
+    """The refinement of every method the runs train on (methods.refinements), each its own labels dataset."""
+    cfg, out = ctx.cfg, {}
+    for method in methods.refinements(cfg):
+        where = ctx.layout.refined(method)
+        ctx.log(f"[valor run] refine: {method} -> {where}")
+        if method == "ma":
+            ma = cfg.refine.ma_stage1.ma
+            s = refine_ma.refine(_checkpoint_of(ctx, "ma"), ctx.layout.features, where,
+                                 overrides={k: getattr(ma, k) for k in methods.MA_STAGE2},
+                                 annotations=cfg.paths.annotations, tracking_uri=cfg.tracking.uri,
+                                 videos_per_task=cfg.refine.videos_per_task, ray_address=cfg.ray.address,
+                                 storage_opts=ctx.store.opts)
+        else:
+            s = refine_lsld.refine(ctx.layout.features, where, clip_spec=cfg.teachers.clip,
+                                   clap_spec=cfg.teachers.clap, cfg=cfg.refine.lsld, teacher_cfg=cfg.teachers,
+                                   storage_opts=ctx.store.opts)
+        out[method] = {k: s[k] for k in ("videos", "out", "audio_labels", "visual_labels", "weak_labels",
+                                         "weak_segment_labels", "soft_labels", "checkpoint") if k in s}
+    return out
+
+
 def run_harvest(ctx: Context) -> dict:
     cfg = ctx.cfg
+    labeler = methods.han_labeler(cfg)
+    if labeler is not None:  # VALOR Table 2: a HAN's segment predictions instead of the teachers' logits
+        ref = _checkpoint_of(ctx, "han") if labeler == "train" else labeler
+        summary = harvest.harvest_labeler(f"han:{ref}", ctx.layout.features, ctx.layout.labels,
+                                          annotations=cfg.paths.annotations, threshold=cfg.harvest.labeler_threshold,
+                                          filter_by_weak=cfg.thresholds.filter_by_weak,
+                                          splits=tuple(cfg.harvest.splits), rows_per_file=cfg.harvest.rows_per_file,
+                                          tracking_uri=cfg.tracking.uri, storage_opts=ctx.store.opts)
+        return {k: summary[k] for k in ("videos", "files", "splits", "audio_labels", "visual_labels", "labeler",
+                                        "checkpoint", "filter_by_weak")}
     source = cfg.harvest.thresholds_json or ctx.layout.thresholds
     th, where = harvest.resolve_thresholds(source, storage_opts=ctx.store.opts, labels=cfg.thresholds)
     summary = harvest.harvest(ctx.layout.features, ctx.layout.labels, annotations=cfg.paths.annotations,
@@ -162,11 +235,14 @@ def run_train(ctx: Context) -> dict:
     return {"runs": out}
 
 
-def _train_one(ctx: Context, tcfg, storage: str, run_name: str) -> dict:
+def _train_one(ctx: Context, tcfg, storage: str, run_name: str, labels: Optional[str] = "auto") -> dict:
+    """One training run; labels "auto" = what the run trains on (methods.labels_for: harvested, refined, or the
+    imported pseudo-labels), None = none given (a labeler: the weak labels are its targets)."""
     from workflows import train_ray  # torch-bound: imported where used, so `valor run --plan` starts without torch
 
     cfg = ctx.cfg
-    labels = None if cfg.released.enabled else ctx.layout.labels  # released: the imported pseudo-labels
+    if labels == "auto":
+        labels = methods.labels_for(cfg, tcfg, ctx.layout)
     data, tcfg, meta = load_training_data(ctx.layout.features, tcfg, labels=labels, annotations=cfg.paths.annotations)
     meta["pipeline"] = ctx.resolved
     outcome = train_ray.train(tcfg, data, workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
@@ -221,8 +297,9 @@ def run_demo(ctx: Context) -> dict:
                for m in demo.MODELS}}
 
 
-RUNNERS: dict[str, Runner] = {"extract": run_extract, "import": run_import, "tune": run_tune, "harvest": run_harvest,
-                               "train": run_train, "evaluate": run_evaluate, "demo": run_demo}
+RUNNERS: dict[str, Runner] = {"extract": run_extract, "import": run_import, "tune": run_tune, "labeler": run_labeler,
+                               "harvest": run_harvest, "refine": run_refine, "train": run_train,
+                               "evaluate": run_evaluate, "demo": run_demo}
 
 
 def start_pipeline_ray(cfg: PipelineConfig, env: dict) -> Callable[[], None]:
