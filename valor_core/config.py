@@ -161,14 +161,20 @@ class AVEConfig:
 class TeacherConfig:
     """Which CLIP/CLAP teachers run and how (spec syntax: valor_core.teachers, README "Media and teachers")."""
 
-    LIMITS: ClassVar[dict] = {"batch_size": ">= 1"}
+    LIMITS: ClassVar[dict] = {"batch_size": ">= 0"}
 
     clip: str = "ViT-L-14:openai"  # open_clip MODEL:PRETRAINED (tag, local checkpoint path or 'random') or CFG.json[:CKPT]
     clap: str = "630k-fusion-best.pt"  # laion_clap checkpoint path, [AMODEL:[fusion|nofusion:]]PATH, or a CLAP spec JSON
     device: str = "auto"  # auto: cuda when available, else cpu
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    batch_size: int = 64  # frames (CLIP) / segments (CLAP) per forward
+    # tower weights in this precision (no autocast; norms, pre-processing and scoring stay fp32; text tower fp32):
+    # auto = bf16 on CUDA, fp32 on CPU; bf16 is honoured on CPU too (valor_core.teachers.precision)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    batch_size: int = 0  # frames (CLIP) / segments (CLAP) per forward; 0 = auto: 64 on CPU, by free memory on CUDA
     seed: int = 0  # numpy seed for laion_clap's random crops (only used for segments longer than 10 s)
+    compile: bool = False  # torch.compile the image / audio tower (no gain measured over bf16 weights on an H200)
+    # CLAP input pre-processing: "device" = laion_clap's int16 round trip, repeat-pad and fusion mel re-done batched
+    # in torch on the teacher's device; "library" = laion_clap's get_audio_embedding_from_data, per segment on the host
+    clap_preprocess: Literal["device", "library"] = "device"
 
 
 @dataclass(frozen=True)
