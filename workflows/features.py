@@ -33,6 +33,11 @@ Failures schema: video_id · stage ("read" | "decode" | "clip" | "clap" | a back
 Labels schema (workflows/harvest.py writes it): video_id, split, weak (25 uint8), audio_labels / visual_labels
     (10 x 25 uint8), audio_ok / visual_ok bool; the thresholds used in the schema metadata and in LABELS_SIDECAR.
 
+Several datasets train together (`valor train --features A --features B`, workflows.trainset) only as `check_mix`
+allows: no video id in two of them, the columns read have the same Arrow type (shape and dtype) in each, and the
+datasets made by `valor extract` recorded the same media settings and the same teacher / backbone weights for those
+columns (imported datasets record the released files, not how they were made).
+
 Readers convert nested list columns with `column_array` (one converter): rows are selected in NumPy after conversion,
 never with Arrow filter/take (pyarrow 25.0.1 returns wrong values from filter/take on sliced nested fixed_size_list
 arrays, e.g. a record batch of a Parquet scan).
@@ -51,6 +56,7 @@ from valor_core.llp import load_split
 from valor_core.sim import parse_sim_source, simulate
 from valor_core.tuning_objective import LogitsError, validate_logits
 from workflows import objstore
+from workflows.outputs import read_marker
 
 SCHEMA_VERSION = 1
 STAGING = "_staging"
@@ -337,3 +343,70 @@ def read_labels(uri: str, storage_opts: Optional[dict] = None) -> tuple[dict, An
     meta = json.loads(objstore.read_bytes(objstore.join(uri, LABELS_SIDECAR), storage_opts))
     table = ds.dataset(path, filesystem=fs, format="parquet").to_table()
     return meta, table
+
+
+# --- several datasets as one training set -----------------------------------------------------------------------------
+
+# a column -> what made it, in an extraction marker's "teachers" record (backbones: its "features" entry)
+MADE_BY = {"clip_emb": "clip", "clip_logits": "clip", "clip_dense_emb": "clip", "clap_emb": "clap",
+           "clap_logits": "clap", "clap_maps": "clap"}
+MEDIA_IRRELEVANT = ("dense_frames", "decode_threads")  # decoding details that leave the features as they are
+
+
+class MixError(ValueError):
+    """Features datasets that cannot be trained on together; the one-line message names them and the difference."""
+
+
+def made_with(uri: str, columns, opts: Optional[dict] = None) -> Optional[dict]:
+    """How an extraction dataset made `columns`: {"media": ..., column: teacher spec / backbone weights}; None for an
+    imported dataset (or one recording nothing)."""
+    marker = read_marker(uri, opts) or {}
+    record = marker.get("teachers")
+    if not isinstance(record, dict) or "imported" in marker:
+        return None
+    media = {k: v for k, v in (record.get("media") or {}).items() if k not in MEDIA_IRRELEVANT}
+    weights = record.get("features") or {}
+    out: dict = {"media": media}
+    for col in columns:
+        if col in MADE_BY:
+            out[col] = record.get(MADE_BY[col])
+        elif col in RELEASED:
+            out[col] = weights.get(col, "hub cache")
+    return out
+
+
+def check_mix(uris, columns, opts: Optional[dict] = None) -> None:
+    """Whether the features datasets `uris` can be concatenated by video id for training, reading `columns[i]` (a
+    list of column names) of `uris[i]`; columns[i][k] of every dataset feed the same input. MixError (one line)
+    naming the datasets: a video id in two of them; a column of another Arrow type (shape or dtype); different media
+    settings or teachers / backbone weights recorded by two extraction datasets. Reads schemas, markers and ids only."""
+    import pyarrow.compute as pc
+
+    uris, columns = list(uris), [list(c) for c in columns]
+    schemas = [features_dataset(u, opts).schema for u in uris]
+    for k, col in enumerate(columns[0]):
+        types = [s.field(c[k]).type if c[k] in s.names else None for s, c in zip(schemas, columns)]
+        for i in range(1, len(uris)):
+            if types[i] != types[0]:
+                raise MixError(f"features {uris[0]} and {uris[i]} cannot be trained together: column {col} is "
+                               f"{types[0]} in the first and {columns[i][k]} is {types[i]} in the second (another "
+                               "shape or dtype)")
+    made = [made_with(u, c, opts) for u, c in zip(uris, columns)]
+    extracted = [i for i, m in enumerate(made) if m is not None]
+    for i in extracted[1:]:
+        a, b = made[extracted[0]], made[i]
+        diff = [k for k in sorted(set(a) | set(b), key=str) if a.get(k) != b.get(k)]
+        if diff:
+            k = diff[0]
+            raise MixError(f"features {uris[extracted[0]]} and {uris[i]} cannot be trained together: they were "
+                           f"extracted with different {'media settings' if k == 'media' else k + ' weights'} "
+                           f"({a.get(k)!r} vs {b.get(k)!r})")
+    seen: dict[str, int] = {}
+    for i, u in enumerate(uris):
+        ids = features_dataset(u, opts).to_table(columns=["video_id"]).column("video_id")
+        ids = pc.unique(ids).to_pylist()
+        common = [v for v in ids if v in seen]
+        if common:
+            raise MixError(f"features {uris[seen[common[0]]]} and {u} both hold video {common[0]!r} ({len(common)} "
+                           "video id(s) in common): a video may come from one source only")
+        seen.update(dict.fromkeys(ids, i))

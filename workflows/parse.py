@@ -129,6 +129,19 @@ def _paper_backbones(kind: str, names: tuple) -> Any:
     return backbones
 
 
+def recorded_teachers(features) -> dict:
+    """The teachers and media an extraction dataset the checkpoint was trained on recorded ({} for LLP-sim and
+    imported data). `features`: the checkpoint's data.features, one source or several mixed (these agree on what
+    they record: workflows.features.check_mix)."""
+    for source in ([features] if isinstance(features, str) else list(features or [])):
+        source = str(source)
+        marker = (read_marker(source) or {}) if source and not source.startswith("sim") else {}
+        made = marker.get("teachers") if isinstance(marker, dict) else None
+        if isinstance(made, dict) and made:
+            return made
+    return {}
+
+
 def make_spec(checkpoint: str, *, clip: Optional[str] = None, clap: Optional[str] = None,
               weights: Optional[dict] = None, device: str = "auto", tracking_uri: Optional[str] = None) -> ParserSpec:
     """Resolve the checkpoint and the teachers; ParseError (before any model is built) when something is missing."""
@@ -145,9 +158,10 @@ def make_spec(checkpoint: str, *, clip: Optional[str] = None, clap: Optional[str
             cfg, data = config_from_dict(meta["train"]), meta.get("data", {})
     except (FileNotFoundError, CheckpointError, ValueError, KeyError, OSError) as err:
         raise ParseError(f"--checkpoint {checkpoint}: {err}") from None
-    features = str(data.get("features") or "")
-    marker = (read_marker(features) or {}) if features and not features.startswith("sim") else {}
-    made = marker.get("teachers", {}) if isinstance(marker, dict) else {}
+    made = recorded_teachers(data.get("features"))
+    # the backbone weights the training features were extracted with, unless --weights names others
+    recorded = {k: v for k, v in (made.get("features") or {}).items() if k in ("vggish", "res152", "r2plus1d")}
+    weights = {**{k: ("" if v == "hub cache" else v) for k, v in recorded.items()}, **(weights or {})}
     kind = cfg.features
     teachers, backbones = NEEDS[kind]
     clip, clap = clip or made.get("clip"), clap or made.get("clap")
@@ -425,7 +439,8 @@ def register(sub: Any) -> None:
     p.add_argument("--clip", metavar="SPEC", help="CLIP teacher (default: the one the checkpoint's features used)")
     p.add_argument("--clap", metavar="SPEC", help="CLAP teacher (default: the one the checkpoint's features used)")
     p.add_argument("--weights", action="append", metavar="NAME=PATH",
-                   help="paper backbone weights (vggish, res152, r2plus1d); repeatable")
+                   help="paper backbone weights (vggish, res152, r2plus1d; `random` for random init); repeatable "
+                        "(default: the ones the checkpoint's features dataset recorded, else the torch hub cache)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--ray", action="store_true", default=None, help="use Ray Data whatever the number of videos")

@@ -3,6 +3,7 @@
     valor train --preset valor --dry-run --json                 the resolved config and its trainable parameter count
     valor train --preset valor+ --set optim.epochs=30 --set model.dropout=0.2 --dry-run
     valor train --preset valor --features sim --workers 2       Ray Train (DDP) run, MLflow tracking (workflows/train_ray)
+    valor train --preset han --features runs/llp/features --features runs/mine/features    two datasets as one
 
 Flow: register() adds the parser -> main(args) -> resolve_config(args) (preset + dotted --set overrides + --epochs,
 type- and range-checked by valor_core.configio.build) -> --dry-run: print config + trainable_params | otherwise: load the
@@ -37,8 +38,10 @@ def register(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and trainable_params; no training")
     p.add_argument("--json", action="store_true", help="machine-readable output (one JSON object, last line)")
     g = p.add_argument_group("data, Ray Train and MLflow")
-    g.add_argument("--features", default=None, metavar="SOURCE",
-                   help="sim[:SEED[:k=v,...]] (LLP-sim) or a `valor extract` features URI (dir or s3://)")
+    g.add_argument("--features", action="append", default=None, metavar="SOURCE",
+                   help="sim[:SEED[:k=v,...]] (LLP-sim) or a features dataset URI (dir or s3://) of `valor extract` / "
+                        "`valor import llp`; repeat it to train on several datasets as one (concatenated by video id; "
+                        "no video in two of them, the same column shapes/dtypes and recorded teachers/media)")
     g.add_argument("--labels", default=None, metavar="SOURCE",
                    help="a `valor harvest` output URI (default: the harvest beside the features, else harvested on "
                         "the fly with the run's thresholds)")
@@ -113,7 +116,7 @@ def main(args) -> int:
 def run(args, cfg: TrainConfig) -> int:
     """Train `cfg` as the parsed `args` say; prints the summary (or with --json one JSON line, last)."""
     try:
-        data, cfg, meta = load_training_data(args.features or "sim", cfg, labels=args.labels,
+        data, cfg, meta = load_training_data(args.features or ["sim"], cfg, labels=args.labels,
                                              annotations=args.annotations, max_train=args.max_train_videos)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"valor train: error: {err}", file=sys.stderr)

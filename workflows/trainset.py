@@ -10,10 +10,16 @@ SOURCE is one of
                            The preset's `features` picks the student inputs (INPUTS):
                              clip_clap            `valor extract` embeddings: audio = clap_emb (10, d), frames =
                                                   clip_emb (10, d) (one step per segment), no clip stream
-                             vggish_resnet_r2p1d  `valor import llp` columns: audio = vggish (10, 128), frames = res152
-                                                  (80, 2048) (8 steps per segment), clips = r2plus1d (10, 512)
-                             clip_clap_maps       `valor import llp` columns, the official VALOR++ inputs: audio =
-                                                  clap_maps (64, 768), frames = clip_feat (10, 768), clips = r2plus1d
+                             vggish_resnet_r2p1d  `valor import llp` / `valor extract --features vggish,res152,r2plus1d`
+                                                  columns: audio = vggish (10, 128), frames = res152 (80, 2048) (8 steps
+                                                  per segment), clips = r2plus1d (10, 512)
+                             clip_clap_maps       the official VALOR++ inputs: audio = clap_maps (64, 768), frames =
+                                                  clip_feat (10, 768) (an extraction's clip_emb when it has no
+                                                  clip_feat: both are L2-normalised CLIP embeddings), clips = r2plus1d
+    [URI, URI, ...]        several features datasets as one (`valor train --features A --features B`): each read as
+                           above, concatenated by video id per split, after workflows.features.check_mix allowed them
+                           (no video in two; the same column types; the same media and teachers/backbone weights
+                           recorded by extraction datasets). LLP-sim does not mix.
 
 Labels (the harvested targets of the valor loss), first match wins:
     --labels URI           a `valor harvest` output (video_id, audio_labels (10,25), visual_labels (10,25); thresholds
@@ -22,6 +28,8 @@ Labels (the harvested targets of the valor loss), first match wins:
     imported               the dataset's audio_pseudo / visual_pseudo columns (`valor import llp --clip/--clap`)
     on the fly             valor_core.labels.harvest_labels on the source's teacher logits with the run's LabelConfig
                            (Table 6 thresholds by default)
+With several datasets, --labels applies to all of them; otherwise each dataset's labels are found as above, and a
+source left without labels leaves the mixture without labels (an error when the preset's loss needs them).
 
 The model's input sizes follow the data (`adapt_model`) for LLP-sim and the extraction embeddings only: audio_dim /
 audio_steps / frame_dim / frame_steps / clip_dim are set from the array shapes and the change is recorded in the run's
@@ -31,9 +39,10 @@ or holding it in another shape than the preset's model dims, is a DataError nami
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -43,7 +52,8 @@ from valor_core.config import replace
 from valor_core.labels import harvest_labels, modality_agnostic, thresholds_for
 from valor_core.llp import default_annotations, load_split
 from valor_core.sim import SimConfig, parse_sim_source, simulate
-from workflows.features import RELEASED, column_array, features_dataset, labels_complete, labels_uri, read_labels
+from workflows.features import (RELEASED, MixError, check_mix, column_array, features_dataset, labels_complete,
+                                labels_uri, read_labels)
 
 SPLITS = ("train", "val", "test")
 EMBEDDINGS = "clip_clap"  # the extraction embeddings: the one feature kind whose sizes follow the data
@@ -53,12 +63,31 @@ INPUTS = {
     "vggish_resnet_r2p1d": {"audio": "vggish", "frames": "res152", "clips": "r2plus1d"},
     "clip_clap_maps": {"audio": "clap_maps", "frames": "clip_feat", "clips": "r2plus1d"},
 }
+# an input column an extraction dataset holds under another name (the same values: L2-normalised CLIP embeddings)
+ALIASES = {"clip_feat": "clip_emb"}
 PSEUDO = {"audio_labels": "audio_pseudo", "visual_labels": "visual_pseudo"}  # imported pseudo-labels
+LABEL_FIELDS = ("audio_labels", "visual_labels")
 IMPORTED_LABELS = "imported pseudo-labels"
 
 
 class DataError(ValueError):
     pass
+
+
+def source_list(features: Union[str, Sequence[str]]) -> list[str]:
+    """The features sources of a run: one string, or a sequence of them (several datasets mixed); DataError for an
+    empty list, a source given twice, or LLP-sim among several."""
+    sources = [str(features)] if isinstance(features, str) else [str(f) for f in features]
+    if not sources:
+        raise DataError("no features source given")
+    if len(sources) > 1:
+        twice = [s for i, s in enumerate(sources) if s in sources[:i]]
+        if twice:
+            raise DataError(f"features {twice[0]} given twice")
+        sim = [s for s in sources if parse_source(s)[0] == "sim"]
+        if sim:
+            raise DataError(f"features {sim[0]}: LLP-sim cannot be mixed with other sources; give it alone")
+    return sources
 
 
 def parse_source(source: str) -> tuple[str, Any, dict]:
@@ -198,6 +227,7 @@ def _input_columns(uri: str, cfg, names: list[str]) -> dict[str, str]:
         return cols
     shapes = preset_shapes(cfg)
     cols = {role: INPUTS[cfg.features][role] for role in shapes}
+    cols = {role: ALIASES[col] if col not in names and ALIASES.get(col) in names else col for role, col in cols.items()}
     for role, col in cols.items():
         if col not in names:
             raise DataError(f"preset {cfg.preset} needs column {col} {shapes[role]}; the dataset has none ({uri}: "
@@ -285,52 +315,128 @@ def _subsample(arrays: AVVPArrays, n: Optional[int], seed: int) -> AVVPArrays:
     return arrays.take(rows)
 
 
-def load_training_data(features: str, cfg, *, labels: Optional[str] = None, annotations: Optional[str] = None,
-                       splits=SPLITS, max_train: Optional[int] = None, max_eval: Optional[int] = None):
-    """({split: AVVPArrays}, cfg with input sizes adapted to the data, meta for MLflow)."""
-    annotations = annotations or default_annotations()
-    kind, value, overrides = parse_source(features)
-    if kind == "sim":
-        data, teachers = _load_sim(value, overrides, cfg, annotations, splits)
-    else:
-        data, teachers = _load_uri(value, annotations, splits, cfg)
-    if "train" in splits and "train" not in data:
-        raise DataError(f"features {features}: no train videos")
-    if "train" in data:
-        data["train"] = _subsample(data["train"], max_train, cfg.seed)
-    for split in ("val", "test"):
-        if split in data:
-            data[split] = _subsample(data[split], max_eval, cfg.seed)
-    imported = kind == "uri" and all(a.audio_labels is not None for a in data.values())
-    if cfg.loss == "ma-refined" and not labels:  # MA stage 3: modality-aware labels only, never VALOR's
-        raise DataError(f"preset {cfg.preset} (loss ma-refined) needs --labels: a `valor refine ma` output")
-    labels_used = labels or (labels_uri(value) if kind == "uri" and labels_complete(labels_uri(value)) else None)
-    if labels_used:
+def _own_labels(data: dict, uri: str, cfg) -> tuple[str, dict]:
+    """A features dataset's labels (no --labels): the harvest beside it, its imported pseudo-labels, else harvested on
+    the fly from its teacher logits. Sets them on `data`; returns (what was used, thresholds)."""
+    beside = labels_uri(uri)
+    if labels_complete(beside):
         for arrays in data.values():  # a harvest output wins over imported pseudo-labels
             arrays.audio_labels = arrays.visual_labels = None
-        thresholds = _join_harvest(data, labels_used)
-    elif imported:
-        labels_used = IMPORTED_LABELS
-        thresholds = {"source": IMPORTED_LABELS}
+        return beside, _join_harvest(data, beside)
+    if all(a.audio_labels is not None for a in data.values()):
+        return IMPORTED_LABELS, {"source": IMPORTED_LABELS}
+    return "on the fly", _harvest_on_the_fly(data, cfg.labels)
+
+
+def _concat(parts: list[AVVPArrays]) -> AVVPArrays:
+    """The rows of every part; a field missing from one part is missing from the result."""
+    if len(parts) == 1:
+        return parts[0]
+    out = {}
+    for f in dataclasses.fields(AVVPArrays):
+        values = [getattr(p, f.name) for p in parts]
+        out[f.name] = None if any(v is None for v in values) else np.concatenate(values)
+    return AVVPArrays(**out)
+
+
+def _load_mixed(uris: list[str], annotations: str, splits, cfg, labels: Optional[str], with_labels: bool = True):
+    """Several features datasets -> ({split: AVVPArrays}, teachers, labels used, thresholds); DataError (one line,
+    before the arrays are read) when check_mix refuses them, and when a source has no labels the loss needs."""
+    cols = [list(_input_columns(u, cfg, features_dataset(u).schema.names).values()) for u in uris]
+    try:
+        check_mix(uris, cols)
+    except MixError as err:
+        raise DataError(str(err)) from None
+    loaded = [_load_uri(u, annotations, splits, cfg) for u in uris]
+    used: list = []
+    if labels:
+        for d, _ in loaded:
+            for arrays in d.values():  # a harvest output wins over imported pseudo-labels
+                arrays.audio_labels = arrays.visual_labels = None
+    elif with_labels:
+        used = [_own_labels(d, u, cfg) for u, (d, _) in zip(uris, loaded)]
+        unlabelled = [u for u, (d, _) in zip(uris, loaded) if any(a.audio_labels is None for a in d.values())]
+        if unlabelled and len(unlabelled) < len(uris):
+            from valor_core.fit import TARGETS  # torch-bound: only here
+
+            if set(LABEL_FIELDS) & set(TARGETS.get(cfg.loss, ())):
+                raise DataError(f"features {unlabelled[0]}: no segment labels (no harvest beside it, no imported "
+                                f"pseudo-labels, no teacher logits) and preset {cfg.preset}'s loss {cfg.loss} needs "
+                                "them for every source: give --labels, or harvest it")
+    data = {}
+    for split in splits:
+        parts = [d[split] for d, _ in loaded if split in d]
+        if parts:
+            data[split] = _concat(parts)
+    teachers = {"sources": {u: t for u, (_, t) in zip(uris, loaded)}}
+    if labels:
+        return data, teachers, labels, _join_harvest(data, labels)
+    if not with_labels:
+        return data, teachers, None, {}
+    kinds = {u: what for u, (what, _) in zip(uris, used)}
+    one = len(set(kinds.values())) == 1 and next(iter(kinds.values())) in (IMPORTED_LABELS, "on the fly")
+    return (data, teachers, next(iter(kinds.values())) if one else json.dumps(kinds),
+            {"sources": {u: th for u, (_, th) in zip(uris, used)}})
+
+
+def _check_and_subsample(data: dict, sources: list[str], splits, max_train, max_eval, seed: int) -> None:
+    if "train" in splits and "train" not in data:
+        raise DataError(f"features {', '.join(sources)}: no train videos")
+    if "train" in data:
+        data["train"] = _subsample(data["train"], max_train, seed)
+    for split in ("val", "test"):
+        if split in data:
+            data[split] = _subsample(data[split], max_eval, seed)
+
+
+def load_training_data(features: Union[str, Sequence[str]], cfg, *, labels: Optional[str] = None,
+                       annotations: Optional[str] = None, splits=SPLITS, max_train: Optional[int] = None,
+                       max_eval: Optional[int] = None):
+    """({split: AVVPArrays}, cfg with input sizes adapted to the data, meta for MLflow). `features`: one source, or
+    several features datasets trained on as one (module doc)."""
+    annotations = annotations or default_annotations()
+    sources = source_list(features)
+    kind, value, overrides = parse_source(sources[0])
+    if cfg.loss == "ma-refined" and not labels:  # MA stage 3: modality-aware labels only, never VALOR's
+        raise DataError(f"preset {cfg.preset} (loss ma-refined) needs --labels: a `valor refine ma` output")
+    if len(sources) > 1:
+        data, teachers, labels_used, thresholds = _load_mixed(sources, annotations, splits, cfg, labels)
+        _check_and_subsample(data, sources, splits, max_train, max_eval, cfg.seed)
     else:
-        labels_used = "on the fly"
-        thresholds = _harvest_on_the_fly(data, cfg.labels)
+        if kind == "sim":
+            data, teachers = _load_sim(value, overrides, cfg, annotations, splits)
+        else:
+            data, teachers = _load_uri(value, annotations, splits, cfg)
+        _check_and_subsample(data, sources, splits, max_train, max_eval, cfg.seed)
+        if labels:
+            for arrays in data.values():  # a harvest output wins over imported pseudo-labels
+                arrays.audio_labels = arrays.visual_labels = None
+            labels_used, thresholds = labels, _join_harvest(data, labels)
+        elif kind == "uri":
+            labels_used, thresholds = _own_labels(data, value, cfg)
+        else:
+            labels_used, thresholds = "on the fly", _harvest_on_the_fly(data, cfg.labels)
     first = next(iter(data.values()))
     cfg, changed = adapt_model(cfg, first)
     if changed and kind == "uri" and cfg.features != EMBEDDINGS:  # never: _input_shape checked the preset's sizes
         raise DataError(f"preset {cfg.preset}: its inputs would have to be re-shaped ({changed})")
-    meta = {"features": features, "labels": labels_used, "annotations": os.path.abspath(annotations)
-            if "://" not in annotations else annotations,
+    meta = {"features": sources[0] if len(sources) == 1 else sources, "labels": labels_used,
+            "annotations": os.path.abspath(annotations) if "://" not in annotations else annotations,
             "videos": {k: int(len(v)) for k, v in data.items()}, "thresholds": thresholds, "teachers": teachers,
             "adapted": {k: list(v) for k, v in changed.items()}, "max_train": max_train}
     return data, cfg, meta
 
 
-def load_eval_split(features: str, split: str, cfg, annotations: Optional[str] = None) -> AVVPArrays:
-    """One val/test split's features (with GT) for scoring a checkpoint trained with `cfg`."""
+def load_eval_split(features: Union[str, Sequence[str]], split: str, cfg,
+                    annotations: Optional[str] = None) -> AVVPArrays:
+    """One val/test split's features (with GT) for scoring a checkpoint trained with `cfg` (`features`: one source or
+    several datasets, as load_training_data)."""
     annotations = annotations or default_annotations()
-    kind, value, overrides = parse_source(features)
-    if kind == "sim":
+    sources = source_list(features)
+    kind, value, overrides = parse_source(sources[0])
+    if len(sources) > 1:
+        data, _, _, _ = _load_mixed(sources, annotations, (split,), cfg, None, with_labels=False)
+    elif kind == "sim":
         data, _ = _load_sim(value, overrides, cfg, annotations, (split,))
     else:
         data, _ = _load_uri(value, annotations, (split,), cfg)
