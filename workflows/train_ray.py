@@ -6,7 +6,9 @@
              -> load the best-val weights from the last checkpoint -> final val/test scores, figures, artifacts
     worker   ray.get the arrays (zero-copy from the node's object store) -> build HAN (same seed on every rank),
              prepare_model (DDP: gloo on CPU, NCCL on GPU) -> resume from ray.train.get_checkpoint() if any
-             -> per epoch: disjoint shard of this rank -> valor_core.fit.train_epoch -> all-reduce the loss
+             -> the train arrays resident on this worker's device when they fit (valor_core.fit.place_tensors)
+             -> per epoch: disjoint shard of this rank, gathered on the device -> valor_core.fit.train_epoch (one
+                host sync per epoch) -> all-reduce the loss
              -> rank 0: val scores, best-val tracking, checkpoint dir, MLflow epoch metrics -> ray.train.report
 
 Data: the train split is a dict of NumPy arrays put into the object store once; every worker maps it read-only
@@ -55,7 +57,8 @@ from typing import Any, Optional
 import numpy as np
 
 from valor_core.config import to_dict
-from valor_core.fit import build_model, build_optimizer, evaluate_model, predict, to_tensors, train_epoch
+from valor_core.fit import (build_model, build_optimizer, compile_model, eval_inputs, evaluate_model, place_tensors,
+                            predict, to_tensors, train_epoch)
 from valor_core.llp import LLPSplit
 from valor_core.metrics import score_split
 from valor_core.schedule import lr_at_epoch
@@ -113,9 +116,11 @@ def _wait_committed(snapshot: Optional[str], name: str, timeout: float = 60.0) -
 
 
 def _batches(tensors: dict, index: np.ndarray, batch_size: int, kill: Optional[dict] = None):
+    """This rank's batches of its shard `index`, gathered where `tensors` live (the shard's index moves there once)."""
     import torch
 
-    idx = torch.from_numpy(np.ascontiguousarray(index))
+    device = next(iter(tensors.values())).device
+    idx = torch.from_numpy(np.ascontiguousarray(index).astype(np.int64)).to(device)
     for b, start in enumerate(range(0, len(idx), batch_size)):
         if kill is not None and b == kill["after_batches"] and not os.path.exists(kill["marker"]):
             _wait_committed(kill.get("snapshot"), f"epoch_{kill['epoch'] - 1:03d}")
@@ -150,8 +155,11 @@ def train_loop(config: dict) -> None:
     model = build_model(cfg)
     model = ray.train.torch.prepare_model(model)  # DDP (gloo on CPU / NCCL on GPU), moved to this worker's device
     core = model.module if hasattr(model, "module") else model
-    optimizer = build_optimizer(core, cfg)
+    optimizer = build_optimizer(core, cfg)  # fused on CUDA (cfg.fused)
     device = next(core.parameters()).device
+    tensors = place_tensors(tensors, device, cfg.resident)  # once: the whole train split on the device when it fits
+    val_inputs = eval_inputs(core, val, cfg.resident) if val is not None else None
+    train_model = compile_model(model, cfg)
 
     start_epoch, best_value, best_epoch, history = 1, -math.inf, 0, []
     best_state = None
@@ -190,8 +198,8 @@ def train_loop(config: dict) -> None:
             with open(os.path.join(record, f"epoch{epoch}_rank{rank}.json"), "w") as f:
                 json.dump({"epoch": epoch, "rank": rank, "world": world, "ids": train_ids[index].tolist()}, f)
         hook = kill if (kill and kill["epoch"] == epoch and kill["rank"] == rank) else None
-        loss = train_epoch(model, optimizer, _batches(tensors, index, bs, hook), cfg, epoch)
-        total = torch.tensor([loss * len(index), float(len(index))], dtype=torch.float64)
+        loss = train_epoch(train_model, optimizer, _batches(tensors, index, bs, hook), cfg, epoch)
+        total = torch.tensor([loss * len(index), float(len(index))], dtype=torch.float64, device=device)  # NCCL: CUDA
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(total)
         loss = float(total[0] / total[1])
@@ -201,7 +209,7 @@ def train_loop(config: dict) -> None:
         checkpoint = None
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
-                val_scores = evaluate_model(core, val) if val is not None else None
+                val_scores = evaluate_model(core, val, inputs=val_inputs) if val is not None else None
                 value = float(val_scores.get(cfg.select_metric)) if val_scores is not None else -loss
                 if value > best_value or best_state is None:  # ties keep the earlier epoch (as valor_core.fit)
                     best_value, best_epoch = value, epoch
