@@ -201,3 +201,41 @@ def test_ma_and_han_labeler_end_to_end(release, ray_local, tmp_path, capsys):  #
     rc, stdout, err = _main(argv, capsys)  # nothing changed: nothing runs
     assert rc == 0 and json.loads(stdout.strip().splitlines()[-1])["ran"] == [], err[-2000:]
     assert "nothing to do" in stdout
+
+
+@pytest.mark.integration  # real local Ray: extract with the tiny teachers, LSLD's refine, one Ray Train run
+def test_lsld_end_to_end(ray_local, tmp_path, capsys):  # noqa: F811
+    """configs/local.yaml with one lsld run: extract (tiny CLIP/CLAP, their embeddings) -> refine (captions scored by
+    the same teachers' text towers, re-weighting) -> train lsld on them -> evaluate; no tune or harvest (no run needs
+    them); a second run does nothing."""
+    from workflows import tracking
+    from workflows.features import read_labels
+
+    out, videos = tmp_path / "out", tmp_path / "videos"
+    db = f"sqlite:///{tmp_path}/mlflow.db"
+    argv = ["run", "--config", str(REPO / "configs" / "local.yaml"), f"paths.videos={videos}",
+            f"paths.annotations={videos}", f"paths.work={tmp_path / 'work'}", f"paths.output={out}",
+            "corpus.videos=8", f"tracking.uri={db}", "demo.enabled=false", "runs=[{preset: lsld, seed: 3}]",
+            "extract.clip_actors=[1, 1]", "extract.clap_actors=[1, 1]", "train.num_workers=1",
+            "train.model.hidden=32", "train.model.ff=64", "train.model.layers=1", "train.optim.epochs=1",
+            "train.optim.batch_size=4", "--json"]
+    rc, stdout, err = _main(argv, capsys)
+    assert rc == 0, err[-3000:]
+    s = json.loads(stdout.strip().splitlines()[-1])
+    assert s["ran"] == ["extract", "refine", "train", "evaluate"]
+    assert {k: s["stages"][k]["status"] for k in ("tune", "labeler", "harvest")} == dict.fromkeys(
+        ("tune", "labeler", "harvest"), "disabled")
+    meta, table = read_labels(str(out / "lsld_labels"))
+    assert table.num_rows == s["results"]["refine"]["lsld"]["videos"] == 8
+    assert meta["method"] == "lsld" and meta["source"] == str(out / "features") and meta["config"]["alpha"] == 4.0
+    assert meta["teachers"]["clip"].startswith(str(tmp_path / "work")) and meta["code_version"]
+    assert "visual_soft" in table.column_names
+    weak = np.array(table.column("weak").to_pylist())
+    assert (np.array(table.column("audio_labels").to_pylist()) <= weak[:, None]).all()
+    trained = s["results"]["train"]["runs"]["lsld-seed3"]
+    assert Path(trained["checkpoint"]).is_relative_to(out / "train" / "lsld-seed3")
+    run = tracking.client(db).get_run(trained["run_id"])
+    assert run.data.params["loss"] == "lsld" and run.data.params["data.labels"] == str(out / "lsld_labels")
+    assert "eval.test.segment.type" in run.data.metrics
+    rc, stdout, err = _main(argv, capsys)
+    assert rc == 0 and json.loads(stdout.strip().splitlines()[-1])["ran"] == [], err[-2000:]
