@@ -11,9 +11,20 @@ Spec syntax (`--clap`, `TeacherConfig.clap`):
                                `valor teachers tiny` writes, and it carries the hub cache holding the text tower.
 - `random` / `AMODEL:random`   random init (benchmarks).
 
-Runs exactly the library's path: `CLAP_Module(enable_fusion, amodel)` + the checkpoint, audio segments embedded with
-`get_audio_embedding_from_data` (int16 quantisation, repeat-padding to 10 s, fusion mel), text with
-`get_text_embedding`; logits = logit_scale_a.exp() x cosine with the Table-6 "This is a sound of ..." captions.
+The model is the library's: `CLAP_Module(enable_fusion, amodel)` + the checkpoint, text embedded as
+`get_text_embedding` does (fp32 text tower); logits = logit_scale_a.exp() x cosine with the Table-6
+"This is a sound of ..." captions. Audio segments go through one of two pre-processing paths
+(`TeacherConfig.clap_preprocess`):
+- "device" (default): laion_clap's `get_audio_embedding_from_data` pre-processing re-done batched in torch on the
+  teacher's device (valor_core.teachers.clap_input): float -> int16 -> float round trip, repeat-padding each segment
+  to 10 s (480000 samples at 48 kHz), the fusion mel (4 identical views for inputs <= 10 s, `longer` False, as the
+  library's deterministic branch; for longer inputs the library's random front/middle/back crops and the resized
+  global view, drawn from a numpy RandomState seeded with `TeacherConfig.seed` per forward chunk, the same stream the
+  library draws from the global numpy RNG after `np.random.seed(seed)`), then the audio tower and projection. The
+  audio tower and projection hold weights in the teacher's precision (bf16 on CUDA by default; norms fp32).
+  Embeddings equal the library path's within 1e-5 (fp32, CPU; tests/test_teachers_fast.py).
+- "library": laion_clap's own `get_audio_embedding_from_data`, per segment on the host, fp32 weights (bf16 autocast
+  on CUDA when the precision asks for bf16), as before; kept selectable for checks.
 
 laion_clap needs roberta-base (tokenizer + model config; the checkpoint then overwrites the weights) and the
 bert-base-uncased / facebook/bart-base tokenizers from the Hugging Face cache: valor imports it with HF_HUB_OFFLINE=1
@@ -31,7 +42,8 @@ import numpy as np
 
 from valor_core.classes import CLAP_CAPTIONS
 from valor_core.config import TeacherConfig
-from valor_core.teachers import mel
+from valor_core.teachers import clap_input, mel
+from valor_core.teachers import precision as prec
 from valor_core.teachers.base import MissingCheckpoint, Teacher, TeacherError
 from valor_core.teachers.hf import TOKENIZER_REPOS, hub_cache_dir, missing_hub_repos, offline_hub
 
@@ -152,6 +164,8 @@ def check_clap_files(spec: str) -> dict:
 class CLAPTeacher(Teacher):
     name = "clap"
     modality = "audio"
+    per_item_mib = 64.0  # HTSAT-tiny on a 10-s fusion mel (256 x 256 "image") in bf16; generous
+    max_batch = 256
 
     def __init__(self, spec: str, cfg: TeacherConfig = TeacherConfig(), captions: Sequence[str] = CLAP_CAPTIONS):
         opts = check_clap_files(spec)
@@ -172,21 +186,73 @@ class CLAPTeacher(Teacher):
         if ckpt is not None:
             load_clap_state(ckpt, module.model)
         self.module = module.to(self.device).eval()
-        self.logit_scale = float(module.model.logit_scale_a.detach().exp().item())
-        self.dim = int(module.model.audio_projection[-1].out_features) if hasattr(
-            module.model.audio_projection[-1], "out_features") else int(self.encode_text(["a"]).shape[1])
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        model = module.model
+        self.logit_scale = float(model.logit_scale_a.detach().exp().item())
         self.sample_rate = int(module.model_cfg["audio_cfg"]["sample_rate"])
+        self.audio_cfg = dict(module.model_cfg["audio_cfg"])
+        self.preprocess_path = cfg.clap_preprocess
+        if self.preprocess_path not in ("device", "library"):
+            raise TeacherError(f"clap_preprocess {self.preprocess_path!r}: choose device or library")
+        if self.preprocess_path == "device":
+            branch = model.audio_branch
+            # fp32 islands: the tower's own spectrogram front end (used without fusion); bn0, the BatchNorm over
+            # mel bins that first sees the fp32 log-mel (dB values need more than bf16's 8 bits of
+            # mel mantissa); and the fusion of the local views (laion_clap pads them with fp32 zeros)
+            islands = [getattr(branch, k) for k in ("spectrogram_extractor", "logmel_extractor", "bn0")
+                       if hasattr(branch, k)]
+            fusion = getattr(getattr(branch, "patch_embed", None), "fusion_model", None)
+            islands += [fusion] if fusion is not None else []
+            prec.cast_tower(branch, self.precision, keep_fp32=islands)
+            prec.cast_tower(model.audio_projection, self.precision)
+            self.audio_tower = prec.maybe_compile(branch, self.compiled)
+            self.frontend = clap_input.Frontend(self.audio_cfg, self.enable_fusion, self.device, cfg.seed)
+        elif self.compiled:
+            raise TeacherError("TeacherConfig.compile needs clap_preprocess='device'")
+        self.dim = int(model.audio_projection[-1].out_features) if hasattr(
+            model.audio_projection[-1], "out_features") else int(self.encode_text(["a"]).shape[1])
 
-    def _encode_chunk(self, segments):
+    @property
+    def dtype(self):
         import torch
 
+        return self.tower_dtype if self.preprocess_path == "device" else torch.float32
+
+    @property
+    def tower_dtype(self):
+        return prec.torch_dtype(self.precision)
+
+    def _embed(self, segments):
+        if self.preprocess_path == "library":
+            return self._embed_library(segments)
+        import torch
+
+        model = self.module.model
+        out = []
+        for inputs in self.frontend.batches(segments, self.batch_size):
+            feats = self.audio_tower(inputs, mixup_lambda=None, device=self.device)["embedding"]
+            out.append(model.audio_projection(feats.to(self.tower_dtype)))
+        return torch.cat(out) if len(out) > 1 else out[0]
+
+    def _embed_library(self, segments):
+        """laion_clap's own path, chunk by chunk (one host round trip per chunk)."""
+        import contextlib
         import warnings
 
-        np.random.seed(self.cfg.seed)  # laion_clap's random crops/fusion views (segments longer than 10 s only)
-        x = [np.ascontiguousarray(np.asarray(s, dtype=np.float32)) for s in segments]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torchaudio's 'onesided' deprecation, once per segment
-            return torch.as_tensor(self.module.get_audio_embedding_from_data(x, use_tensor=False))
+        import torch
+
+        x_all = [np.ascontiguousarray(np.asarray(s, dtype=np.float32)) for s in segments]
+        out = []
+        for start in range(0, len(x_all), self.batch_size):
+            np.random.seed(self.cfg.seed)  # laion_clap's random crops/fusion views (segments longer than 10 s only)
+            cast = torch.autocast("cuda", dtype=self.tower_dtype) if (
+                self.device.type == "cuda" and self.precision != "fp32") else contextlib.nullcontext()
+            with warnings.catch_warnings(), cast:
+                warnings.simplefilter("ignore")  # torchaudio's 'onesided' deprecation, once per segment
+                emb = self.module.get_audio_embedding_from_data(x_all[start:start + self.batch_size], use_tensor=False)
+            out.append(torch.as_tensor(emb))
+        return torch.cat(out).to(self.device)
 
     def _encode_text(self, prompts):
         return self.module.model.get_text_embedding(self.module.tokenizer(list(prompts)))

@@ -11,9 +11,18 @@ Spec syntax (`--clip`, `TeacherConfig.clip`):
                        `valor teachers tiny` writes one.
 - `local-dir:/path` or `hf-hub:org/repo`: passed to open_clip as is.
 
-Pre-processing: uint8 frames (B, H, W, 3) -> float, resized to the model's input size *without cropping* (bicubic,
-antialiased; a no-op for decoded 224x224 frames and 224-px models), normalised with the model's mean/std (CLIP's).
-Logits = logit_scale.exp() x cosine with the Table-6 "A photo of ..." captions.
+Pre-processing, on the teacher's device: uint8 frames (B, H, W, 3) are copied up once per batch (pinned,
+non_blocking on CUDA), turned to float, resized to the model's input size *without cropping* (bicubic, antialiased; a
+no-op for decoded 224x224 frames and 224-px models), normalised with the model's mean/std (CLIP's) in fp32, then cast
+to the tower's dtype. Logits = logit_scale.exp() x cosine with the Table-6 "A photo of ..." captions.
+
+Precision: the image tower (`model.visual`) holds its weights in the teacher's precision (bf16 on CUDA by default; its
+LayerNorms keep fp32 parameters and statistics), the text tower stays fp32 (valor_core.teachers.precision).
+Attention: open_clip's ViT blocks use `nn.MultiheadAttention(batch_first=True)` with no mask in the image tower; with
+bf16 weights and no autocast, in eval mode under no_grad, torch takes MHA's fused fast path
+(`torch._native_multi_head_attention`, which runs scaled-dot-product attention: flash / memory-efficient kernels on
+CUDA). Autocast disqualifies that path ("autocast is enabled"), one reason the former autocast path was slow.
+`attention_fast_path(teacher)` checks which path a forward takes.
 """
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ import numpy as np
 
 from valor_core.classes import CLIP_CAPTIONS
 from valor_core.config import TeacherConfig
+from valor_core.teachers import precision as prec
 from valor_core.teachers.base import MissingCheckpoint, Teacher, TeacherError
 from valor_core.teachers.hf import offline_hub
 
@@ -70,6 +80,8 @@ def check_clip_files(spec: str) -> bool:
 class CLIPTeacher(Teacher):
     name = "clip"
     modality = "visual"
+    per_item_mib = 16.0  # ViT-L/14 at 224 px in bf16, batch 512: ~4 GiB of activations; generous for workspaces
+    max_batch = 512
 
     def __init__(self, spec: str, cfg: TeacherConfig = TeacherConfig(), captions: Sequence[str] = CLIP_CAPTIONS):
         import open_clip
@@ -95,6 +107,10 @@ class CLIPTeacher(Teacher):
         except (OSError, ValueError) as err:
             raise self._missing(model_name, pretrained, spec, err) from None
         self.model = model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        prec.cast_tower(self.model.visual, self.precision)
+        self.visual = prec.maybe_compile(self.model.visual, self.compiled)
         self.tokenizer = open_clip.get_tokenizer(model_name)
         pcfg = open_clip.get_model_preprocess_cfg(model)
         size = pcfg.get("size", 224)
@@ -117,21 +133,31 @@ class CLIPTeacher(Teacher):
         return TeacherError(f"could not build CLIP {model_name!r} with weights {pretrained!r}: {err}")
 
     def preprocess(self, frames) -> "torch.Tensor":  # noqa: F821
-        """uint8 (B, H, W, 3) -> normalised float (B, 3, S, S) on the teacher's device, resized without crop."""
-        import torch
+        """uint8 (B, H, W, 3) frames (host array or device tensor) -> normalised fp32 (B, 3, S, S) on the teacher's
+        device, resized without crop."""
         import torch.nn.functional as F
 
-        x = torch.as_tensor(np.ascontiguousarray(frames)).to(self.device)
-        if x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"frames must be (B, H, W, 3) uint8, got {tuple(x.shape)}")
+        if getattr(frames, "ndim", 0) != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be (B, H, W, 3) uint8, got {tuple(getattr(frames, 'shape', ()))}")
+        x = prec.upload(frames, self.device) if not hasattr(frames, "device") or frames.device != self.device \
+            else frames
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         if tuple(x.shape[-2:]) != self.image_size:
             x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False, antialias=True)
             x = x.clamp_(0.0, 1.0)
         return (x - self.mean) / self.std
 
-    def _encode_chunk(self, frames):
-        return self.model.encode_image(self.preprocess(frames))
+    def _embed(self, frames):
+        """Frames copied to the device once, then pre-processed and encoded chunk by chunk there."""
+        import torch
+
+        frames = np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be (B, H, W, 3) uint8, got {tuple(frames.shape)}")
+        on_device = prec.upload(frames, self.device)
+        out = [self.visual(self.preprocess(on_device[s:s + self.batch_size]).to(self.dtype))
+               for s in range(0, len(on_device), self.batch_size)]
+        return torch.cat(out) if len(out) > 1 else out[0]
 
     def _encode_text(self, prompts):
         tokens = self.tokenizer(list(prompts)).to(self.device)
@@ -149,3 +175,23 @@ class CLIPTeacher(Teacher):
 def load_clip_teacher(spec: str, cfg: TeacherConfig = TeacherConfig()) -> CLIPTeacher:
     """Build the CLIP teacher named by `spec` (syntax in this module's docstring)."""
     return CLIPTeacher(spec, cfg)
+
+
+def attention_fast_path(teacher: CLIPTeacher, frames: int = 2) -> bool:
+    """Whether a forward of the image tower goes through torch's fused multi-head-attention fast path
+    (`torch._native_multi_head_attention`, SDPA inside); counted on a forward of `frames` black frames."""
+    import torch
+
+    calls = []
+    native = torch._native_multi_head_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return native(*args, **kwargs)
+
+    torch._native_multi_head_attention = counting
+    try:
+        teacher.encode(np.zeros((frames, *teacher.image_size, 3), np.uint8))
+    finally:
+        torch._native_multi_head_attention = native
+    return bool(calls)

@@ -22,7 +22,8 @@ def _mel_fb(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float)
 
 
 def get_mel(audio_data, audio_cfg: dict):
-    """(n,) float tensor -> (frames, n_mels) log-mel, as laion_clap.training.data.get_mel."""
+    """(n,) float tensor -> (frames, n_mels) log-mel, as laion_clap.training.data.get_mel; (B, n) -> (B, frames,
+    n_mels)."""
     import torch
 
     n_fft = int(audio_cfg["window_size"])
@@ -30,12 +31,12 @@ def get_mel(audio_data, audio_cfg: dict):
     window = torch.hann_window(n_fft, device=audio_data.device, dtype=audio_data.dtype)
     spec = torch.stft(audio_data, n_fft=n_fft, hop_length=hop, win_length=n_fft, window=window, center=True,
                       pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
-    power = spec.abs().pow(2.0)  # (freq, frames)
+    power = spec.abs().pow(2.0)  # ([B,] freq, frames)
     fb = torch.from_numpy(_mel_fb(int(audio_cfg["sample_rate"]), n_fft, int(audio_cfg["mel_bins"]),
                                   float(audio_cfg["fmin"]), float(audio_cfg["fmax"]))).to(power)
-    mel = fb @ power  # (n_mels, frames)
+    mel = fb @ power  # ([B,] n_mels, frames)
     mel = 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
-    return mel.T
+    return mel.transpose(-1, -2)
 
 
 def torchaudio_available() -> bool:
@@ -54,3 +55,34 @@ def install_if_needed() -> bool:
 
     data.get_mel = get_mel
     return True
+
+
+class MelBatch:
+    """laion_clap's `get_mel` on a batch: (B, N) float -> (B, frames, 64) log-mel, on the input's device.
+
+    torchaudio's MelSpectrogram + AmplitudeToDB(top_db=None) with the library's parameters when torchaudio imports
+    (then equal to the library's per-row result), else `get_mel` above on the batch (torch.stft + librosa's HTK
+    filterbank)."""
+
+    def __init__(self, audio_cfg: dict, device):
+        self.cfg = dict(audio_cfg)
+        self.transforms = None
+        if torchaudio_available():
+            import torchaudio
+
+            cfg = self.cfg
+            self.transforms = (torchaudio.transforms.MelSpectrogram(
+                sample_rate=cfg["sample_rate"], n_fft=cfg["window_size"], win_length=cfg["window_size"],
+                hop_length=cfg["hop_size"], center=True, pad_mode="reflect", power=2.0, norm=None, onesided=True,
+                n_mels=64, f_min=cfg["fmin"], f_max=cfg["fmax"]).to(device),
+                torchaudio.transforms.AmplitudeToDB(top_db=None).to(device))
+
+    def __call__(self, x):
+        if self.transforms is None:
+            return get_mel(x, self.cfg)
+        import warnings
+
+        spec, to_db = self.transforms
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchaudio's 'onesided' deprecation
+            return to_db(spec(x.float())).transpose(-1, -2)
