@@ -145,6 +145,13 @@ def test_imported_and_extracted_videos_train_han(mixed, release, capsys):
     assert config["data"]["features"] == [mixed["imported"], mixed["extracted"]]
     assert config["data"]["videos"]["train"] == PICKS["train"] + 1
     mixed["checkpoint"] = trained["checkpoint"]
+    # the checkpoint's recorded sources (a list) serve `valor predict` without --features
+    npz = mixed["root"] / "val.npz"
+    rc, stdout, err = _main(["predict", "--checkpoint", trained["checkpoint"], "--annotations", str(release["ann"]),
+                             "--split", "val", "--out", str(npz), "--json"], capsys)
+    assert rc == 0, err[-3000:]
+    assert json.loads(stdout.strip().splitlines()[-1])["videos"] == PICKS["val"]
+    assert sorted(np.load(npz)["video_ids"]) == sorted(release["ids"]["val"])
 
 
 @pytest.mark.integration  # ResNet-152 on CPU (about 20 s a video)

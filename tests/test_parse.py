@@ -309,3 +309,29 @@ def test_many_videos_through_ray_data_give_the_same_parse(parsed, tmp_path, caps
         a, b = (json.loads((d / f"{vid}.json").read_text()) for d in (out, parsed["out"]))
         assert a["events"] == b["events"] and a["segment_prob"] == b["segment_prob"]
     assert json.loads((out / "failures.json").read_text()) == json.loads((parsed["out"] / "failures.json").read_text())
+
+
+def test_spec_of_a_checkpoint_trained_on_mixed_sources(tmp_path, monkeypatch):
+    """A han checkpoint trained on [an imported dataset, an extracted one]: parse takes the media settings and the
+    backbone weights the extraction recorded (no --weights needed for what it recorded); --weights wins; a weights
+    file the recorded default needs and the hub cache lacks is a ParseError naming it, before any model is built."""
+    import workflows.parse as parse
+    from tests.test_mix import MEDIA, _made, _write
+    from valor_core.config import replace, to_dict
+    from valor_core.presets import get_preset
+    from workflows.checkpoints import save_checkpoint_dir
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    imported, extracted = tmp_path / "imported", tmp_path / "extracted"
+    _write(imported, ["a"])
+    _write(extracted, ["b"], made=_made(res152="hub cache"))
+    cfg = replace(get_preset("han"), **{"model.hidden": 16, "model.ff": 16})
+    ckpt = save_checkpoint_dir(str(tmp_path / "ckpt"), model_state={}, best_state={}, optimizer_state=None, state={},
+                               config={"train": to_dict(cfg), "data": {"features": [str(imported), str(extracted)]}})
+    monkeypatch.setattr(parse, "Parser", lambda spec: pytest.fail("a model was built"))
+    with pytest.raises(parse.ParseError, match="resnet152-394f9c45.pth' not found"):
+        parse.make_spec(ckpt)
+    spec = parse.make_spec(ckpt, weights={"res152": "random"})
+    assert spec.weights == {"vggish": "random", "res152": "random", "r2plus1d": "random"}
+    assert spec.media == MEDIA and spec.clip is None and spec.clap is None
+    assert parse.recorded_teachers("sim:0") == {} and parse.recorded_teachers([str(imported)]) == {}

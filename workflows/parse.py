@@ -1,13 +1,16 @@
 """`valor parse`: what happens in your own videos, when, and whether it is heard or seen.
 
-    valor parse VIDEO... --checkpoint SPEC --out DIR [--clip SPEC] [--clap SPEC] [--ray | --no-ray] [--json]
+    valor parse VIDEO... --checkpoint SPEC --out DIR [--clip SPEC] [--clap SPEC] [--weights NAME=PATH ...]
+                [--ray | --no-ray] [--json]
 
 VIDEO: files, directories (their video files, not recursive) or s3:// URIs (an object, or a prefix). SPEC: anything
 `valor predict` takes (workflows/checkpoints.py): a checkpoint dir or file, a Ray Train run dir, an s3:// prefix, an
 MLflow run id, or official:PRESET:PATH. Per video: decode (valor_core.media), compute the features the checkpoint's
 preset takes (TrainConfig.features: clip_clap = the CLIP/CLAP teachers' embeddings, with the teachers and media
 settings recorded by the features dataset the checkpoint was trained on unless --clip/--clap are given;
-vggish_resnet_r2p1d and clip_clap_maps = the paper backbones of valor_core.backbones), run the HAN, apply the official
+vggish_resnet_r2p1d and clip_clap_maps = the paper backbones of valor_core.backbones, built and run as
+`valor extract` builds and runs them (build_backbone; the same decoded inputs), with the backbone weights that dataset
+recorded unless --weights names others, else the torch hub cache), run the HAN, apply the official
 rule (valor_core.fit.decide) per window and turn the segments into events (valor_core.events: windows of T segments
 for videos longer than T x segment_seconds, merged across borders). Written into DIR (a new or empty dir, or an
 earlier `valor parse` output, which is replaced):

@@ -4,7 +4,8 @@
 
 SPEC is anything `valor evaluate --checkpoint` takes (workflows/checkpoints.py): a checkpoint dir or file, a Ray Train
 run dir, an s3:// prefix, an MLflow run id, or `official:PRESET:PATH` (an official checkpoint; then --features is
-required). SOURCE is a features source (workflows/trainset.py; default: the one recorded with the checkpoint).
+required). SOURCE is a features source (workflows/trainset.py; default: the one recorded with the checkpoint); repeat
+--features for several datasets trained on as one.
 
 The file holds
     video_ids      (N,) str          the split's videos with features, in the source's order
@@ -34,9 +35,9 @@ def register(subparsers: Any) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="SPEC",
                    help="a checkpoint dir/file, Ray Train run dir, s3:// prefix, MLflow run id, or official:PRESET:PATH")
-    p.add_argument("--features", metavar="SOURCE",
-                   help="features to predict from (default: the source the checkpoint was trained on; required for an "
-                        "official checkpoint)")
+    p.add_argument("--features", action="append", metavar="SOURCE",
+                   help="features to predict from (default: the source(s) the checkpoint was trained on; required for "
+                        "an official checkpoint); repeat it for several datasets as one (as `valor train`)")
     p.add_argument("--split", required=True, choices=SPLITS)
     p.add_argument("--out", required=True, metavar="FILE.npz", help="where to write the arrays (written whole or not "
                    "at all)")
@@ -47,7 +48,8 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def predict_arrays(checkpoint: str, split: str, *, features: str | None = None, annotations: str | None = None,
+def predict_arrays(checkpoint: str, split: str, *, features: str | list[str] | None = None,
+                   annotations: str | None = None,
                    tracking_uri: str | None = None) -> dict[str, np.ndarray]:
     """The arrays of the .npz (module doc) for `split`; CheckpointError when the checkpoint or features fail."""
     from valor_core.fit import decide, predict_probs  # torch-bound: imported where used
@@ -78,7 +80,8 @@ def write_npz(path: str, arrays: dict[str, np.ndarray]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        out = predict_arrays(args.checkpoint, args.split, features=args.features, annotations=args.annotations,
+        features = args.features[0] if args.features and len(args.features) == 1 else args.features
+        out = predict_arrays(args.checkpoint, args.split, features=features, annotations=args.annotations,
                              tracking_uri=args.tracking_uri)
         write_npz(args.out, out)
     except (CheckpointError, OSError) as err:
