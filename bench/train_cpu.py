@@ -8,10 +8,16 @@ has one frame step per segment, which is what the model sees anyway: `fit.to_ten
 8 steps per segment once, before training (identical result, see valor_core/han.py). Targets: Table 6 harvested
 labels. The figure excludes the one-off simulation and tensor set-up (printed separately) and the val evaluation
 (printed separately). The epoch runs at the preset's epoch-1 learning rate.
+
+Also printed: the best videos/s as a fraction of what this machine's fp32 matmul rate allows, i.e. videos/s /
+(matmul FLOP/s / FLOPs per video). FLOPs per video: one training step's forward + backward on one batch, counted by
+torch.utils.flop_counter.FlopCounterMode (matmuls and attention; elementwise work is not counted), / batch size.
+Matmul rate: the best of a few 1024 x 1024 fp32 torch.mm at the same thread count.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -82,7 +88,47 @@ def main() -> int:
     print(f"val evaluation ({len(val)} videos, predict + official metrics): {t_eval:.2f} s; "
           f"segment Type@AV {scores.segment['type']:.2f}")
     print(f"seconds per epoch: {best:.1f}  ({n / best:.0f} videos/s)")
+    flops = flops_per_video(model, tensors, cfg)
+    rate = matmul_flops_per_s()
+    bound = rate / flops
+    print(f"FLOPs per video (training step, forward + backward): {flops / 1e6:.1f} MFLOP; fp32 matmul "
+          f"{rate / 1e9:.1f} GFLOP/s on {threads} thread(s) -> {bound:.0f} videos/s at that rate; measured "
+          f"{n / best:.0f} videos/s = {100 * n / best / bound:.1f}% of it")
     return 0
+
+
+def flops_per_video(model, tensors: dict, cfg) -> float:
+    """Counted FLOPs of one training step (forward, loss, backward) on one batch, per video; on a copy of the model,
+    with the RNG state restored (the measured epochs are unaffected)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from valor_core.fit import TARGETS, _forward
+    from valor_core.losses import compute_loss
+
+    bs = min(cfg.optim.batch_size, len(next(iter(tensors.values()))))
+    batch = {name: t[:bs] for name, t in tensors.items()}
+    twin = copy.deepcopy(model).train()
+    device = next(twin.parameters()).device
+    with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
+        out = _forward(twin, batch, device)
+        targets = {name: batch[name].to(device).float() for name in ("weak",) + TARGETS[cfg.loss]}
+        compute_loss(cfg.loss, out, targets, cfg.label_smoothing).backward()
+    return counter.get_total_flops() / bs
+
+
+def matmul_flops_per_s(n: int = 1024, seconds: float = 1.0) -> float:
+    """Best fp32 torch.mm FLOP/s of n x n matrices over ~`seconds` (torch's current thread count)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t0))
+    return best
 
 
 if __name__ == "__main__":
