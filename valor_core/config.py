@@ -132,10 +132,11 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     # speed only (valor_core.fit; the same results for a seed, except `compile` and, on CUDA, `fused`): the arrays
     # kept on the training device (auto: CUDA when they fit in half its free memory; CPU: always), fused AdamW/Adam
-    # (auto: on CUDA), torch.compile of the model for training (off | default | reduce-overhead = + CUDA graphs)
-    resident: Literal["auto", "on", "off"] = "auto"
-    fused: Literal["auto", "on", "off"] = "auto"
-    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
+    # (auto: on CUDA), torch.compile of the model for training (eager = none | default | reduce-overhead = + CUDA
+    # graphs | max-autotune)
+    resident: Literal["auto", "always", "never"] = "auto"
+    fused: Literal["auto", "always", "never"] = "auto"
+    compile: Literal["eager", "default", "reduce-overhead", "max-autotune"] = "eager"
     num_workers: int = 1  # Ray Train workers (DDP)
     use_gpu: bool = False
 
