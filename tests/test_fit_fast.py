@@ -182,13 +182,13 @@ def test_fast_loop_matches_the_plain_loop(problem, preset):
 
 
 def test_resident_path_on_cpu_matches(problem):
-    """resident=on runs the branch CUDA takes (arrays moved with .to(device), the epoch's permutation moved to their
-    device, gathers there), here with device cpu; off leaves the arrays as they are. Both match the plain loop."""
+    """resident=always runs the branch CUDA takes (arrays moved with .to(device), the epoch's permutation moved to their
+    device, gathers there), here with device cpu; never leaves the arrays as they are. Both match the plain loop."""
     from valor_core.fit import fit
 
     train, val = problem
     ref = reference_fit(train, val, small("valor"))
-    for resident in ("on", "off"):
+    for resident in ("always", "never"):
         _assert_same_run(fit(train, val, small("valor", resident=resident)), ref)
 
 
@@ -197,7 +197,7 @@ def test_place_tensors_decides_by_size_and_free_memory(monkeypatch):
 
     tensors = {"audio": torch.zeros(10, 4, dtype=torch.float16), "weak": torch.zeros(10, 25, dtype=torch.uint8)}
     assert F.tensor_bytes(tensors) == 10 * 4 * 2 + 10 * 25
-    on = F.place_tensors(tensors, torch.device("cpu"), "on")
+    on = F.place_tensors(tensors, torch.device("cpu"), "always")
     assert all(on[k].data_ptr() == tensors[k].data_ptr() for k in tensors)  # already there: no copy on CPU
     assert F.fits_on(torch.device("cpu"), 1 << 60)
     # CUDA: at most half the free memory (mem_get_info faked: no GPU here)
@@ -206,7 +206,7 @@ def test_place_tensors_decides_by_size_and_free_memory(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (100, 8000))
     left = F.place_tensors(tensors, torch.device("cuda"), "auto")  # 290 bytes > 50: stays on the host
     assert all(left[k] is tensors[k] for k in tensors)
-    assert all(F.place_tensors(tensors, torch.device("cuda"), "off")[k] is tensors[k] for k in tensors)
+    assert all(F.place_tensors(tensors, torch.device("cuda"), "never")[k] is tensors[k] for k in tensors)
     with pytest.raises(ValueError, match="resident"):
         F.place_tensors(tensors, torch.device("cpu"), "yes")
 
@@ -244,9 +244,9 @@ def test_fused_is_chosen_by_device():
 
     model = build_model(small("valor"))
     assert not use_fused(model, small("valor"))  # CPU, auto: torch's default kernels (today's numbers)
-    assert use_fused(model, small("valor", fused="on")) and not use_fused(model, small("valor", fused="off"))
+    assert use_fused(model, small("valor", fused="always")) and not use_fused(model, small("valor", fused="never"))
     assert build_optimizer(model, small("valor")).defaults.get("fused") in (None, False)
-    assert build_optimizer(model, small("han", fused="on")).defaults["fused"] is True
+    assert build_optimizer(model, small("han", fused="always")).defaults["fused"] is True
     with pytest.raises(ValueError, match="fused"):
         use_fused(model, small("valor", fused="yes"))
 
@@ -258,7 +258,7 @@ def test_compile_wraps_the_training_module_only():
     from valor_core.fit import build_model, compile_model
 
     model = build_model(small("valor"))
-    assert compile_model(model, small("valor")) is model  # off: the model itself
+    assert compile_model(model, small("valor")) is model  # eager: the model itself
     wrapped = compile_model(model, small("valor", compile="reduce-overhead"))
     assert wrapped is not model and wrapped._orig_mod is model
     assert all(a is b for a, b in zip(wrapped.parameters(), model.parameters()))

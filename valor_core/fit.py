@@ -67,13 +67,13 @@ def build_model(cfg: TrainConfig) -> HAN:
 
 
 def use_fused(model: nn.Module, cfg: TrainConfig) -> bool:
-    """cfg.fused: on | off | auto (fused when every parameter is on CUDA; on CPU torch's default, as before)."""
-    if cfg.fused not in ("auto", "on", "off"):
-        raise ValueError(f"train fused must be auto, on or off, got {cfg.fused!r}")
+    """cfg.fused: always | never | auto (fused when every parameter is on CUDA; on CPU torch's default, as before)."""
+    if cfg.fused not in ("auto", "always", "never"):
+        raise ValueError(f"train fused must be auto, always or never, got {cfg.fused!r}")
     if cfg.fused == "auto":
         params = list(model.parameters())
         return bool(params) and all(p.is_cuda for p in params)
-    return cfg.fused == "on"
+    return cfg.fused == "always"
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -90,12 +90,12 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def compile_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
-    """The module to train with: `model` itself (cfg.compile off), else torch.compile(model, mode=cfg.compile).
+    """The module to train with: `model` itself (cfg.compile eager), else torch.compile(model, mode=cfg.compile).
     Keep `model` for state_dict / evaluation: the compiled wrapper shares its parameters."""
-    if cfg.compile == "off":
+    if cfg.compile == "eager":
         return model
     if cfg.compile not in ("default", "reduce-overhead", "max-autotune"):
-        raise ValueError(f"train compile must be off, default, reduce-overhead or max-autotune, got {cfg.compile!r}")
+        raise ValueError(f"train compile must be eager, default, reduce-overhead or max-autotune, got {cfg.compile!r}")
     return torch.compile(model, mode=None if cfg.compile == "default" else cfg.compile)
 
 
@@ -174,12 +174,12 @@ def fits_on(device: torch.device, nbytes: int) -> bool:
 
 
 def place_tensors(tensors: dict[str, Tensor], device: torch.device, resident: str = "auto") -> dict[str, Tensor]:
-    """`tensors` moved once to `device` (resident "on", or "auto" when they fit: `fits_on`), else left where they
-    are ("off", or too big: each batch is then gathered there and copied). On CPU both leave them as they are."""
-    if resident not in ("auto", "on", "off"):
-        raise ValueError(f"train resident must be auto, on or off, got {resident!r}")
+    """`tensors` moved once to `device` (resident "always", or "auto" when they fit: `fits_on`), else left where
+    they are ("never", or too big: each batch is then gathered there and copied). On CPU both leave them as they are."""
+    if resident not in ("auto", "always", "never"):
+        raise ValueError(f"train resident must be auto, always or never, got {resident!r}")
     device = torch.device(device)
-    if resident == "off" or (resident == "auto" and not fits_on(device, tensor_bytes(tensors))):
+    if resident == "never" or (resident == "auto" and not fits_on(device, tensor_bytes(tensors))):
         return dict(tensors)
     return {name: t.to(device) for name, t in tensors.items()}
 
