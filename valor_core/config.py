@@ -132,11 +132,11 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     # speed only (valor_core.fit; the same results for a seed, except `compile` and, on CUDA, `fused`): the arrays
     # kept on the training device (auto: CUDA when they fit in half its free memory; CPU: always), fused AdamW/Adam
-    # (auto: on CUDA), torch.compile of the model for training (eager = none | default | reduce-overhead = + CUDA
-    # graphs | max-autotune)
+    # (auto: on CUDA); compile: eager (none) | cuda-graph (the whole training step captured once and replayed,
+    # valor_core.graph_step) | default / reduce-overhead / max-autotune (torch.compile of the model's training pass)
     resident: Literal["auto", "always", "never"] = "auto"
     fused: Literal["auto", "always", "never"] = "auto"
-    compile: Literal["eager", "default", "reduce-overhead", "max-autotune"] = "eager"
+    compile: Literal["eager", "cuda-graph", "default", "reduce-overhead", "max-autotune"] = "eager"
     num_workers: int = 1  # Ray Train workers (DDP)
     use_gpu: bool = False
 
