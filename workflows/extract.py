@@ -462,7 +462,8 @@ def build_dataset(todo: list[Entry], clip: str, clap: str, cfg: ExtractConfig, t
             drop = (() if "clap" in features else ("audio", "audio_len")) + (
                 () if "clip" in features or "clap" in features else ("frames", "dense"))
         ds = actor_pool(ds, BackboneStage, {"name": name, "weights": clap if name == "clap_maps" else weights,
-                                            "options": options, "num_cpus": threads, "device": teachers.device,
+                                            "options": dict(options, precision=teachers.precision),
+                                            "num_cpus": threads, "device": teachers.device,
                                             "sample_rate": media.sample_rate, "segments": media.segments,
                                             "drop": drop},
                         cfg.backbone_actors, cfg.backbone_batch_size, actor_res)
@@ -682,7 +683,7 @@ def register(sub) -> None:
     p.add_argument("--secret-key", default=None, help="default: AWS_SECRET_ACCESS_KEY")
     p.add_argument("--device", default=TeacherConfig.device)
     p.add_argument("--teacher-batch", type=int, default=TeacherConfig.batch_size,
-                   help="frames (CLIP) / segments (CLAP) per forward")
+                   help="frames (CLIP) / segments (CLAP) per forward; 0 = auto (64 on CPU, by free memory on CUDA)")
     p.set_defaults(func=_cli)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from valor_core.backbones.base import Backbone
 from valor_core.backbones.resnet import to_input
 from valor_core.backbones.weights import load_into
+from valor_core.teachers.precision import upload
 
 SIZE = 112
 MEAN, STD = (0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)
@@ -24,8 +25,13 @@ FILENAME, URL = "r2plus1d_18-91a641e6.pth", "https://download.pytorch.org/models
 class R2Plus1DBackbone(Backbone):
     name = column = "r2plus1d"
     input = "frames"
+    cpu_batch = 16
+    per_item_mib = 64.0  # one 8 x 112 x 112 snippet through R(2+1)D-18 in bf16
+    max_batch = 256
+    memory_format = "3d"
 
-    def __init__(self, device, weights: Optional[str], segments: int = 10, batch_size: int = 16, seed: int = 0):
+    def __init__(self, device, weights: Optional[str], segments: int = 10, batch_size: int = 0, seed: int = 0,
+                 precision: str = "auto", compile: bool = False):
         import torch
         import torchvision
 
@@ -34,7 +40,7 @@ class R2Plus1DBackbone(Backbone):
         if weights:
             load_into(net, weights, "r2plus1d")
         net.fc = torch.nn.Identity()
-        super().__init__(net, device, weights, batch_size)
+        super().__init__(net, device, weights, batch_size, precision, compile)
         self.segments = int(segments)
 
     def __call__(self, dense: np.ndarray) -> np.ndarray:
@@ -46,12 +52,15 @@ class R2Plus1DBackbone(Backbone):
         if n == 0:
             return np.zeros((0, T, 512), np.float32)
         per = F // T
-        out = []
-        for i in range(n):
-            x = to_input(dense[i], SIZE, MEAN, STD)  # (F, 3, 112, 112)
-            x = x.reshape(T, per, 3, SIZE, SIZE).permute(0, 2, 1, 3, 4).contiguous()  # (T, 3, per, 112, 112)
-            out.append(self.forward_chunks(x))
-        return np.stack(out).reshape(n, T, 512)
+        S = dense.shape[2:4]
+        snippets = upload(dense, self.device).reshape(n * T, per, *S, 3)  # uint8 up once; floats per chunk
+
+        def prepare(chunk):  # (b, per, S, S, 3) uint8 -> (b, 3, per, 112, 112)
+            b = chunk.shape[0]
+            x = to_input(chunk.reshape(b * per, *S, 3), SIZE, MEAN, STD)
+            return x.reshape(b, per, 3, SIZE, SIZE).permute(0, 2, 1, 3, 4).contiguous()
+
+        return self.forward_chunks(snippets, prepare).reshape(n, T, 512)
 
 
 def build(weights: Optional[str], device, segments: int = 10, **kw) -> R2Plus1DBackbone:

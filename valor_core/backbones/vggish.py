@@ -10,6 +10,7 @@ so it is built here): conv 64 - pool - 128 - pool - 256 x2 - pool - 512 x2 - poo
 in TF's NHWC order, fc 4096 - 4096 - 128 with ReLU after each (as both ports). Weights: torchvggish's
 `vggish-10086976.pth` (keys features.* / embeddings.*) or a torchaudio-style state dict (features_network.* /
 embedding_network.*).
+Resampling, log-mel and the network run on the backbone's device (one host copy of the embeddings per call).
 Optional PCA postprocessing (torchvggish's `vggish_pca_params-970ea276.pth`: pca_eigen_vectors, pca_means): PCA,
 clip to [-2, 2], quantise to 0..255 (kept as float32), as the reference's Postprocessor.
 """
@@ -47,23 +48,25 @@ def mel_matrix(num_mel_bins: int = MELS, num_spectrogram_bins: int = FFT // 2 + 
 
 
 def log_mel(wave16k) -> "np.ndarray":
-    """1-D torch float tensor at 16 kHz -> (frames, 64) log-mel (torch), as vggish_input.waveform_to_examples."""
+    """1-D torch float tensor at 16 kHz -> (frames, 64) log-mel (torch, float64 inside, on the wave's device), as
+    vggish_input.waveform_to_examples."""
     import torch
 
     if wave16k.numel() < WINDOW:
         wave16k = torch.nn.functional.pad(wave16k, (0, WINDOW - wave16k.numel()))
+    dev = wave16k.device
     frames = wave16k.unfold(0, WINDOW, HOP).double()  # (n, 400), partial frames dropped
-    window = 0.5 - 0.5 * torch.cos(2 * np.pi / WINDOW * torch.arange(WINDOW, dtype=torch.float64))  # periodic Hann
-    spec = torch.fft.rfft(frames * window, n=FFT).abs()
-    mel = spec @ torch.from_numpy(mel_matrix()).double()
+    window = 0.5 - 0.5 * torch.cos(2 * np.pi / WINDOW * torch.arange(WINDOW, dtype=torch.float64, device=dev))
+    spec = torch.fft.rfft(frames * window, n=FFT).abs()  # periodic Hann above
+    mel = spec @ torch.from_numpy(mel_matrix()).double().to(dev)
     return torch.log(mel + 0.01).float()
 
 
-def examples(wave, sample_rate: int, segments: int):
-    """A waveform -> (segments, 1, 96, 64) float tensor of VGGish examples."""
+def examples(wave, sample_rate: int, segments: int, device=None):
+    """A waveform -> (segments, 1, 96, 64) float tensor of VGGish examples (computed on `device`; None = CPU)."""
     import torch
 
-    lm = log_mel(resample(wave, sample_rate, SAMPLE_RATE))
+    lm = log_mel(resample(wave, sample_rate, SAMPLE_RATE, device))
     n = max(1, lm.shape[0] // EXAMPLE)
     if lm.shape[0] < EXAMPLE:
         lm = torch.nn.functional.pad(lm, (0, 0, 0, EXAMPLE - lm.shape[0]))
@@ -108,16 +111,20 @@ def _portable(state: dict) -> dict:
 class VGGishBackbone(Backbone):
     name = column = "vggish"
     input = "audio"
+    cpu_batch = 64
+    per_item_mib = 8.0  # one 96 x 64 example through VGG in bf16
+    max_batch = 1024
+    memory_format = "2d"
 
     def __init__(self, device, weights: Optional[str], segments: int = 10, pca: Optional[str] = None,
-                 batch_size: int = 64, seed: int = 0):
+                 batch_size: int = 0, seed: int = 0, precision: str = "auto", compile: bool = False):
         import torch
 
         torch.manual_seed(seed)
         net = build_net()
         if weights:
             load_into(net, weights, "vggish", _portable)
-        super().__init__(net, device, weights, batch_size)
+        super().__init__(net, device, weights, batch_size, precision, compile)
         self.segments = int(segments)
         self.pca = None
         if pca:
@@ -138,7 +145,7 @@ class VGGishBackbone(Backbone):
 
         if not len(waves):
             return np.zeros((0, self.segments, 128), np.float32)
-        x = torch.cat([examples(w, sample_rate, self.segments) for w in waves])
+        x = torch.cat([examples(w, sample_rate, self.segments, self.device) for w in waves])  # on the device
         emb = self.forward_chunks(x)
         if self.pca is not None:
             emb = self.postprocess(emb)

@@ -68,10 +68,18 @@ class MelBatch:
         self.cfg = dict(audio_cfg)
         self.transforms = None
         if torchaudio_available():
+            import warnings
+
             import torchaudio
 
             cfg = self.cfg
-            self.transforms = (torchaudio.transforms.MelSpectrogram(
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torchaudio's 'onesided' deprecation
+                self.transforms = self._build(torchaudio, cfg, device)
+
+    @staticmethod
+    def _build(torchaudio, cfg, device):
+        return (torchaudio.transforms.MelSpectrogram(
                 sample_rate=cfg["sample_rate"], n_fft=cfg["window_size"], win_length=cfg["window_size"],
                 hop_length=cfg["hop_size"], center=True, pad_mode="reflect", power=2.0, norm=None, onesided=True,
                 n_mels=64, f_min=cfg["fmin"], f_max=cfg["fmax"]).to(device),

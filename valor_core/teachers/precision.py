@@ -25,6 +25,7 @@ the model code then works on device tensors and returns one host copy at the end
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Iterable, Optional
 
 import numpy as np
@@ -130,7 +131,13 @@ def upload(array, device):
     pinned memory + non_blocking=True on CUDA."""
     import torch
 
-    t = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
+    if isinstance(array, torch.Tensor):
+        t = array
+    else:
+        a = np.ascontiguousarray(array)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a read-only buffer (Ray batches): never written through, only read
+            t = torch.from_numpy(a)
     if getattr(device, "type", str(device)) == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
