@@ -15,8 +15,9 @@ Speed (the loop is bound by per-step host work, not FLOPs, at the paper's sizes)
 device when they fit (`place_tensors`; on CPU they are there already) and batches are gathered there with the same
 CPU-generator permutation as ever (so a seed gives the same batches anywhere); the loss is summed on the device with
 one host sync per epoch; AdamW/Adam are fused on CUDA (`build_optimizer`, cfg.fused); evaluation runs on resident
-inputs with one transfer of the probabilities at the end; cfg.compile optionally torch.compiles the training forward
-(and backward). On CPU the defaults compute exactly what the plain loop did (tests/test_fit_fast.py keeps that loop).
+inputs with one transfer of the probabilities at the end; cfg.compile "cuda-graph" replays the whole step from one
+CUDA graph (valor_core.graph_step), "default" / "reduce-overhead" torch.compile the model's training pass. On CPU
+the defaults compute exactly what the plain loop did (tests/test_fit_fast.py keeps that loop).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 
 from valor_core.arrays import AVVPArrays
 from valor_core.config import TrainConfig
+from valor_core.graph_step import GraphedStep, Step
 from valor_core.han import HAN, HANOutput, count_trainable, resample_audio, segment_count
 from valor_core.losses import compute_loss
 from valor_core.ma import MAHAN
@@ -80,8 +82,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     """AdamW/Adam of cfg.optim at the epoch-1 learning rate; build it after moving the model to its device (the
     fused kernels are chosen from where the parameters are)."""
     o = cfg.optim
-    lr = lr_at_epoch(1, o)
+    lr: Any = lr_at_epoch(1, o)
     kw: dict[str, Any] = {"fused": True} if use_fused(model, cfg) else {}
+    if cfg.compile == "cuda-graph":  # a step captured in a CUDA graph: fused, capturable, the lr a device tensor
+        kw = {"fused": True, "capturable": True}
+        lr = torch.tensor(lr, dtype=torch.float32, device=next(model.parameters()).device)
     if o.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **kw)
     if o.optimizer == "adam":
@@ -90,12 +95,13 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def compile_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
-    """The module to train with: `model` itself (cfg.compile eager), else torch.compile(model, mode=cfg.compile).
-    Keep `model` for state_dict / evaluation: the compiled wrapper shares its parameters."""
-    if cfg.compile == "eager":
+    """The module to train with: `model` itself (cfg.compile eager or cuda-graph), else torch.compile(model,
+    mode=cfg.compile). Keep `model` for state_dict / evaluation: the compiled wrapper shares its parameters."""
+    if cfg.compile in ("eager", "cuda-graph"):
         return model
     if cfg.compile not in ("default", "reduce-overhead", "max-autotune"):
-        raise ValueError(f"train compile must be eager, default, reduce-overhead or max-autotune, got {cfg.compile!r}")
+        raise ValueError(f"train compile must be eager, cuda-graph, default, reduce-overhead or max-autotune, "
+                         f"got {cfg.compile!r}")
     return torch.compile(model, mode=None if cfg.compile == "default" else cfg.compile)
 
 
@@ -209,21 +215,20 @@ def _forward(model: nn.Module, batch: dict[str, Tensor], device: torch.device) -
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """In place where the learning rate is a tensor (a captured step reads it from there)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        if isinstance(group["lr"], Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[dict[str, Tensor]],
-                cfg: TrainConfig, epoch: int) -> float:
-    """One epoch (epochs count from 1): set the epoch's learning rate, step through `batches`; mean loss per video.
-    The loss is summed on the device (float64, the same sum as a host float) and read once, at the end of the epoch:
-    no host sync per step."""
-    set_lr(optimizer, lr_at_epoch(epoch, cfg.optim))
+def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Step:
+    """One training step on a batch: forward, cfg.loss, backward, gradient clipping, optimiser step -> the loss
+    (0-d, detached, on the device). Free of host syncs, so that it can be captured in a CUDA graph."""
     device = next(model.parameters()).device
-    model.train()
-    total = torch.zeros((), dtype=torch.float64 if device.type in ("cpu", "cuda") else torch.float32, device=device)
-    count = 0
-    for batch in batches:
+
+    def step(batch: dict[str, Tensor]) -> Tensor:
         out = _forward(model, batch, device)
         targets = {name: batch[name].to(device, non_blocking=True).float() for name in ("weak",) + TARGETS[cfg.loss]}
         loss = compute_loss(cfg.loss, out, targets, cfg.label_smoothing)
@@ -232,8 +237,35 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
         if cfg.optim.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
-        size = len(targets["weak"])
-        total += loss.detach().to(total.dtype) * size
+        return loss.detach()
+    return step
+
+
+def graphed_step(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                 batch_size: Optional[int] = None) -> Optional[GraphedStep]:
+    """For cfg.compile "cuda-graph": the step of `model` as a GraphedStep (captured on CUDA; eager on static buffers
+    elsewhere), for batches of `batch_size` (default cfg.optim.batch_size); None otherwise."""
+    if cfg.compile != "cuda-graph":
+        return None
+    return GraphedStep(make_step(model, optimizer, cfg), batch_size or cfg.optim.batch_size,
+                       next(model.parameters()).device, before_capture=lambda: optimizer.zero_grad(set_to_none=True))
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[dict[str, Tensor]],
+                cfg: TrainConfig, epoch: int, step: Optional[Step] = None) -> float:
+    """One epoch (epochs count from 1): set the epoch's learning rate, run `step` (default make_step: eager) on each
+    of `batches`; mean loss per video. The loss is summed on the device (float64, the same sum as a host float) and
+    read once, at the end of the epoch: no host sync per step."""
+    set_lr(optimizer, lr_at_epoch(epoch, cfg.optim))
+    device = next(model.parameters()).device
+    step = step or make_step(model, optimizer, cfg)
+    model.train()
+    total = torch.zeros((), dtype=torch.float64 if device.type in ("cpu", "cuda") else torch.float32, device=device)
+    count = 0
+    for batch in batches:
+        loss = step(batch)
+        size = len(batch["weak"])
+        total += loss.to(total.dtype) * size
         count += size
     return float(total) / max(count, 1)
 
@@ -324,6 +356,7 @@ def fit(train: AVVPArrays, val: AVVPArrays, cfg: TrainConfig, test: Optional[AVV
     tensors = place_tensors(to_tensors(train, cfg), device, cfg.resident)
     val_inputs = eval_inputs(model, val, cfg.resident)
     train_model = compile_model(model, cfg)
+    step = graphed_step(model, optimizer, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # dropout
     best_value, best_epoch, best_state, best_val = -np.inf, 0, None, None
@@ -331,7 +364,7 @@ def fit(train: AVVPArrays, val: AVVPArrays, cfg: TrainConfig, test: Optional[AVV
     for epoch in range(1, cfg.optim.epochs + 1):
         t0 = time.perf_counter()
         loss = train_epoch(train_model, optimizer, iterate_batches(tensors, cfg.optim.batch_size, generator), cfg,
-                           epoch)
+                           epoch, step)
         train_seconds = time.perf_counter() - t0
         scores = evaluate_model(model, val, inputs=val_inputs)
         value = select_value(scores, cfg.select_metric)

@@ -57,8 +57,8 @@ from typing import Any, Optional
 import numpy as np
 
 from valor_core.config import to_dict
-from valor_core.fit import (build_model, build_optimizer, compile_model, eval_inputs, evaluate_model, place_tensors,
-                            predict, to_tensors, train_epoch)
+from valor_core.fit import (build_model, build_optimizer, compile_model, eval_inputs, evaluate_model, graphed_step,
+                            place_tensors, predict, to_tensors, train_epoch)
 from valor_core.llp import LLPSplit
 from valor_core.metrics import score_split
 from valor_core.schedule import lr_at_epoch
@@ -160,6 +160,12 @@ def train_loop(config: dict) -> None:
     tensors = place_tensors(tensors, device, cfg.resident)  # once: the whole train split on the device when it fits
     val_inputs = eval_inputs(core, val, cfg.resident) if val is not None else None
     train_model = compile_model(model, cfg)
+    step = None  # cfg.compile cuda-graph: one worker only (a DDP step's all-reduce is not captured here)
+    if cfg.compile == "cuda-graph":
+        if world == 1:
+            step = graphed_step(model, optimizer, cfg, per_worker_batch(cfg.optim.batch_size, world))
+        elif rank == 0:
+            print("[valor train] compile=cuda-graph runs with one worker only; stepping eagerly", file=sys.stderr)
 
     start_epoch, best_value, best_epoch, history = 1, -math.inf, 0, []
     best_state = None
@@ -198,7 +204,7 @@ def train_loop(config: dict) -> None:
             with open(os.path.join(record, f"epoch{epoch}_rank{rank}.json"), "w") as f:
                 json.dump({"epoch": epoch, "rank": rank, "world": world, "ids": train_ids[index].tolist()}, f)
         hook = kill if (kill and kill["epoch"] == epoch and kill["rank"] == rank) else None
-        loss = train_epoch(train_model, optimizer, _batches(tensors, index, bs, hook), cfg, epoch)
+        loss = train_epoch(train_model, optimizer, _batches(tensors, index, bs, hook), cfg, epoch, step)
         total = torch.tensor([loss * len(index), float(len(index))], dtype=torch.float64, device=device)  # NCCL: CUDA
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(total)
