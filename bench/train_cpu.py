@@ -43,8 +43,8 @@ def main() -> int:
 
     import torch
 
-    from valor_core.fit import (build_model, build_optimizer, configure_threads, evaluate_model, iterate_batches,
-                                to_tensors, train_epoch)
+    from valor_core.fit import (build_model, build_optimizer, compile_model, configure_threads, evaluate_model,
+                                graphed_step, iterate_batches, to_tensors, train_epoch)
     from valor_core.labels import harvest_labels, thresholds_for
     from valor_core.sim import simulate
     from workflows.train import resolve_config
@@ -69,6 +69,7 @@ def main() -> int:
     model = build_model(cfg)
     optimizer = build_optimizer(model, cfg)
     tensors = to_tensors(train, cfg)
+    train_model, step = compile_model(model, cfg), graphed_step(model, optimizer, cfg)  # --set compile=...
     t_setup = time.perf_counter() - t0
     gen = torch.Generator().manual_seed(0)
     n = len(train)
@@ -78,7 +79,7 @@ def main() -> int:
     times = []
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
-        loss = train_epoch(model, optimizer, iterate_batches(tensors, cfg.optim.batch_size, gen), cfg, epoch)
+        loss = train_epoch(train_model, optimizer, iterate_batches(tensors, cfg.optim.batch_size, gen), cfg, epoch, step)
         times.append(time.perf_counter() - t0)
         print(f"epoch {epoch}: {times[-1]:.1f} s ({n / times[-1]:.0f} videos/s), loss {loss:.4f}", flush=True)
     t0 = time.perf_counter()
