@@ -19,6 +19,7 @@ import numpy as np
 
 from valor_core.backbones.base import resample
 from valor_core.config import TeacherConfig
+from valor_core.teachers.precision import resolve_device
 
 TOKENS = 64
 
@@ -30,7 +31,6 @@ class ClapMapsBackbone:
     def __init__(self, device, spec: str, batch_size: int = 0, seed: int = 0, precision: str = "auto",
                  compile: bool = False, preprocess: str = "device"):
         from valor_core.teachers import load_clap_teacher
-        from valor_core.teachers.precision import resolve_device
 
         if int(batch_size) == 0 and resolve_device(str(device)).type != "cuda":
             batch_size = 8  # whole clips on CPU: 8 per forward (CUDA: by free memory)

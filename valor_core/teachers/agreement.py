@@ -17,8 +17,11 @@ import numpy as np
 from valor_core.classes import CLAP_THRESHOLDS, CLIP_THRESHOLDS
 from valor_core.config import TeacherConfig, replace
 from valor_core.labels import harvest_labels
+from valor_core.teachers.clap import load_clap_teacher
+from valor_core.teachers.clip import load_clip_teacher
 
 THRESHOLDS = {"clip": CLIP_THRESHOLDS, "clap": CLAP_THRESHOLDS}
+LOADERS = {"clip": load_clip_teacher, "clap": load_clap_teacher}
 
 
 def compare_logits(reference: np.ndarray, other: np.ndarray, kind: str = "clip",
@@ -61,11 +64,9 @@ def precision_agreement(kind: str, spec: str, inputs, cfg: TeacherConfig = Teach
     (the precisions) to the record."""
     import torch
 
-    from valor_core import teachers
-
     if kind not in THRESHOLDS:
         raise ValueError(f"kind {kind!r}: choose clip or clap")
-    load = getattr(teachers, f"load_{kind}_teacher")
+    load = LOADERS[kind]
     logits = {}
     for p in ("fp32", low):
         torch.manual_seed(seed)
