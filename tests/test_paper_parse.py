@@ -246,6 +246,9 @@ def test_parse_with_a_valor_pp_checkpoint_is_the_extract_path(tiny_teachers, tmp
             tiny_teachers["clap"], "--no-ray", "--device", "cpu", "--json"]
     rc, _, err = _main(argv, capsys)
     assert rc == 2 and "r2plus1d_18-91a641e6.pth" in err and err.count("\n") == 1  # hub cache empty: named file
+    narrow = [tiny_teachers["clip"] if a == clip else a for a in argv]  # a CLIP of 32-d embeddings
+    rc, _, err = _main(narrow + ["--weights", "r2plus1d=random"], capsys)
+    assert rc == 2 and "its HAN takes frames of width 768; the CLIP teacher" in err and "gives 32" in err, err[-2000:]
     rc, stdout, err = _main(argv + ["--weights", "r2plus1d=random"], capsys)
     assert rc == 0, err[-3000:]
     r = _parse_json(out, "pp")

@@ -211,10 +211,14 @@ class Parser:
                                                    spec.device, segments=self.media.segments) for n in backbones}
             self._compute = bb.compute_features
         m = self.model.cfg
-        for role, dim, src in (("audio", m.audio_dim, self.clap), ("frames", m.frame_dim, self.clip)):
-            if src is not None and self.kind == "clip_clap" and dim and int(src.dim) != dim:
-                raise ParseError(f"--checkpoint {spec.checkpoint}: its HAN takes {role} of width {dim}; the "
-                                 f"{src.name.upper()} teacher {src.spec} gives {src.dim}")
+        maps = self.backbones.get("clap_maps")
+        for role, dim, src, width in (("audio", m.audio_dim, self.clap, self.clap and self.clap.dim),
+                                      ("audio", m.audio_dim, maps and f"CLAP {spec.clap} (maps)", maps and maps.width),
+                                      ("frames", m.frame_dim, self.clip, self.clip and self.clip.dim)):
+            if src is not None and dim and int(width) != dim:  # the paper backbones' widths are fixed
+                what = src if isinstance(src, str) else f"{src.name.upper()} teacher {src.spec}"
+                raise ParseError(f"--checkpoint {spec.checkpoint}: its HAN takes {role} of width {dim}; the {what} "
+                                 f"gives {width}")
 
     # --- per video ---
     def _decode(self, data, vid: str):
