@@ -196,3 +196,17 @@ def test_cli_repeats_features_and_refuses_before_ray(pair, tmp_path, capsys, mon
               str(tmp_path / "ray")])
     assert seen["ids"] == ["llp_a", "llp_b", "llp_c", "mine_0", "mine_1"]
     assert json.loads(json.dumps(seen["meta"]))["features"] == [str(a), str(b)]
+
+
+def test_a_loss_without_its_targets_is_refused_before_training(pair):
+    """One extraction of the paper backbones alone (no teacher logits, no harvest, no pseudo-labels): the han loss
+    trains on it, the valor loss has no segment labels -- a one-line DataError, not a failure inside Ray Train."""
+    from workflows.trainset import DataError, load_training_data
+
+    _, b, _, _ = pair
+    data, _, _ = load_training_data(str(b), get_preset("han"), splits=("train",))
+    assert len(data["train"]) == 2
+    with pytest.raises(DataError, match=r"preset valor's loss valor trains on audio_labels, visual_labels, which the "
+                                        r"data do not give \(labels: on the fly;") as err:
+        load_training_data(str(b), get_preset("valor"), splits=("train",))
+    assert "\n" not in str(err.value)

@@ -389,6 +389,20 @@ def _check_and_subsample(data: dict, sources: list[str], splits, max_train, max_
             data[split] = _subsample(data[split], max_eval, seed)
 
 
+def _check_targets(data: dict, sources: list[str], cfg, labels_used) -> None:
+    """DataError (before Ray starts) when the train split lacks what the preset's loss trains on."""
+    if "train" not in data:
+        return
+    from valor_core.fit import TARGETS  # torch-bound: imported where used
+
+    missing = [name for name in TARGETS.get(cfg.loss, ()) if getattr(data["train"], name) is None]
+    if missing:
+        raise DataError(f"features {', '.join(sources)}: preset {cfg.preset}'s loss {cfg.loss} trains on "
+                        f"{', '.join(missing)}, which the data do not give (labels: {labels_used}; no harvest beside "
+                        "it, no imported pseudo-labels, no CLIP and CLAP logits to harvest from): give --labels URI "
+                        "(a `valor harvest` output)")
+
+
 def load_training_data(features: Union[str, Sequence[str]], cfg, *, labels: Optional[str] = None,
                        annotations: Optional[str] = None, splits=SPLITS, max_train: Optional[int] = None,
                        max_eval: Optional[int] = None):
@@ -416,6 +430,7 @@ def load_training_data(features: Union[str, Sequence[str]], cfg, *, labels: Opti
             labels_used, thresholds = _own_labels(data, value, cfg)
         else:
             labels_used, thresholds = "on the fly", _harvest_on_the_fly(data, cfg.labels)
+    _check_targets(data, sources, cfg, labels_used)
     first = next(iter(data.values()))
     cfg, changed = adapt_model(cfg, first)
     if changed and kind == "uri" and cfg.features != EMBEDDINGS:  # never: _input_shape checked the preset's sizes
