@@ -6,6 +6,11 @@
     logits, emb = clip.segment_logits(videos)             # (n, T, 25), (n, T, d) from DecodedVideo objects
 
 Heavy libraries (torch, open_clip, laion_clap) are imported when a teacher is built, not when this package is.
+
+Speed (valor_core.teachers.precision): on CUDA the image / audio towers hold bf16 weights (norms fp32, no autocast),
+inputs are copied up once per batch and pre-processed on the device (CLAP: valor_core.teachers.clap_input), and a
+batch costs one host sync; `TeacherConfig(precision="bf16")` runs the same path on CPU. bf16-vs-fp32 agreement of
+logits and harvested labels: valor_core.teachers.agreement.
 """
 from valor_core.config import TeacherConfig
 from valor_core.teachers import clap as _clap
