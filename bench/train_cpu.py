@@ -79,7 +79,8 @@ def main() -> int:
     times = []
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
-        loss = train_epoch(train_model, optimizer, iterate_batches(tensors, cfg.optim.batch_size, gen), cfg, epoch, step)
+        batches = iterate_batches(tensors, cfg.optim.batch_size, gen)
+        loss = train_epoch(train_model, optimizer, batches, cfg, epoch, step)
         times.append(time.perf_counter() - t0)
         print(f"epoch {epoch}: {times[-1]:.1f} s ({n / times[-1]:.0f} videos/s), loss {loss:.4f}", flush=True)
     t0 = time.perf_counter()

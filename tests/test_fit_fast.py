@@ -285,7 +285,7 @@ def test_graphed_step_on_cpu_matches_the_eager_fused_loop(problem, monkeypatch):
     assert [r["loss"] for r in new.history] == [r["loss"] for r in ref.history]
     assert all(torch.equal(new.best_state[k], v) for k, v in ref.best_state.items())
     assert [r["loss"] for r in new.history] == pytest.approx([r["loss"] for r in fused.history], rel=1e-5)
-    assert len({r["lr"] for r in new.history}) == EPOCHS  # the warm-up changes the lr every epoch: it reached the tensor
+    assert len({r["lr"] for r in new.history}) == EPOCHS  # the warm-up moves the lr every epoch (through the tensor)
     (step,) = made
     full = EPOCHS * (TRAIN_VIDEOS // 64)  # 3 full batches of 64 per epoch, + one of 48 run eagerly
     assert step.seen == full and step.replays == full - step.warmup and step.graph is not None
