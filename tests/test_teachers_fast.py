@@ -110,6 +110,15 @@ def test_auto_batch_size(monkeypatch):
         == "fp32" and prec.resolve_precision("bf16", torch.device("cpu")) == "bf16"
 
 
+def test_host_stack_is_one_concatenated_copy():
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 255, (n, 4, 4, 3), dtype=np.uint8) for n in (3, 1, 2)]
+    out = prec.host_stack(arrays, torch.device("cpu"))  # on CUDA the same buffer is page-locked
+    assert out.dtype == torch.uint8 and not out.is_pinned()
+    np.testing.assert_array_equal(out.numpy(), np.concatenate(arrays))
+    assert prec.upload(out, torch.device("cpu")).data_ptr() == out.data_ptr()  # no further copy on the CPU
+
+
 def test_clip_compile_option_wraps_the_tower(tiny_teachers):
     t = load_clip_teacher(tiny_teachers["clip"], TeacherConfig(device="cpu", compile=True))
     assert t.batch_size == 64 and t.describe()["compile"] is True

@@ -145,7 +145,7 @@ class Teacher:
         present = [x for x in per_video if x is not None]
         if present and all(isinstance(x, np.ndarray) for x in present) and len(
                 {x.shape[1:] for x in present}) == 1:
-            flat = np.concatenate(present, axis=0)
+            flat = prec.host_stack(present, self.device)  # one host copy, pinned on CUDA
         else:  # e.g. audio segments of different lengths (clips of different durations): a list of items
             flat = [item for x in present for item in x]
         n_classes = len(self.captions)

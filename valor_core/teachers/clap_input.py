@@ -80,8 +80,13 @@ class Frontend:
             start = stop
 
     def batches(self, segments, batch_size: int) -> Iterator[dict]:
-        """The model's input dicts for `segments` ((B, L) array or a list of 1-D float arrays)."""
-        if isinstance(segments, np.ndarray) and segments.ndim == 2:
+        """The model's input dicts for `segments` ((B, L) array or host tensor, or a list of 1-D float arrays)."""
+        import torch
+
+        if isinstance(segments, torch.Tensor) and segments.ndim == 2:
+            lengths = [int(segments.shape[1])] * len(segments)
+            flat = segments.reshape(-1).to(torch.float32)  # no copy for float32 (keeps a pinned buffer pinned)
+        elif isinstance(segments, np.ndarray) and segments.ndim == 2:
             lengths = [segments.shape[1]] * len(segments)
             flat = segments.astype(np.float32, copy=False).reshape(-1)
         else:

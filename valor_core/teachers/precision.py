@@ -126,6 +126,24 @@ def maybe_compile(module, enabled: bool):
     return torch.compile(module)
 
 
+def host_stack(arrays, device):
+    """Concatenate same-shaped host arrays along axis 0 into one host tensor, written once into page-locked memory
+    when `device` is CUDA (so `upload` makes no second staging copy); a plain CPU tensor otherwise."""
+    import torch
+
+    first = np.asarray(arrays[0])
+    dtype = torch.from_numpy(np.empty(0, first.dtype)).dtype
+    total = sum(len(a) for a in arrays)
+    out = torch.empty((total, *first.shape[1:]), dtype=dtype,
+                      pin_memory=getattr(device, "type", str(device)) == "cuda")
+    view = out.numpy()
+    pos = 0
+    for a in arrays:
+        view[pos:pos + len(a)] = a
+        pos += len(a)
+    return out
+
+
 def upload(array, device):
     """Host array (or CPU tensor) -> tensor on `device` in its own dtype (uint8 frames travel as uint8), one copy:
     pinned memory + non_blocking=True on CUDA."""
@@ -139,5 +157,5 @@ def upload(array, device):
             warnings.simplefilter("ignore")  # a read-only buffer (Ray batches): never written through, only read
             t = torch.from_numpy(a)
     if getattr(device, "type", str(device)) == "cuda" and t.device.type == "cpu":
-        return t.pin_memory().to(device, non_blocking=True)
+        return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
     return t.to(device)
