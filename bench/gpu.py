@@ -22,8 +22,9 @@ Sections (each time-guarded; one that fails reports its error and the run goes o
     clip_agreement bf16 vs fp32 teacher on the same frames: max |dlogit|, top-1 agreement, harvested-label agreement
     clap_teacher   CLAPTeacher (HTSAT-tiny fusion, the paper's tower) on 1-s 48 kHz segments, segments/s
     backbones      vggish / res152 / r2plus1d / clap_maps, videos/s (and items/s in the network's own unit)
-    han_valor      `valor` preset at its schedule (60 epochs, batch 64, d 512) on 10,000 LLP-sim videos, seconds
-    han_baseline   `han` preset at its schedule (40 epochs, batch 16), seconds
+    han_valor      `valor` preset at its schedule (60 epochs, batch 64, d 512) on 10,000 LLP-sim videos, seconds, with
+                   `--han-compile` (default cuda-graph: the whole step one CUDA graph), then 2 eager epochs
+    han_baseline   `han` preset at its schedule (40 epochs, batch 16), the same way
 A HAN section that would pass its time share stops after the epochs it has and extrapolates (`extrapolated: true`).
 """
 from __future__ import annotations
@@ -48,6 +49,7 @@ from bench.flops import FLOP_BATCH, train_flops_per_video  # noqa: E402
 
 from valor_core.classes import CLAP_THRESHOLDS, CLIP_THRESHOLDS  # noqa: E402
 from valor_core.config import TeacherConfig, replace  # noqa: E402
+from valor_core.fit import configure_threads  # noqa: E402
 from valor_core.labels import harvest_labels  # noqa: E402
 from valor_core.llp import DEFAULT_ANNOTATIONS  # noqa: E402
 from valor_core.presets import get_preset, shorten  # noqa: E402
@@ -87,8 +89,9 @@ def forward_flops(module_fn, *args) -> float:
 
 
 class Bench:
-    def __init__(self, smoke: bool, deadline: float):
+    def __init__(self, smoke: bool, deadline: float, han_compile: str = "cuda-graph"):
         self.smoke = smoke
+        self.han_compile = han_compile
         self.deadline = deadline
         self.t0 = time.perf_counter()
         self.dev = device()
@@ -231,6 +234,8 @@ class Bench:
         return rec
 
     def _han(self, preset: str, share_s: float) -> dict:
+        """The preset at its schedule with `--han-compile` (default: the whole step as one CUDA graph), then two
+        epochs of the eager loop for comparison."""
         from valor_core.fit import fit
         from valor_core.labels import thresholds_for
         from valor_core.sim import simulate
@@ -247,7 +252,7 @@ class Bench:
             arr.visual_labels = harvest_labels(arr.clip_logits, arr.weak, thresholds_for(cfg.labels, "visual"))
         sim_s = time.perf_counter() - t
         steps = train.frames.shape[1] // train.audio.shape[1]
-        cfg = replace(cfg, device=str(self.dev), **{
+        cfg = replace(cfg, device=str(self.dev), compile=self.han_compile, **{
             "model.audio_dim": train.audio.shape[-1], "model.frame_dim": train.frames.shape[-1],
             "model.frame_steps": steps, "model.clip_dim": train.clips.shape[-1] if train.clips is not None else 0})
         epochs = cfg.optim.epochs
@@ -266,7 +271,12 @@ class Bench:
         total = result.seconds if done == cfg.optim.epochs else result.seconds / done * cfg.optim.epochs
         flops = train_flops_per_video(cfg, train)
         videos_per_s = len(train) / per_epoch
-        return {"preset": preset, "train_videos": len(train), "batch": cfg.optim.batch_size,
+        eager: list = []
+        if self.han_compile != "eager":
+            fit(train, data["val"], replace(cfg, compile="eager"),
+                on_epoch=lambda r: eager.append(r["train_seconds"]) or len(eager) < 2)
+        return {"preset": preset, "compile": self.han_compile, "eager_epoch_train_s": [round(x, 3) for x in eager],
+                "train_videos": len(train), "batch": cfg.optim.batch_size,
                 "paper_epochs": epochs, "epochs_run": done, "extrapolated": done < cfg.optim.epochs,
                 "total_s": round(total, 1), "epoch_train_s_median": round(per_epoch, 3),
                 "step_ms": round(1000 * per_epoch / -(-len(train) // cfg.optim.batch_size), 2),
@@ -335,12 +345,15 @@ def main() -> int:
     ap.add_argument("--deadline", type=float, default=420.0, help="no section starts after this many seconds")
     ap.add_argument("--only", default="", help="comma-separated sections (env always runs)")
     ap.add_argument("--out", default="", help="also write the final JSON object here")
+    ap.add_argument("--han-compile", default="cuda-graph", help="TrainConfig.compile of the HAN sections")
     args = ap.parse_args()
     only = {s for s in args.only.split(",") if s}
     unknown = only - set(SECTIONS)
     if unknown:
         ap.error(f"--only: unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
-    bench = Bench(args.smoke, args.deadline)
+    if not torch.cuda.is_available():
+        configure_threads()  # CPU smoke: valor's CPU default (1 thread, $VALOR_THREADS), for the ceiling too
+    bench = Bench(args.smoke, args.deadline, args.han_compile)
     for name in SECTIONS:
         if name == "env" or not only or name in only:
             bench.run(name, getattr(bench, name))

@@ -17,7 +17,6 @@ Matmul rate: the best of a few 1024 x 1024 fp32 torch.mm at the same thread coun
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bench.flops import flops_per_video  # noqa: E402
 from valor_core.llp import DEFAULT_ANNOTATIONS  # noqa: E402
 
 DEFAULT_LLP = DEFAULT_ANNOTATIONS  # the LLP files shipped with valor
@@ -97,26 +97,6 @@ def main() -> int:
           f"{rate / 1e9:.1f} GFLOP/s on {threads} thread(s) -> {bound:.0f} videos/s at that rate; measured "
           f"{n / best:.0f} videos/s = {100 * n / best / bound:.1f}% of it")
     return 0
-
-
-def flops_per_video(model, tensors: dict, cfg) -> float:
-    """Counted FLOPs of one training step (forward, loss, backward) on one batch, per video; on a copy of the model,
-    with the RNG state restored (the measured epochs are unaffected)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from valor_core.fit import TARGETS, _forward
-    from valor_core.losses import compute_loss
-
-    bs = min(cfg.optim.batch_size, len(next(iter(tensors.values()))))
-    batch = {name: t[:bs] for name, t in tensors.items()}
-    twin = copy.deepcopy(model).train()
-    device = next(twin.parameters()).device
-    with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
-        out = _forward(twin, batch, device)
-        targets = {name: batch[name].to(device).float() for name in ("weak",) + TARGETS[cfg.loss]}
-        compute_loss(cfg.loss, out, targets, cfg.label_smoothing).backward()
-    return counter.get_total_flops() / bs
 
 
 def matmul_flops_per_s(n: int = 1024, seconds: float = 1.0) -> float:
