@@ -17,10 +17,11 @@ with the package index fills the ignored folder `.whl/`), then on the GPU machin
 
 Sections (each time-guarded; one that fails reports its error and the run goes on):
     env            device, torch, bf16 (CUDA) / fp32 (CPU) matmul TFLOP/s = the ceiling
-    clip_tower     ViT-L/14 image tower alone: fp32 weights + bf16 autocast vs weights in bf16, frames/s
+    clip_tower     ViT-L/14 image tower alone: fp32 weights + bf16 autocast / weights in bf16 / torch.compile of that
     clip_teacher   CLIPTeacher.segment_logits on host uint8 frames (10 per video): default batch and 1,280, frames/s
     clip_agreement bf16 vs fp32 teacher on the same frames: max |dlogit|, top-1 agreement, harvested-label agreement
-    clap_teacher   CLAPTeacher (HTSAT-tiny fusion, the paper's tower) on 1-s 48 kHz segments, segments/s
+    clap_teacher   CLAPTeacher (HTSAT-tiny fusion, the paper's tower) on 1-s 48 kHz segments, segments/s, with
+                   laion_clap's host pre-processing and with valor's batched device pre-processing
     backbones      vggish / res152 / r2plus1d / clap_maps, videos/s (and items/s in the network's own unit)
     han_valor      `valor` preset at its schedule (60 epochs, batch 64, d 512) on 10,000 LLP-sim videos, seconds, with
                    `--han-compile` (default cuda-graph: the whole step one CUDA graph), then 2 eager epochs
@@ -47,10 +48,10 @@ import torch  # noqa: E402
 
 from bench.flops import FLOP_BATCH, train_flops_per_video  # noqa: E402
 
-from valor_core.classes import CLAP_THRESHOLDS, CLIP_THRESHOLDS  # noqa: E402
 from valor_core.config import TeacherConfig, replace  # noqa: E402
 from valor_core.fit import configure_threads  # noqa: E402
 from valor_core.labels import harvest_labels  # noqa: E402
+from valor_core.teachers.agreement import compare_logits  # noqa: E402
 from valor_core.llp import DEFAULT_ANNOTATIONS  # noqa: E402
 from valor_core.presets import get_preset, shorten  # noqa: E402
 
@@ -153,6 +154,13 @@ class Bench:
             model = model.to(torch.bfloat16)
             xb = x.to(torch.bfloat16)
             rec["bf16_weights_fps"] = round(bs / timed(lambda: model.encode_image(xb), iters), 1)
+            if self.left() > 200:
+                compiled = torch.compile(model.encode_image)
+                t = time.perf_counter()
+                compiled(xb)
+                sync()
+                rec["compile_s"] = round(time.perf_counter() - t, 1)
+                rec["bf16_compiled_fps"] = round(bs / timed(lambda: compiled(xb), iters), 1)
         rec["bf16_weights_share"] = self.share(flops, rec["bf16_weights_fps"])
         rec["batch"] = bs
         return rec
@@ -190,7 +198,12 @@ class Bench:
             teacher = CLIPTeacher(f"{name}:random", TeacherConfig(device=str(self.dev), precision=precision))
             logits[precision] = teacher.segment_logits(frames)[0]
             del teacher
-        return teacher_agreement(logits["fp32"], logits["bf16"], CLIP_THRESHOLDS)
+        # Table 6 thresholds, and per-class thresholds at the fp32 logits' 70th percentile: random-init logits fall
+        # on one side of Table 6's values, so the percentile thresholds are the informative ones
+        p70 = np.percentile(logits["fp32"].reshape(-1, 25), 70, axis=0)
+        return {"table6": compare_logits(logits["fp32"], logits["bf16"], "clip"),
+                "p70": compare_logits(logits["fp32"], logits["bf16"], "clip", thresholds=p70),
+                "logit_range": round(float(np.ptp(logits["fp32"])), 3)}
 
     def clap_teacher(self) -> dict:
         from valor_core.teachers.clap import CLAPTeacher
@@ -204,11 +217,13 @@ class Bench:
         videos = 2 if self.smoke else 64
         rng = np.random.default_rng(0)
         audio = [(0.1 * rng.standard_normal((10, 48000))).astype(np.float32) for _ in range(videos)]
-        teacher = CLAPTeacher(spec, TeacherConfig(device=str(self.dev)))
-        dt = timed(lambda: teacher.segment_logits(audio), 1 if self.smoke else 2)
-        sps = videos * 10 / dt
-        rec = {"amodel": CLAP_TOWER, "videos": videos, "batch": teacher.batch_size,
-               "segments_per_s": round(sps, 1)}
+        rec = {"amodel": CLAP_TOWER, "videos": videos}
+        for pre in ("library", "device"):  # laion_clap's per-segment host pre-processing vs valor's batched one
+            teacher = CLAPTeacher(spec, TeacherConfig(device=str(self.dev), clap_preprocess=pre))
+            dt = timed(lambda: teacher.segment_logits(audio), 1 if self.smoke else 2)
+            rec[f"{pre}_segments_per_s"] = round(videos * 10 / dt, 1)
+        sps = rec["device_segments_per_s"]
+        rec["batch"] = teacher.batch_size
         flops = clap_flops_per_segment(teacher)
         if flops:
             rec["gflop_per_segment"] = round(flops / 1e9, 1)
@@ -290,25 +305,6 @@ class Bench:
 
     def han_baseline(self) -> dict:
         return self._han("han", min(150.0, max(10.0, self.left() - 15)))
-
-
-def teacher_agreement(fp32: np.ndarray, low: np.ndarray, thresholds) -> dict:
-    """bf16-vs-fp32 teacher logits (n, T, 25) on the same inputs: max/mean |difference|, top-1 agreement, and the
-    agreement of harvested labels (logit > threshold AND class in the weak label; every class weak here) at the
-    given (Table 6) thresholds and at per-class thresholds at the fp32 logits' 70th percentile (random-init logits
-    fall on one side of Table 6's values, so the percentile thresholds are the informative ones)."""
-    a = np.asarray(fp32, np.float32).reshape(-1, 25)
-    b = np.asarray(low, np.float32).reshape(-1, 25)
-    weak = np.ones((len(a), 25), np.uint8)
-    rec = {"cells": int(a.size), "max_abs": round(float(np.abs(a - b).max()), 4),
-           "mean_abs": round(float(np.abs(a - b).mean()), 5), "logit_range": round(float(a.max() - a.min()), 3),
-           "top1_agree": round(float((a.argmax(1) == b.argmax(1)).mean()), 4)}
-    for label, th in (("table6", np.asarray(thresholds, np.float32)), ("p70", np.percentile(a, 70, axis=0))):
-        la = harvest_labels(a[:, None], weak, th)
-        lb = harvest_labels(b[:, None], weak, th)
-        rec[f"labels_agree_{label}"] = round(float((la == lb).mean()), 5)
-        rec[f"labels_on_{label}"] = round(float(la.mean()), 4)
-    return rec
 
 
 def tiny_clap_spec() -> str:
