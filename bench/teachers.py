@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/teachers.py [--clip ViT-L-14] [--clap HTSAT-base] [--batch 8] [--iters 3] [--device auto]
 
-CPU fp32 always; on CUDA (when present) bf16 autocast as the teachers run. CLAP is timed through laion_clap's own
+CPU fp32 always; on CUDA (when present) fp32 weights under bf16 autocast, the towers' old way (valor's teachers now
+hold bf16 weights: bench/gpu.py times them, and this autocast figure beside them). CLAP is timed through laion_clap's own
 `get_audio_embedding_from_data` on 1-s segments (int16 quantisation, repeat-pad to 10 s, fusion mel, HTSAT): every
 segment costs a full 10-s forward. FLOPs per item come from torch.utils.flop_counter (2 x multiply-adds of matmuls and
 convolutions, one item); TFLOP/s = FLOPs/item x items/s. The CLAP text tower comes from a tiny offline hub cache
@@ -124,7 +125,7 @@ def main() -> int:
         gpu = device.type == "cuda"
         batch = args.batch or (256 if gpu else 8)
         iters = args.iters or (10 if gpu else 2)
-        precision = "bf16 autocast" if gpu else "fp32"
+        precision = "fp32 weights, bf16 autocast" if gpu else "fp32"
         rows = []
         if "clip" not in args.skip:
             rows.append(bench_clip(args.clip, batch, iters, device))
