@@ -278,8 +278,12 @@ def test_extract_features_columns_like_import(extracted):
         assert np.isfinite(values).all() and values.std() > 0, col
     assert column_array(table, "clip_logits", (10, 25)).shape == (2, 10, 25)  # the teachers still run beside them
     runs = list((Path(extracted["out"]) / "_runs").glob("*.json"))
-    assert json.loads(runs[0].read_text())["extract"]["features"] == ["clip", "clap", "vggish", "res152", "r2plus1d",
-                                                                     "clap_maps"]
+    record = json.loads(runs[0].read_text())
+    assert record["extract"]["features"] == ["clip", "clap", "vggish", "res152", "r2plus1d", "clap_maps"]
+    assert record["precision"] == "fp32"  # auto on CPU actors, resolved and recorded (valor parse builds with it)
+    from workflows.features import recorded_precision
+
+    assert recorded_precision(extracted["out"]) == "fp32"
 
 
 @pytest.mark.integration

@@ -40,6 +40,31 @@ def test_labeler_spec_is_checked():
             parse_labeler(bad)
 
 
+def test_labeler_source_is_the_one_recorded_dataset():
+    from workflows.checkpoints import CheckpointError
+    from workflows.harvest import recorded_source
+
+    assert recorded_source("han:r", "s3://b/f") == "s3://b/f"
+    assert recorded_source("han:r", ["s3://b/f"]) == "s3://b/f"
+    for recorded, message in ((None, "records no features source"), ([], "records no features source"),
+                              (["a", "b"], "trained on 2 features datasets (a, b)")):
+        with pytest.raises(CheckpointError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            recorded_source("han:r", recorded)
+
+
+def test_recorded_precision_is_the_latest_run_that_recorded_one(tmp_path):
+    from workflows.features import RUNS, recorded_precision
+
+    assert recorded_precision(str(tmp_path / "none")) is None
+    runs = tmp_path / "f" / RUNS
+    runs.mkdir(parents=True)
+    (runs / "20260101T000000-a.json").write_text(json.dumps({"precision": "bf16"}))
+    (runs / "20260102T000000-b.json").write_text(json.dumps({"precision": "fp32"}))
+    (runs / "20260103T000000-c.json").write_text(json.dumps({"summary": {}}))  # a run that extracted nothing
+    (runs / "20260104T000000-d.json").write_text("{broken")
+    assert recorded_precision(str(tmp_path / "f")) == "fp32"
+
+
 FEATURES = "sim:0:frame_dim=32,clip_dim=16"
 
 

@@ -234,7 +234,8 @@ def test_parse_with_a_valor_pp_checkpoint_is_the_extract_path(tiny_teachers, tmp
     feats = str(tmp_path / "extracted")
     Write(WriteSpec(out=feats, failures=feats + "_failures", opts=None, run_id="r", segments=10, dense=False,
                     features=("clip", "clap_maps", "r2plus1d")))(dec)
-    data, cfg2, meta = load_training_data(feats, cfg, splits=("train",))
+    # read back as training inputs (loss "han": the weak labels suffice; valor++'s own loss would need harvested labels)
+    data, cfg2, meta = load_training_data(feats, replace(cfg, loss="han"), splits=("train",))
     assert meta["adapted"] == {} and cfg2.model == cfg.model  # the preset's inputs, not re-shaped
     arrays = data["train"]
     assert arrays.audio.shape == (1, 64, 768) and arrays.frames.shape == (1, 10, 768) and arrays.clips.shape == (

@@ -45,6 +45,7 @@ from valor_core.config import MediaConfig, TeacherConfig, to_dict
 from valor_core.media import decode
 from valor_core.teachers.clap import check_clap_files
 from valor_core.teachers.clip import check_clip_files
+from valor_core.teachers.precision import resolve_precision
 from workflows import objstore
 from workflows.config import ExtractConfig, StorageConfig, redacted
 from workflows.features import (RUNS, SCHEMA_VERSION, STAGING, clean_staging, failure_schema, failures_uri, fixed_list,
@@ -422,6 +423,19 @@ def backbone_options(cfg: ExtractConfig, name: str) -> tuple[str, dict]:
     return weights.get(name, ""), options
 
 
+def actor_precision(teachers: TeacherConfig, cfg: ExtractConfig) -> str:
+    """The precision the teacher and backbone actors run in (both are built with `teachers.precision`): "auto"
+    resolved as they resolve it (bf16 on CUDA, fp32 on CPU), their device being CUDA when build_dataset gives them
+    GPUs (Ray is up). Recorded in the run's F/_runs/<run>.json ("precision"; workflows.features.recorded_precision)."""
+    import ray
+
+    device = teachers.device
+    if device in (None, "", "auto"):
+        gpus = float(ray.cluster_resources().get("GPU", 0.0)) > 0 and cfg.num_gpus > 0
+        device = "cuda" if gpus else "cpu"
+    return resolve_precision(teachers.precision, str(device).split(":")[0])
+
+
 def build_dataset(todo: list[Entry], clip: str, clap: str, cfg: ExtractConfig, teachers: TeacherConfig,
                   media: MediaConfig, spec: WriteSpec, opts: Optional[dict], loaders: Optional[dict] = None):
     """The Ray Data pipeline (lazy): manifest rows -> decode tasks -> backbone actors -> CLIP actors -> CLAP actors ->
@@ -594,6 +608,7 @@ def _extract_locked(entries, clip, clap, out, failures, cfg, teachers, media, st
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     log(f"extract: {len(entries)} videos in manifest, {p.skipped} already done/failed, {len(p.todo)} to do -> {out}")
     summary = Summary(done=0, failed=0, skipped=p.skipped, seconds=0.0, out=out, failures=failures, run_id=run_id)
+    precision = None  # what the teacher and backbone actors ran in (recorded only when they ran)
     if p.todo:
         shutdown = start_ray(address, num_cpus=num_cpus, object_store_memory=object_store_memory,
                              include_dashboard=include_dashboard, log=log)
@@ -605,6 +620,7 @@ def _extract_locked(entries, clip, clap, out, failures, cfg, teachers, media, st
                 media = dataclasses.replace(media, dense_frames=True)
                 spec = dataclasses.replace(spec, dense=True)
             ds = build_dataset(p.todo, clip, clap, cfg, teachers, media, spec, opts, loaders)
+            precision = actor_precision(teachers, cfg)
             t_pipe = time.time()
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 for outcome, stage in zip(batch["outcome"], batch["stage"]):
@@ -623,6 +639,7 @@ def _extract_locked(entries, clip, clap, out, failures, cfg, teachers, media, st
               "clip": clip, "clap": clap, "out": out, "failures": failures, "split": split,
               "extract": to_dict(cfg), "teachers": to_dict(teachers), "media": to_dict(media),
               "storage": redacted(storage), "code_version": code_version(), "summary": dataclasses.asdict(summary),
+              **({"precision": precision} if precision else {}),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     objstore.write_bytes(objstore.join(out, RUNS, f"{run_id}.json"),
                          (json.dumps(record, indent=1, default=str) + "\n").encode(), opts)

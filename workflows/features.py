@@ -3,7 +3,9 @@
 Layout (every URI a local dir or `s3://bucket/prefix`; `beside(F, name)` is the one rule for siblings):
 
     F = <output>/features            the features dataset: part-*.parquet, one row per video (schema below)
-    F/_runs/<run>.json               what each extraction run used (config, teachers, code version) and its summary
+    F/_runs/<run>.json               what each extraction run used (config, teachers, code version), its summary and
+                                     the precision its teacher/backbone actors ran in ("precision": fp32 | bf16 | fp16,
+                                     "auto" resolved; `recorded_precision` reads it, `valor parse` builds with it)
     F/_staging/                      in-flight files of a writer (never read as data: `_`-prefixed entries are skipped)
     beside(F, "failures")            the failures table (part-*.parquet)
     beside(F, "labels")              harvested labels (part-*.parquet + LABELS_SIDECAR written last = complete)
@@ -36,7 +38,9 @@ Labels schema (workflows/harvest.py writes it): video_id, split, weak (25 uint8)
 Several datasets train together (`valor train --features A --features B`, workflows.trainset) only as `check_mix`
 allows: no video id in two of them, the columns read have the same Arrow type (shape and dtype) in each, and the
 datasets made by `valor extract` recorded the same media settings and the same teacher / backbone weights for those
-columns (imported datasets record the released files, not how they were made).
+columns (imported datasets record the released files, not how they were made). The precision the towers ran in is not
+compared: bf16 weights move a feature by bf16 rounding (about 1e-2 relative), far less than the released features
+(mixed freely) differ from any re-extraction, so GPU (auto = bf16) and CPU (auto = fp32) extractions train together.
 
 Readers convert nested list columns with `column_array` (one converter): rows are selected in NumPy after conversion,
 never with Arrow filter/take (pyarrow 25.0.1 returns wrong values from filter/take on sliced nested fixed_size_list
@@ -320,6 +324,23 @@ def read_val_logits(source: str, annotations: str, storage_opts: Optional[dict] 
         arrays[col] = validate_logits(z, f"{source} {col}", split.video_ids)
     return AVVPArrays(video_ids=np.asarray(split.video_ids), weak=split.weak, audio_gt=split.audio_gt,
                       visual_gt=split.visual_gt, **arrays)
+
+
+def recorded_precision(uri: str, opts: Optional[dict] = None) -> Optional[str]:
+    """The precision the latest extraction run of the dataset `uri` that extracted videos ran its teachers and
+    backbones in (its F/_runs record; run ids sort by time); None when none recorded one (imports, older datasets)."""
+    try:
+        records = sorted(p for p in objstore.list_files(objstore.join(uri, RUNS), opts, suffix=".json"))
+    except (FileNotFoundError, OSError):
+        return None
+    for path in reversed(records):
+        try:
+            record = json.loads(objstore.read_bytes(objstore.join(uri, RUNS, posixpath.basename(path)), opts))
+        except (FileNotFoundError, OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("precision"):
+            return str(record["precision"])
+    return None
 
 
 def finish_labels(fs, path: str, summary: dict) -> None:

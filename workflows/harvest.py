@@ -210,9 +210,7 @@ def harvest_labeler(labeler: str, source: Optional[str] = None, out: Optional[st
     _, train_cfg, ckpt_meta = load_checkpoint_model(ckpt_dir)
     if train_cfg.loss != "han" and "official" not in ckpt_meta:
         _log(f"note: labeler {ref} was trained with loss {train_cfg.loss!r}, not the HAN baseline's ('han')")
-    source = source or ckpt_meta.get("data", {}).get("features")
-    if not source:
-        raise CheckpointError(f"{ref}: the checkpoint records no features source; pass --features")
+    source = source or recorded_source(ref, ckpt_meta.get("data", {}).get("features"))
     if out is None:
         if parse_sim_source(source) is not None:
             raise ValueError("--features sim[:SEED] needs --out URI (there is no features dataset to write beside)")
@@ -415,6 +413,19 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     return 0
+
+
+def recorded_source(ref: str, recorded) -> str:
+    """The one features dataset a checkpoint was trained on (its data.features), to label without --features;
+    CheckpointError (one line) when it records none, or several (a labels dataset is written beside ONE dataset)."""
+    sources = [recorded] if isinstance(recorded, str) else [str(s) for s in recorded or [] if s]
+    if not sources or not sources[0]:
+        raise CheckpointError(f"{ref}: the checkpoint records no features source; pass --features")
+    if len(sources) > 1:
+        raise CheckpointError(f"{ref}: the checkpoint was trained on {len(sources)} features datasets "
+                              f"({', '.join(sources)}); labels are written beside one: pass --features with the one "
+                              "to label")
+    return sources[0]
 
 
 def run_labeler(args: argparse.Namespace, opts: dict) -> int:

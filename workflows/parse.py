@@ -1,7 +1,7 @@
 """`valor parse`: what happens in your own videos, when, and whether it is heard or seen.
 
     valor parse VIDEO... --checkpoint SPEC --out DIR [--clip SPEC] [--clap SPEC] [--weights NAME=PATH ...]
-                [--ray | --no-ray] [--json]
+                [--precision auto|fp32|bf16|fp16] [--ray | --no-ray] [--json]
 
 VIDEO: files, directories (their video files, not recursive) or s3:// URIs (an object, or a prefix). SPEC: anything
 `valor predict` takes (workflows/checkpoints.py): a checkpoint dir or file, a Ray Train run dir, an s3:// prefix, an
@@ -10,7 +10,8 @@ preset takes (TrainConfig.features: clip_clap = the CLIP/CLAP teachers' embeddin
 settings recorded by the features dataset the checkpoint was trained on unless --clip/--clap are given;
 vggish_resnet_r2p1d and clip_clap_maps = the paper backbones of valor_core.backbones, built and run as
 `valor extract` builds and runs them (build_backbone; the same decoded inputs), with the backbone weights that dataset
-recorded unless --weights names others, else the torch hub cache), run the HAN, apply the official
+recorded unless --weights names others, else the torch hub cache, in the precision its extraction ran in unless
+--precision is given, else auto), run the HAN, apply the official
 rule (valor_core.fit.decide) per window and turn the segments into events (valor_core.events: windows of T segments
 for videos longer than T x segment_seconds, merged across borders). Written into DIR (a new or empty dir, or an
 earlier `valor parse` output, which is replaced):
@@ -47,9 +48,11 @@ from valor_core.media.errors import MediaError
 from valor_core.teachers import TeacherError, load_clap_teacher, load_clip_teacher
 from valor_core.teachers.clap import check_clap_files
 from valor_core.teachers.clip import check_clip_files
+from valor_core.teachers.precision import PRECISIONS
 from workflows import objstore
 from workflows.checkpoints import (CheckpointError, config_from_dict, load_checkpoint_model, parse_official,
                                    resolve_checkpoint)
+from workflows.features import recorded_precision
 from workflows.outputs import LockedError, OwnershipError, claim, clear_owned, lock, read_marker
 from workflows.parse_page import render_page
 from workflows.timeline import timeline_png
@@ -120,6 +123,7 @@ class ParserSpec:
     clap: Optional[str] = None
     weights: dict = field(default_factory=dict)  # backbone name -> weights path
     device: str = "auto"
+    precision: str = "auto"  # teachers' and backbones' precision (default: what the features dataset's extraction used)
     media: Optional[dict] = None  # MediaConfig fields (default: the features dataset's, else MediaConfig())
 
 
@@ -145,9 +149,25 @@ def recorded_teachers(features) -> dict:
     return {}
 
 
+def recorded_source_precision(features) -> Optional[str]:
+    """The precision the extraction of a dataset the checkpoint was trained on ran its teachers/backbones in
+    (workflows.features.recorded_precision; the first source recording one), None when none did."""
+    for source in ([features] if isinstance(features, str) else list(features or [])):
+        source = str(source)
+        if source and not source.startswith("sim"):
+            found = recorded_precision(source)
+            if found:
+                return found
+    return None
+
+
 def make_spec(checkpoint: str, *, clip: Optional[str] = None, clap: Optional[str] = None,
-              weights: Optional[dict] = None, device: str = "auto", tracking_uri: Optional[str] = None) -> ParserSpec:
-    """Resolve the checkpoint and the teachers; ParseError (before any model is built) when something is missing."""
+              weights: Optional[dict] = None, device: str = "auto", tracking_uri: Optional[str] = None,
+              precision: Optional[str] = None) -> ParserSpec:
+    """Resolve the checkpoint and the teachers; ParseError (before any model is built) when something is missing.
+    precision None: the one the checkpoint's features were extracted in (recorded), else "auto"."""
+    if precision is not None and precision not in PRECISIONS:
+        raise ParseError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
     try:
         resolved = resolve_checkpoint(checkpoint, tracking_uri)
         official = parse_official(resolved)
@@ -186,8 +206,9 @@ def make_spec(checkpoint: str, *, clip: Optional[str] = None, clap: Optional[str
                 bb.weights_path(name, clap if name == "clap_maps" else (weights or {}).get(name))
         except Exception as err:  # noqa: BLE001 - BackboneError / MissingWeights: one line naming the file
             raise ParseError(str(err)) from None
+    precision = precision or recorded_source_precision(data.get("features")) or "auto"
     return ParserSpec(checkpoint=checkpoint, resolved=resolved, clip=clip, clap=clap, weights=dict(weights or {}),
-                      device=device, media=made.get("media"))
+                      device=device, precision=precision, media=made.get("media"))
 
 
 class Parser:
@@ -201,14 +222,15 @@ class Parser:
         self.media = build(MediaConfig, dict(spec.media)) if spec.media else MediaConfig()
         if backbones:
             self.media = dataclasses.replace(self.media, frame_size=self.media.frame_size or 224)
-        tcfg = TeacherConfig(device=spec.device)
+        tcfg = TeacherConfig(device=spec.device, precision=spec.precision)
         self.clip = load_clip_teacher(spec.clip, tcfg) if "clip" in teachers else None
         self.clap = load_clap_teacher(spec.clap, tcfg) if "clap" in teachers else None
         self.backbones: dict = {}
         if backbones:
             bb = _paper_backbones(self.kind, backbones)
             self.backbones = {n: bb.build_backbone(n, spec.clap if n == "clap_maps" else spec.weights.get(n),
-                                                   spec.device, segments=self.media.segments) for n in backbones}
+                                                   spec.device, segments=self.media.segments,
+                                                   precision=spec.precision) for n in backbones}
             self._compute = bb.compute_features
         m = self.model.cfg
         maps = self.backbones.get("clap_maps")
@@ -375,6 +397,7 @@ def _page_src(out: str, vid: str, source: str, copy: bool, opts: Optional[dict])
 
 def run_parse(inputs: list[str], checkpoint: str, out: str, *, clip: Optional[str] = None,
               clap: Optional[str] = None, weights: Optional[dict] = None, device: str = "auto",
+              precision: Optional[str] = None,
               use_ray: Optional[bool] = None, actors: int = 1, address: Optional[str] = None,
               num_cpus: Optional[int] = None, copy_videos: bool = False, tracking_uri: Optional[str] = None,
               opts: Optional[dict] = None, log: Callable[[str], None] = print) -> dict:
@@ -385,7 +408,8 @@ def run_parse(inputs: list[str], checkpoint: str, out: str, *, clip: Optional[st
         raise ParseError(f"--out {out}: the page and pictures are written to a local directory; give a local --out")
     out = os.path.abspath(out)
     videos = list_videos(inputs, opts)
-    spec = make_spec(checkpoint, clip=clip, clap=clap, weights=weights, device=device, tracking_uri=tracking_uri)
+    spec = make_spec(checkpoint, clip=clip, clap=clap, weights=weights, device=device, tracking_uri=tracking_uri,
+                     precision=precision)
     claim(out, "parse")
     with lock(out, f"valor parse -> {out}"):
         clear_owned(out)
@@ -449,6 +473,9 @@ def register(sub: Any) -> None:
                    help="paper backbone weights (vggish, res152, r2plus1d; `random` for random init); repeatable "
                         "(default: the ones the checkpoint's features dataset recorded, else the torch hub cache)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="teachers' and backbones' weights precision (default: the one the checkpoint's features "
+                        "dataset was extracted in, else auto = bf16 on CUDA, fp32 on CPU)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--ray", action="store_true", default=None, help="use Ray Data whatever the number of videos")
     g.add_argument("--no-ray", action="store_false", dest="ray", help="parse in this process whatever the number")
@@ -468,7 +495,8 @@ def _cli(args) -> int:
         if args.actors < 1:
             raise ParseError(f"--actors {args.actors}: must be >= 1")
         s = run_parse(args.videos, args.checkpoint, args.out, clip=args.clip, clap=args.clap,
-                      weights=_weights(args.weights), device=args.device, use_ray=args.ray, actors=args.actors,
+                      weights=_weights(args.weights), device=args.device, precision=args.precision,
+                      use_ray=args.ray, actors=args.actors,
                       address=args.address, num_cpus=args.num_cpus, copy_videos=args.copy_videos,
                       tracking_uri=args.tracking_uri, opts=objstore.s3_options(), log=log)
     except (ParseError, OwnershipError, LockedError, objstore.StorageError) as err:
