@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import LLP_DIR
+from tests.conftest import annotation_subset
 from workflows.features import RELEASED
 
 REPO = Path(__file__).resolve().parents[1]
 
 PICKS = {"train": 24, "val": 12, "test": 12}
-SPLIT_FILES = {"train": "AVVP_train.csv", "val": "AVVP_val_pd.csv", "test": "AVVP_test_pd.csv"}
 ROOT_OF = {"feats": "feats", "CLIP": "clip", "CLAP": "clap"}  # release folder -> the option that points at it
 
 
@@ -36,14 +35,7 @@ def release(tmp_path_factory):
     """Annotations (the first rows of each real split file) + the 7 released folders; returns what was written."""
     d = tmp_path_factory.mktemp("release")
     ann = d / "annotations"
-    ann.mkdir()
-    ids: dict[str, list[str]] = {}
-    for split, name in SPLIT_FILES.items():
-        lines = (LLP_DIR / name).read_text().splitlines()
-        (ann / name).write_text("\n".join(lines[:1 + PICKS[split]]) + "\n")
-        ids[split] = [ln.split("\t")[0] for ln in lines[1:1 + PICKS[split]]]
-    for name in ("AVVP_eval_audio.csv", "AVVP_eval_visual.csv"):
-        shutil.copy(LLP_DIR / name, ann / name)
+    ids = annotation_subset(ann, PICKS)
     tr, va, te = ids["train"], ids["val"], ids["test"]
     broken = {  # (video, column) -> failure kind; None = the file is not written
         (tr[0], "res152"): ("shape", np.zeros((10, 2048), np.float32)),
@@ -162,14 +154,6 @@ def test_bad_input_is_exit_2_before_ray(release, tmp_path, capsys):
 
 # --- on Ray -----------------------------------------------------------------------------------------------------------
 
-
-@pytest.fixture(scope="module")
-def ray_local():
-    from workflows.runtime import start_ray
-
-    shutdown = start_ray(num_cpus=2)
-    yield
-    shutdown()
 
 
 def _check_values(arrays, release, cols: dict) -> None:

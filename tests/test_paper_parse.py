@@ -10,18 +10,16 @@ The han chain mixes sources: released-layout files -> `valor import llp`, a gene
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import LLP_DIR
+from tests.conftest import annotation_subset
 from tests.test_parse import SCHEMA
 from workflows.features import RELEASED
 
 PICKS = {"train": 4, "val": 2, "test": 2}
-SPLIT_FILES = {"train": "AVVP_train.csv", "val": "AVVP_val_pd.csv", "test": "AVVP_test_pd.csv"}
 HAN_COLUMNS = {"audio": "vggish", "frames": "res152", "clips": "r2plus1d"}
 NARROW = ["--set", "model.hidden=32", "--set", "model.ff=64", "--set", "optim.batch_size=4",
           "--set", "optim.warmup_epochs=0"]
@@ -62,14 +60,7 @@ def release(tmp_path_factory):
     """Annotations (the first rows of each real split file) and the AVVP-ECCV20 feats/ folders for those videos."""
     d = tmp_path_factory.mktemp("release")
     ann = d / "annotations"
-    ann.mkdir()
-    ids: dict[str, list[str]] = {}
-    for split, name in SPLIT_FILES.items():
-        lines = (LLP_DIR / name).read_text().splitlines()
-        (ann / name).write_text("\n".join(lines[:1 + PICKS[split]]) + "\n")
-        ids[split] = [ln.split("\t")[0] for ln in lines[1:1 + PICKS[split]]]
-    for name in ("AVVP_eval_audio.csv", "AVVP_eval_visual.csv"):
-        shutil.copy(LLP_DIR / name, ann / name)
+    ids = annotation_subset(ann, PICKS)
     rng = np.random.default_rng(0)
     for vid in [v for vs in ids.values() for v in vs]:
         for col in HAN_COLUMNS.values():
@@ -79,14 +70,6 @@ def release(tmp_path_factory):
             np.save(path, np.abs(rng.normal(size=shape)).astype(np.float32))
     return {"ann": ann, "feats": d / "feats", "ids": ids}
 
-
-@pytest.fixture(scope="module")
-def ray_local():
-    from workflows.runtime import start_ray
-
-    shutdown = start_ray(num_cpus=2)
-    yield
-    shutdown()
 
 
 @pytest.fixture(scope="module")

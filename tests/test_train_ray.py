@@ -27,14 +27,6 @@ OVERRIDES = {"model.hidden": 64, "model.heads": 4, "model.ff": 128, "optim.warmu
              "optim.lr_min": 1e-4}
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    from workflows.runtime import start_ray
-
-    shutdown = start_ray(num_cpus=2)
-    yield
-    shutdown()
-
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
