@@ -113,7 +113,7 @@ class SimConfig:
     clap_emb_dim: int = 512  # CLAP embedding size
     dtype: str = "float16"  # storage dtype of the features ("float32" doubles the memory)
     # student features
-    feature_noise: float = 0.8  # per-dimension Gaussian noise (class prototypes have norm 1); higher = harder
+    feature_noise: float = 2.5  # per-dimension Gaussian noise (class prototypes have norm 1); higher = harder (v1: 0.8)
     video_nuisance: float = 1.5  # norm scale of a per-video offset shared by its 10 segments (v1: 0.4)
     amplitude_sd: float = 0.35  # log-normal sd of the event amplitude per (video, class)
     segment_jitter_sd: float = 0.25  # log-normal sd of the amplitude per segment
