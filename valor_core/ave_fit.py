@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -35,7 +35,8 @@ from valor_core.labels import harvest_labels
 from valor_core.schedule import lr_at_epoch
 
 __all__ = ["ave_train_config", "build_ave_model", "harvest_ave", "harvest_pair", "ave_video_loss", "ave_valor_loss",
-           "predict_logits", "predict_segments", "fit_ave", "AVEFitResult"]
+           "predict_logits", "predict_segments", "accuracy", "ave_loss", "ave_tensors", "train_ave_epoch",
+           "fit_ave", "AVEFitResult"]
 
 NUM_CLASSES = 29  # 28 AVE events + background
 
@@ -95,7 +96,7 @@ def ave_valor_loss(out: HANOutput, audio_labels: Tensor, visual_labels: Tensor) 
             + F.binary_cross_entropy_with_logits(out.segment_logits[:, :, 1], visual_labels))
 
 
-def _tensors(arrays: AVEArrays, loss: Optional[str]) -> dict[str, Tensor]:
+def ave_tensors(arrays: AVEArrays, loss: Optional[str]) -> dict[str, Tensor]:
     names = ["audio", "visual"] + {"han": ["video"], "valor": ["audio_labels", "visual_labels"], None: []}[loss]
     missing = [n for n in names if getattr(arrays, n) is None]
     if missing:
@@ -103,7 +104,7 @@ def _tensors(arrays: AVEArrays, loss: Optional[str]) -> dict[str, Tensor]:
     return {n: torch.from_numpy(np.ascontiguousarray(getattr(arrays, n))) for n in names}
 
 
-def _forward(model: HAN, batch: dict[str, Tensor], device: torch.device) -> HANOutput:
+def _forward(model: nn.Module, batch: dict[str, Tensor], device: torch.device) -> HANOutput:
     return model(batch["audio"].to(device).float(), batch["visual"].to(device).float())
 
 
@@ -114,7 +115,7 @@ def predict_logits(model: HAN, arrays: AVEArrays, batch_size: int = 256) -> np.n
     was_training = model.training
     model.eval()
     parts = [_forward(model, b, device).segment_logits.float().cpu()
-             for b in iterate_batches(_tensors(arrays, None), batch_size, shuffle=False)]
+             for b in iterate_batches(ave_tensors(arrays, None), batch_size, shuffle=False)]
     model.train(was_training)
     return torch.cat(parts).numpy()
 
@@ -126,6 +127,32 @@ def predict_segments(model: HAN, arrays: AVEArrays, ave: AVEConfig = AVEConfig()
 
 def accuracy(model: HAN, arrays: AVEArrays, ave: AVEConfig = AVEConfig()) -> float:
     return segment_accuracy(predict_segments(model, arrays, ave), arrays.segments)
+
+
+def ave_loss(out: HANOutput, batch: dict[str, Tensor], loss: str, device: torch.device) -> Tensor:
+    """cfg.loss `han` (Eq. 11 on the video labels) or `valor` (Eq. 13 on the harvested labels) of one batch."""
+    if loss == "han":
+        return ave_video_loss(out, batch["video"].to(device).float())
+    return ave_valor_loss(out, batch["audio_labels"].to(device).float(), batch["visual_labels"].to(device).float())
+
+
+def train_ave_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[dict[str, Tensor]],
+                    cfg: TrainConfig, epoch: int, device: torch.device) -> float:
+    """One epoch over `batches` at the epoch's learning rate (forward, loss, backward, clip, step); returns the mean
+    loss per video. `model` may be a DDP wrapper (the gradients are then averaged over the ranks)."""
+    set_lr(optimizer, lr_at_epoch(epoch, cfg.optim))
+    model.train()
+    total, count = 0.0, 0
+    for batch in batches:
+        loss = ave_loss(_forward(model, batch, device), batch, cfg.loss, device)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        total += float(loss.detach()) * len(batch["audio"])
+        count += len(batch["audio"])
+    return total / max(count, 1)
 
 
 @dataclass
@@ -149,31 +176,16 @@ def fit_ave(train: AVEArrays, val: AVEArrays, cfg: TrainConfig, ave: AVEConfig =
     device = resolve_device(cfg)
     model = build_ave_model(cfg, ave).to(device)
     optimizer = build_optimizer(model, cfg)
-    tensors = _tensors(train, cfg.loss)
+    tensors = ave_tensors(train, cfg.loss)
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     best, best_epoch, best_state, history = -1.0, 0, None, []
     for epoch in range(1, cfg.optim.epochs + 1):
         t0 = time.perf_counter()
-        set_lr(optimizer, lr_at_epoch(epoch, cfg.optim))
-        model.train()
-        total, count = 0.0, 0
-        for batch in iterate_batches(tensors, cfg.optim.batch_size, generator):
-            out = _forward(model, batch, device)
-            if cfg.loss == "han":
-                loss = ave_video_loss(out, batch["video"].to(device).float())
-            else:
-                loss = ave_valor_loss(out, batch["audio_labels"].to(device).float(),
-                                      batch["visual_labels"].to(device).float())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            total += float(loss.detach()) * len(batch["audio"])
-            count += len(batch["audio"])
+        loss = train_ave_epoch(model, optimizer, iterate_batches(tensors, cfg.optim.batch_size, generator), cfg,
+                               epoch, device)
         value = accuracy(model, val, ave)
-        record = {"epoch": epoch, "lr": lr_at_epoch(epoch, cfg.optim), "loss": total / max(count, 1),
+        record = {"epoch": epoch, "lr": lr_at_epoch(epoch, cfg.optim), "loss": loss,
                   "val_accuracy": value, "seconds": time.perf_counter() - t0}
         history.append(record)
         if value > best:

@@ -1,7 +1,10 @@
-"""`valor ave train`: HAN or VALOR on AVE, weakly supervised (VALOR appendix F), in-process (CPU or one GPU).
+"""`valor ave train`: HAN or VALOR on AVE, weakly supervised (VALOR appendix F), in-process (CPU or one GPU) or, with
+--ray, as a Ray Train DDP job tracked in MLflow (workflows.ave_train_ray).
 
     valor ave train --loss {han,valor} [--sim SEED | --features DIR] [--epochs N] [--train-videos N] [--hidden D]
                     [--lr LR] [--seed S] [--json]
+                    [--ray [--workers N] [--use-gpu] [--storage DIR_OR_S3]] [--tracking-uri URI] [--experiment NAME]
+                    [--run-name NAME]
 
 Data: AVE-sim (default: real AVE annotations and splits, simulated features and CLAP/CLIP logits; valor_core.ave_sim)
 or the released AVE features in their h5 layout (`--features DIR`: audio_feature.h5, visual_feature.h5, labels.h5;
@@ -10,19 +13,29 @@ CLAP/CLIP logits of the AVE videos exist. Training is valor_core.ave_fit.fit_ave
 (ave_train_config: HAN 1 x 512, AdamW, warm-up 10 -> 3e-4, cosine -> 3e-6, batch 16, 120 epochs); the flags shorten
 or narrow it (warm-up scaled with --epochs). Score: segment accuracy (incl. background) on val (best epoch) and test.
 Last line with --json: {"loss", "source", "videos": {train, val, test}, "epochs", "best_epoch", "val_accuracy",
-"test_accuracy", "background_accuracy" (all-background baseline on test), "seconds", "trainable_params"}.
+"test_accuracy", "background_accuracy" (all-background baseline on test), "seconds", "trainable_params"}, plus
+"run_id" when the run is tracked in MLflow.
+
+--ray: the same training (config, losses, per-epoch val segment accuracy, best epoch, test accuracy at it) on Ray Train,
+DDP over --workers (CPU by default, --use-gpu one GPU each), checkpoints in --storage (default runs/ray), always
+tracked in MLflow (--tracking-uri, default $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db). With one worker it
+reproduces the in-process run exactly (same batches, dropout and steps). Without --ray, --tracking-uri logs the
+in-process run to the same MLflow run layout (params, per-epoch loss / val_accuracy, final metrics, checkpoint/).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Any
+import tempfile
+from typing import Any, Optional
 
 import numpy as np
 
 from valor_core.ave import AVEError, load_splits, read_features
-from valor_core.ave_metrics import segment_accuracy
+from workflows import tracking
+from workflows.outputs import OwnershipError
+from workflows.runtime import start_ray
 
 
 def register(subparsers: Any) -> None:
@@ -41,24 +54,59 @@ def register(subparsers: Any) -> None:
     t.add_argument("--seed", type=int, default=0, help="init, subset and shuffling seed")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: $VALOR_THREADS or 1)")
     t.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    g = t.add_argument_group("Ray Train and MLflow")
+    g.add_argument("--ray", action="store_true", help="run as a Ray Train job (DDP), tracked in MLflow")
+    g.add_argument("--workers", type=int, default=None, metavar="N", help="Ray Train DDP workers (default 1)")
+    g.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL); default CPU (gloo)")
+    g.add_argument("--storage", default=None, metavar="DIR_OR_S3",
+                   help="Ray Train checkpoint storage: dir or s3://bucket/prefix (default: runs/ray)")
+    g.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow tracking URI (with --ray default $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db; "
+                        "without --ray: track the in-process run only when given)")
+    g.add_argument("--experiment", default="valor", metavar="NAME", help="MLflow experiment (default: %(default)s)")
+    g.add_argument("--run-name", default=None, metavar="NAME", help="MLflow run name (default: ave-LOSS-time)")
     t.set_defaults(func=run_train)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _error(message: str, code: int) -> int:
+    print(f"valor ave train: error: {message}", file=sys.stderr)
+    return code
+
+
+def _check(args: argparse.Namespace) -> Optional[str]:
+    """The first bad flag, as a message; None when all are fine."""
+    for name, ok, rule in (("epochs", args.epochs >= 1, ">= 1"), ("hidden", args.hidden >= 1, ">= 1"),
+                           ("train-videos", args.train_videos >= 0, ">= 0"), ("lr", args.lr > 0, "> 0"),
+                           ("workers", args.workers is None or args.workers >= 1, ">= 1")):
+        if not ok:
+            value = getattr(args, name.replace("-", "_"))
+            return f"--{name} must be {rule}, got {value}"
+    if not args.ray:
+        given = [f for f, v in (("--workers", args.workers), ("--use-gpu", args.use_gpu or None),
+                                ("--storage", args.storage)) if v is not None]
+        if given:
+            return f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --ray"
+    if args.features and args.loss == "valor":
+        return ("--loss valor needs CLAP/CLIP logits, which the released AVE features (--features) do not hold; "
+                "use --sim, or --loss han")
+    return None
 
 
 def run_train(args: argparse.Namespace) -> int:
     from valor_core.ave_fit import ave_train_config, fit_ave, harvest_pair  # torch: only when training
     from valor_core.ave_sim import simulate_ave
     from valor_core.fit import configure_threads
+    from workflows import ave_train_ray  # torch-bound
 
-    for name, ok, rule in (("epochs", args.epochs >= 1, ">= 1"), ("hidden", args.hidden >= 1, ">= 1"),
-                           ("train-videos", args.train_videos >= 0, ">= 0"), ("lr", args.lr > 0, "> 0")):
-        if not ok:
-            print(f"valor ave train: error: --{name} must be {rule}", file=sys.stderr)
-            return 2
-    if args.features and args.loss == "valor":
-        print("valor ave train: error: --loss valor needs CLAP/CLIP logits, which the released AVE features "
-              "(--features) do not hold; use --sim, or --loss han", file=sys.stderr)
-        return 2
+    problem = _check(args)
+    if problem:
+        return _error(problem, 2)
+    if args.ray:
+        try:  # before any heavy work: a checkpoints dir valor owns (workflows.outputs)
+            ave_train_ray.storage_preflight(args.storage)
+        except (OwnershipError, OSError) as err:
+            return _error(f"--storage {args.storage}: {err}", 2)
     try:
         splits = load_splits(args.annotations)
         if args.features:
@@ -66,31 +114,71 @@ def run_train(args: argparse.Namespace) -> int:
         else:
             data = {s: simulate_ave(splits[s], seed=args.sim) for s in ("train", "val", "test")}
     except AVEError as err:
-        print(f"valor ave train: error: {err}", file=sys.stderr)
-        return 1
+        return _error(str(err), 1)
     if 0 < args.train_videos < len(data["train"]):
         rows = np.random.default_rng(args.seed).choice(len(data["train"]), args.train_videos, replace=False)
         data["train"] = data["train"].take(np.sort(rows))
     if args.loss == "valor":
         data["train"].audio_labels, data["train"].visual_labels = harvest_pair(data["train"])
-    configure_threads(args.threads)
+    threads = configure_threads(args.threads)
     heads = 8 if args.hidden % 8 == 0 else 1
     cfg = ave_train_config(args.loss, **{
         "model.hidden": args.hidden, "model.heads": heads, "model.ff": 2 * args.hidden, "seed": args.seed,
         "optim.epochs": args.epochs, "optim.warmup_epochs": max(1, round(10 * args.epochs / 120)),
         "optim.lr_max": args.lr, "optim.lr_min": args.lr / 100})
-    result = fit_ave(data["train"], data["val"], cfg, test=data["test"],
-                     on_epoch=lambda r: print(f"epoch {r['epoch']}: loss {r['loss']:.4f}, val accuracy "
-                                              f"{r['val_accuracy']:.2f}", file=sys.stderr))
+    source = args.features or f"sim:{args.sim}"
+    meta = {"source": source, "loss": args.loss, "videos": {s: len(a) for s, a in data.items()}}
     test = data["test"]
-    out = {"loss": args.loss, "source": args.features or f"sim:{args.sim}",
-           "videos": {s: len(a) for s, a in data.items()}, "epochs": args.epochs, "best_epoch": result.best_epoch,
-           "val_accuracy": round(result.val_accuracy, 2), "test_accuracy": round(result.test_accuracy, 2),
-           "background_accuracy": round(segment_accuracy(np.full_like(test.segments, 28), test.segments), 2),
-           "seconds": round(result.seconds, 1), "trainable_params": result.trainable_params}
+    run_id = None
+    if args.ray:
+        shutdown = start_ray()
+        try:
+            o = ave_train_ray.train_ave_ray(cfg, data, data_meta=meta, workers=args.workers or 1,
+                                            use_gpu=args.use_gpu, threads=threads, tracking_uri=args.tracking_uri,
+                                            experiment=args.experiment, storage=args.storage,
+                                            run_name=args.run_name)
+        finally:
+            shutdown()  # also stops the forwarding of worker logs, so the summary below stays the last stdout line
+        print(f"run {o.run_id} ({o.tracking_uri}); checkpoint {o.checkpoint}", file=sys.stderr)
+        run_id, best_epoch, val_acc, test_acc, seconds, params = (o.run_id, o.best_epoch, o.val_accuracy,
+                                                                  o.test_accuracy, o.seconds, o.trainable_params)
+    else:
+        tracked = None
+        if args.tracking_uri:
+            tracked = ave_train_ray.start_tracking(cfg, meta, tracking_uri=args.tracking_uri,
+                                                   experiment=args.experiment, run_name=args.run_name,
+                                                   extra={"train.ray": False, "train.threads": threads})
+            run_id = tracked[1]
+
+        def on_epoch(r: dict) -> None:
+            print(f"epoch {r['epoch']}: loss {r['loss']:.4f}, val accuracy {r['val_accuracy']:.2f}", file=sys.stderr)
+            if tracked:
+                tracking.log_metrics(*tracked, ave_train_ray.epoch_metrics(r), step=r["epoch"])
+
+        result = fit_ave(data["train"], data["val"], cfg, test=test, on_epoch=on_epoch)
+        best_epoch, val_acc, test_acc, seconds, params = (result.best_epoch, result.val_accuracy,
+                                                          result.test_accuracy, result.seconds,
+                                                          result.trainable_params)
+        if tracked:
+            with tempfile.TemporaryDirectory() as d:
+                best = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+                ave_train_ray.write_checkpoint(
+                    d, cfg, model_state=best, best_state=best, optimizer_state=None, data_meta=meta, run_id=run_id,
+                    state={"epoch": len(result.history), "epochs": cfg.optim.epochs, "best_value": val_acc,
+                           "best_epoch": best_epoch, "history": result.history, "world_size": 1})
+                ave_train_ray.log_final(*tracked, best_epoch=best_epoch, epochs=len(result.history),
+                                        val_accuracy=val_acc, test_accuracy=test_acc,
+                                        background=ave_train_ray.background_accuracy(test), checkpoint_dir=d)
+    out = {"loss": args.loss, "source": source, "videos": meta["videos"], "epochs": args.epochs,
+           "best_epoch": best_epoch, "val_accuracy": round(val_acc, 2), "test_accuracy": round(test_acc, 2),
+           "background_accuracy": round(ave_train_ray.background_accuracy(test), 2), "seconds": round(seconds, 1),
+           "trainable_params": params}
+    if run_id:
+        out["run_id"] = run_id
     if args.json:
         print(json.dumps(out))
     else:
         print(f"AVE {args.loss} ({out['source']}): best epoch {out['best_epoch']}, segment accuracy val "
-              f"{out['val_accuracy']:.2f}, test {out['test_accuracy']:.2f} (all-background {out['background_accuracy']:.2f})")
+              f"{out['val_accuracy']:.2f}, test {out['test_accuracy']:.2f} (all-background {out['background_accuracy']:.2f})"
+              + (f"; MLflow run {run_id}" if run_id else ""))
     return 0
