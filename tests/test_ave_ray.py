@@ -1,6 +1,7 @@
 """`valor ave train --ray`: the AVE training of valor_core.ave_fit as a Ray Train job (1 CPU worker) tracked in MLflow
 (sqlite in tmp_path), on AVE-sim with 1,000 train videos, HAN width 32, 2 epochs (enough to learn: val ~81 -> ~85,
-test ~84 against 17.8 all-background). With one worker the Ray path is the
+test ~84 against 17.8 all-background); then the in-process run tracked with --tracking-uri, and 2 DDP
+workers. With one worker the Ray path is the
 in-process fit_ave (same batches, dropout masks and steps), so its per-epoch losses, val accuracies, best epoch and test
 accuracy equal fit_ave's for the same arguments. Plus the one-line errors of bad --ray flags (no Ray started)."""
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _in_process_fit():
     return cfg, fit_ave(data["train"], data["val"], cfg, test=data["test"])
 
 
-@pytest.mark.integration  # real Ray Train + MLflow; ~30-60 s on 2 shared cores
+@pytest.mark.integration  # real Ray Train + MLflow; ~50 s on 2 shared cores
 def test_ray_run_matches_in_process_and_is_tracked(ray_local, tmp_path, capsys):
     from workflows import tracking
     from workflows.cli import main
@@ -83,6 +84,21 @@ def test_ray_run_matches_in_process_and_is_tracked(ray_local, tmp_path, capsys):
     artifacts = {f.path for f in c.list_artifacts(out["run_id"], "checkpoint")}
     assert {"checkpoint/best_model.pt", "checkpoint/config.json", "checkpoint/state.json"} <= artifacts
     assert run.data.tags["valor.checkpoint"].startswith(str(tmp_path / "ray"))
+
+    # without --ray, --tracking-uri logs the in-process run the same way
+    assert main(ARGS + ["--json", "--tracking-uri", uri, "--experiment", "ave-test"]) == 0
+    local = _last_json(capsys)
+    assert set(local) == set(out) and local["run_id"] != out["run_id"]
+    local_val = sorted((m.step, m.value) for m in c.get_metric_history(local["run_id"], "val_accuracy"))
+    assert local_val == val and c.get_run(local["run_id"]).data.params["train.ray"] == "False"
+
+    # two DDP workers (gloo): 8 videos each per step (global batch 16), the same science, learns as well
+    assert main(ARGS + ["--json", "--ray", "--workers", "2", "--tracking-uri", uri, "--experiment", "ave-test",
+                        "--storage", str(tmp_path / "ray")]) == 0
+    ddp = _last_json(capsys)
+    params = c.get_run(ddp["run_id"]).data.params
+    assert params["train.workers"] == "2" and params["train.per_worker_batch"] == "8"
+    assert min(ddp["val_accuracy"], ddp["test_accuracy"]) > ddp["background_accuracy"] + 30
 
 
 def test_bad_ray_flags_are_one_line_errors(tmp_path, capsys):

@@ -179,6 +179,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(json.dumps(out))
     else:
         print(f"AVE {args.loss} ({out['source']}): best epoch {out['best_epoch']}, segment accuracy val "
-              f"{out['val_accuracy']:.2f}, test {out['test_accuracy']:.2f} (all-background {out['background_accuracy']:.2f})"
+              f"{out['val_accuracy']:.2f}, test {out['test_accuracy']:.2f} "
+              f"(all-background {out['background_accuracy']:.2f})"
               + (f"; MLflow run {run_id}" if run_id else ""))
     return 0

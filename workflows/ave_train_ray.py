@@ -54,6 +54,9 @@ from workflows.checkpoints import save_checkpoint_dir
 from workflows.runtime import start_ray
 from workflows.train_ray import DEFAULT_STORAGE, _batches, _storage, per_worker_batch
 
+__all__ = ["ave_train_loop", "train_ave_ray", "AVETrainOutcome", "epoch_shard", "epoch_metrics", "start_tracking",
+           "log_final", "write_checkpoint", "background_accuracy", "storage_preflight"]
+
 BACKGROUND = 28  # AVE's background class (C = 28 events)
 
 
@@ -110,7 +113,7 @@ def write_checkpoint(path: str, cfg: TrainConfig, *, model_state: dict, best_sta
                                                     "dataset": "ave"})
 
 
-# --- the per-worker loop ------------------------------------------------------------------------------------------------
+# --- the per-worker loop --------------------------------------------------------------------------------------------
 
 
 def ave_train_loop(config: dict) -> None:
@@ -131,7 +134,9 @@ def ave_train_loop(config: dict) -> None:
     n = len(tensors["audio"])
 
     core = build_ave_model(cfg)
-    model = ray.train.torch.prepare_model(core)  # DDP only when world > 1; moved to this worker's device
+    # DDP only when world > 1 (moved to this worker's device); HAN's MMIL attention heads take no part in the AVE
+    # losses (appendix F pools by averaging), so DDP must expect parameters without gradients
+    model = ray.train.torch.prepare_model(core, parallel_strategy_kwargs={"find_unused_parameters": True})
     core = model.module if hasattr(model, "module") else model
     device = next(core.parameters()).device
     optimizer = build_optimizer(core, cfg)
@@ -292,7 +297,3 @@ def storage_preflight(storage: Optional[str]) -> str:
     """Claim the Ray Train storage before any heavy work (workflows.outputs); returns it. OwnershipError /
     PermissionError / OSError name what is wrong."""
     return _storage(storage)[2]
-
-
-__all__ = ["ave_train_loop", "train_ave_ray", "AVETrainOutcome", "epoch_shard", "epoch_metrics", "start_tracking",
-           "log_final", "write_checkpoint", "background_accuracy", "storage_preflight"]
