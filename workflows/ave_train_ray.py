@@ -52,7 +52,7 @@ from valor_core.schedule import lr_at_epoch
 from workflows import tracking
 from workflows.checkpoints import save_checkpoint_dir
 from workflows.runtime import start_ray
-from workflows.train_ray import DEFAULT_STORAGE, _batches, _storage, per_worker_batch
+from workflows.train_ray import DEFAULT_STORAGE, claim_storage, per_worker_batch, rank_batches, shard_of
 
 __all__ = ["ave_train_loop", "train_ave_ray", "AVETrainOutcome", "epoch_shard", "epoch_metrics", "start_tracking",
            "log_final", "write_checkpoint", "background_accuracy", "storage_preflight"]
@@ -65,8 +65,7 @@ BACKGROUND = 28  # AVE's background class (C = 28 events)
 
 def epoch_shard(order: torch.Tensor, world: int, rank: int) -> np.ndarray:
     """This rank's DistributedSampler shard of an epoch's permutation (drop-last cut; see module doc)."""
-    usable = (len(order) // world) * world
-    return order[:usable][rank::world].numpy()
+    return shard_of(order, world, rank).numpy()
 
 
 def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
@@ -169,7 +168,7 @@ def ave_train_loop(config: dict) -> None:
     for epoch in range(start_epoch, cfg.optim.epochs + 1):
         t0 = time.perf_counter()
         index = epoch_shard(torch.randperm(n, generator=generator), world, rank)
-        loss = train_ave_epoch(model, optimizer, _batches(tensors, index, bs), cfg, epoch, device)
+        loss = train_ave_epoch(model, optimizer, rank_batches(tensors, index, bs), cfg, epoch, device)
         total = torch.tensor([loss * len(index), float(len(index))], dtype=torch.float64, device=device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(total)
@@ -233,7 +232,7 @@ def train_ave_ray(cfg: TrainConfig, data: dict[str, AVEArrays], *, data_meta: di
     t_start = time.perf_counter()
     start_ray()  # joins the caller's Ray (or $RAY_ADDRESS), else starts one for this process
     threads = max(1, int(threads or os.environ.get("VALOR_THREADS") or 1))  # as fit.configure_threads
-    storage_path, storage_fs, storage_uri = _storage(storage)
+    storage_path, storage_fs, storage_uri = claim_storage(storage)
     run_id, uri = None, None
     if track:
         uri, run_id = start_tracking(cfg, data_meta, tracking_uri=tracking_uri, experiment=experiment,
@@ -296,4 +295,4 @@ def train_ave_ray(cfg: TrainConfig, data: dict[str, AVEArrays], *, data_meta: di
 def storage_preflight(storage: Optional[str]) -> str:
     """Claim the Ray Train storage before any heavy work (workflows.outputs); returns it. OwnershipError /
     PermissionError / OSError name what is wrong."""
-    return _storage(storage)[2]
+    return claim_storage(storage)[2]

@@ -77,8 +77,12 @@ DEFAULT_STORAGE = os.path.join("runs", "ray")  # Ray Train storage of `valor tra
 def shard_indices(n: int, world: int, rank: int, seed: int, epoch: int) -> np.ndarray:
     """This rank's disjoint, equal-length shard of range(n) for an epoch (see module doc)."""
     rng = np.random.default_rng([int(seed), int(epoch), 0x5A11])
-    order = rng.permutation(n)
-    usable = (n // world) * world
+    return shard_of(rng.permutation(n), world, rank)
+
+
+def shard_of(order, world: int, rank: int):
+    """Rank `rank`'s DistributedSampler shard of an epoch's order: cut to a multiple of `world` (drop last), strided."""
+    usable = (len(order) // world) * world
     return order[:usable][rank::world]
 
 
@@ -115,7 +119,7 @@ def _wait_committed(snapshot: Optional[str], name: str, timeout: float = 60.0) -
         time.sleep(0.1)
 
 
-def _batches(tensors: dict, index: np.ndarray, batch_size: int, kill: Optional[dict] = None):
+def rank_batches(tensors: dict, index: np.ndarray, batch_size: int, kill: Optional[dict] = None):
     """This rank's batches of its shard `index`, gathered where `tensors` live (the shard's index moves there once)."""
     import torch
 
@@ -204,7 +208,7 @@ def train_loop(config: dict) -> None:
             with open(os.path.join(record, f"epoch{epoch}_rank{rank}.json"), "w") as f:
                 json.dump({"epoch": epoch, "rank": rank, "world": world, "ids": train_ids[index].tolist()}, f)
         hook = kill if (kill and kill["epoch"] == epoch and kill["rank"] == rank) else None
-        loss = train_epoch(train_model, optimizer, _batches(tensors, index, bs, hook), cfg, epoch, step)
+        loss = train_epoch(train_model, optimizer, rank_batches(tensors, index, bs, hook), cfg, epoch, step)
         total = torch.tensor([loss * len(index), float(len(index))], dtype=torch.float64, device=device)  # NCCL: CUDA
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(total)
@@ -269,7 +273,7 @@ def _train_payload(data: dict, cfg) -> dict:
     return {"train": arrays, "train_ids": np.asarray(train.video_ids).astype(str), "val": data.get("val")}
 
 
-def _storage(storage: Optional[str]):
+def claim_storage(storage: Optional[str]):
     """(storage_path for RunConfig, pyarrow filesystem or None, display URI); the storage is claimed as valor's
     checkpoints output (workflows.outputs: new, empty or made by valor train)."""
     storage = storage or DEFAULT_STORAGE
@@ -315,7 +319,7 @@ def train(cfg, data: dict, *, workers: int = 2, use_gpu: bool = False, tracking_
     else:
         tracking_uri = None
 
-    storage_path, storage_fs, storage_uri = _storage(storage)
+    storage_path, storage_fs, storage_uri = claim_storage(storage)
     trial_name = f"{run_name}-{run_id[:8]}" if run_id else f"{run_name}-{os.getpid()}"
     data_ref = ray.put(_train_payload(data, cfg))
     kill = _parse_kill_hook(os.environ.get("VALOR_TEST_KILL_WORKER"))
