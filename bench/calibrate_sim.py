@@ -14,11 +14,12 @@ feature_noise=2.0`), `--set profile=v1` gives the pre-calibration simulator.
 
 CPU subset (default; ~1-2 min per model on one idle core): 5,000 of the 10,000 train videos (seeded), HAN width 128,
 each preset's own optimiser, loss and schedule compressed to 15 epochs (presets.shorten: warm-up / StepLR step
-scaled), valor's learning rates x10 and han's x3 -- the `valor demo` recipe (workflows/demo.py: demo_config) except
-for han's factor: at x10 (Adam 3e-3, batch 16) the compressed HAN swings by 10-30 points from epoch to epoch on the
-calibrated sim. (The compressed runs make ~1/5 (han) and ~1/8 (valor) of the paper's optimiser steps.) Scores grow
-with the train set (2,000 videos score ~5-6 points below 5,000), so the subset is half of LLP's train set, not less. `--paper`: all 10,000 train videos at the
-presets' own widths, learning rates and epochs (han 40 epochs batch 16, valor 60 epochs batch 64): a GPU job.
+scaled), valor's learning rates x10 and han's x3 -- the `valor demo` recipe (workflows/demo.py: demo_config,
+lr_scale_for; at x10, Adam 3e-3 with batch 16, the compressed HAN swings by 10-30 points from epoch to epoch on the
+calibrated sim). (The compressed runs make ~1/5 (han) and ~1/8 (valor) of the paper's optimiser steps.) Scores grow
+with the train set (2,000 videos score ~5-6 points below 5,000), so the subset is half of LLP's train set, not less.
+`--paper`: all 10,000 train videos at the presets' own widths, learning rates and epochs (han 40 epochs batch 16,
+valor 60 epochs batch 64): a GPU job.
 """
 from __future__ import annotations
 
@@ -124,8 +125,7 @@ def main(argv=None) -> int:
                                                "model.clip_dim": train.clips.shape[-1],
                                                "model.audio_dim": train.audio.shape[-1]})
         else:
-            scale = args.han_lr_scale if name == "han" else args.lr_scale
-            cfg = demo_config(name, argparse.Namespace(**{**vars(args), "lr_scale": scale}), train)
+            cfg = demo_config(name, args, train)  # learning rates: workflows.demo.lr_scale_for
         curve = []
 
         def on_epoch(r, name=name, curve=curve):

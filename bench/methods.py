@@ -4,8 +4,9 @@
                                       [--methods han,valor,kd,valor-global,valor-visual,valor-audio,ma] [--paper]
 
 In-process on CPU (valor_core.fit): each preset with its own optimiser, schedule and loss, shortened to --epochs
-(presets.shorten), the HAN narrowed to --hidden and every learning rate scaled by --lr-scale (the same factor for all;
-short runs make few optimiser steps). `--paper` trains at the presets' own widths, learning rates and epochs (a GPU
+(presets.shorten), the HAN narrowed to --hidden and the learning rates scaled as `valor demo` scales them
+(workflows.demo.lr_scale_for: --lr-scale for AdamW presets, --han-lr-scale for the HAN's Adam + StepLR ones; short
+runs make few optimiser steps). `--paper` trains at the presets' own widths, learning rates and epochs (a GPU
 job). Labels: Table 6 harvests of the sim teachers. MA runs its three stages: `ma` (stage 1), the track-swap refinement
 of valor_core.ma over the train set (stage 2, as `valor refine ma` does), `ma-retrain` on the refined labels (stage 3).
 LSLD is not on LLP-sim: it needs the teachers' text towers to score captions (`valor refine lsld` on an extracted
@@ -23,6 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from valor_core.llp import DEFAULT_ANNOTATIONS  # noqa: E402
+from workflows.demo import lr_scale_for  # noqa: E402
 
 METHODS = ("han", "valor", "kd", "valor-global", "valor-visual", "valor-audio", "ma")
 
@@ -36,8 +38,8 @@ def config(preset: str, args):
         return cfg
     o = cfg.optim
     over = {"model.frame_steps": 1, "model.hidden": args.hidden, "model.ff": 2 * args.hidden,
-            "model.heads": min(cfg.model.heads, 4), "optim.lr_max": o.lr_max * args.lr_scale,
-            "optim.lr_min": o.lr_min * args.lr_scale}
+            "model.heads": min(cfg.model.heads, 4), "optim.lr_max": o.lr_max * lr_scale_for(cfg, args),
+            "optim.lr_min": o.lr_min * lr_scale_for(cfg, args)}
     return shorten(replace(cfg, **over), args.epochs)
 
 
@@ -65,7 +67,8 @@ def main() -> int:
     ap.add_argument("--train-videos", type=int, default=3000)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--lr-scale", type=float, default=10.0)
+    ap.add_argument("--lr-scale", type=float, default=10.0, help="AdamW presets (valor, kd, Table 4 rows)")
+    ap.add_argument("--han-lr-scale", type=float, default=3.0, help="Adam + StepLR presets (han, ma, ma-retrain)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--paper", action="store_true", help="the presets' own widths, learning rates and epochs")
     ap.add_argument("--seed", type=int, default=0)
@@ -92,7 +95,8 @@ def main() -> int:
     n = min(args.train_videos, len(data["train"]))
     train = data["train"].take(np.sort(rng.choice(len(data["train"]), n, replace=False)))
     args.val = data["val"]
-    budget = "the presets'" if args.paper else f"{args.epochs} epochs, width {args.hidden}, lr x{args.lr_scale}"
+    budget = "the presets'" if args.paper else (f"{args.epochs} epochs, width {args.hidden}, "
+                                                f"lr x{args.lr_scale:g} AdamW / x{args.han_lr_scale:g} Adam")
     print(f"LLP-sim: {n} train videos, val {len(data['val'])}, test {len(data['test'])} "
           f"({time.perf_counter() - t0:.1f} s); budget: {budget}", flush=True)
     scores: dict[str, dict] = {}

@@ -291,7 +291,7 @@ def run_demo(ctx: Context) -> dict:
         raise PipelineError(f"demo: {err}") from None
     ctx.log(demo.format_table(out))
     demo.write_outputs(out, args.out)
-    keep = ("train_videos", "epochs", "hidden", "lr_scale", "fidelity", "seconds")
+    keep = ("train_videos", "epochs", "hidden", "lr_scale", "han_lr_scale", "fidelity", "seconds")
     return {**{k: out[k] for k in keep if k in out}, "out": args.out,
             **{m: {"test": {lvl: out[m]["test"][lvl] for lvl in ("segment", "event")}, "best_epoch": out[m]["best_epoch"]}
                for m in demo.MODELS}}
