@@ -285,6 +285,17 @@ def test_released_files_to_numbers_for_every_preset(release, ray_local, tmp_path
 
 
 @pytest.mark.integration  # real local Ray: `valor run` imports, trains two runs, evaluates them
+def good_annotations(release: dict, ann: Path) -> Path:
+    """A copy of the release's annotations whose val/test GT keeps only the videos whose files were all good
+    (evaluate scores every GT video)."""
+    shutil.copytree(release["ann"], ann)
+    for name in ("AVVP_val_pd.csv", "AVVP_test_pd.csv"):
+        lines = (ann / name).read_text().splitlines()
+        (ann / name).write_text("\n".join([lines[0]] + [ln for ln in lines[1:]
+                                                         if ln.split("\t")[0] in set(release["good"])]) + "\n")
+    return ann
+
+
 def test_paper_config_one_command(release, ray_local, tmp_path, capsys):
     """configs/paper.yaml from the released files: import -> a run per preset/seed -> evaluate, all in MLflow, the
     Table 1 layout printed; a second `valor run` does nothing."""
@@ -292,12 +303,7 @@ def test_paper_config_one_command(release, ray_local, tmp_path, capsys):
 
     out = tmp_path / "paper"
     db = f"sqlite:///{tmp_path}/mlflow.db"
-    ann = tmp_path / "ann"  # val/test GT of the videos whose files were all good (evaluate scores every GT video)
-    shutil.copytree(release["ann"], ann)
-    for name in ("AVVP_val_pd.csv", "AVVP_test_pd.csv"):
-        lines = (ann / name).read_text().splitlines()
-        (ann / name).write_text("\n".join([lines[0]] + [ln for ln in lines[1:]
-                                                         if ln.split("\t")[0] in set(release["good"])]) + "\n")
+    ann = good_annotations(release, tmp_path / "ann")
     argv = ["run", "--config", str(REPO / "configs" / "paper.yaml"), f"paths.output={out}",
             f"paths.annotations={ann}", f"tracking.uri={db}", "released.rows_per_file=16",
             *[f"released.{opt}={release['roots'][opt]}" for opt in ("feats", "clip", "clap")],

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.test_import import _main, ray_local, release  # noqa: F401  (module fixtures: the released files, Ray)
+from tests.test_import import _main, good_annotations, release  # noqa: F401  (release: a module fixture)
 from workflows.config import ConfigError, load_config
 from workflows.pipeline import engine, layout, methods, stages
 
@@ -141,12 +141,7 @@ def test_ma_and_han_labeler_end_to_end(release, ray_local, tmp_path, capsys):  #
 
     out = tmp_path / "methods"
     db = f"sqlite:///{tmp_path}/mlflow.db"
-    ann = tmp_path / "ann"  # val/test GT of the videos whose files were all good (evaluate scores every GT video)
-    shutil.copytree(release["ann"], ann)
-    for name in ("AVVP_val_pd.csv", "AVVP_test_pd.csv"):
-        lines = (ann / name).read_text().splitlines()
-        (ann / name).write_text("\n".join([lines[0]] + [ln for ln in lines[1:]
-                                                         if ln.split("\t")[0] in set(release["good"])]) + "\n")
+    ann = good_annotations(release, tmp_path / "ann")
     argv = ["run", "--config", str(REPO / "configs" / "methods.yaml"), f"paths.output={out}",
             f"paths.annotations={ann}", f"tracking.uri={db}", "released.rows_per_file=16",
             *[f"released.{opt}={release['roots'][opt]}" for opt in ("feats", "clip", "clap")],
