@@ -117,3 +117,48 @@ def test_bad_ray_flags_are_one_line_errors(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("valor ave train: error: ") and message in err[0], err
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]  # untouched
+
+
+@pytest.mark.integration  # `valor run` with the ave stage: two Ray Train jobs (han, valor) + MLflow; ~60 s
+def test_valor_run_ave_stage(tmp_path, capsys):
+    """`ave.enabled: true` in a `valor run` config: stage ave trains each loss as `valor ave train --ray` does, one
+    MLflow run each in the pipeline's experiment, checkpoints in <output>/ave/<loss>, accuracies in ave/eval.json; the
+    valor run equals the in-process fit_ave of the same settings; a second run does nothing; bad settings are named."""
+    import yaml
+
+    from workflows import tracking
+    from workflows.cli import main
+
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
+    config = tmp_path / "ave.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "ave-run", "paths": {"output": str(out), "videos": str(tmp_path / "videos")},
+        "tracking": {"uri": uri, "experiment": "ave-pipeline"}, "ray": {"num_cpus": 2},
+        "ave": {"enabled": True, "losses": ["han", "valor"], "epochs": 2, "train_videos": 1000, "hidden": 32,
+                "lr": 5e-3, "seed": 3}}))
+    capsys.readouterr()
+    assert main(["run", "--config", str(config), "--stage", "ave", "--json"]) == 0
+    s = _last_json(capsys)
+    assert s["ran"] == ["ave"] and s["ave"] == str(out / "ave" / "eval.json")
+    scores = json.loads((out / "ave" / "eval.json").read_text())
+    assert sorted(scores) == ["han", "valor"] and scores == s["results"]["ave"]
+    _, fit = _in_process_fit()
+    assert scores["valor"]["test_accuracy"] == round(fit.test_accuracy, 2)
+    assert scores["valor"]["best_epoch"] == fit.best_epoch
+    c = tracking.client(uri, create=False)
+    for loss in ("han", "valor"):
+        r = scores[loss]
+        assert r["test_accuracy"] > r["background_accuracy"] + 30 and r["videos"]["train"] == 1000
+        run = c.get_run(r["run_id"])
+        assert run.info.run_name == f"ave-run-ave-{loss}" and run.info.status == "FINISHED"
+        assert c.get_experiment(run.info.experiment_id).name == "ave-pipeline"
+        assert run.data.params["loss"] == loss and run.data.params["data.source"] == "sim:0"
+        assert [m.step for m in c.get_metric_history(r["run_id"], "val_accuracy")] == [1, 2]
+        assert r["checkpoint"].startswith(str(out / "ave" / loss))
+    assert main(["run", "--config", str(config), "--stage", "ave", "--json"]) == 0  # up to date: nothing runs
+    assert _last_json(capsys)["ran"] == []
+    for override, message in (("ave.epochs=0", "ave.epochs must be >= 1, got 0"),
+                              ("ave.features=/nowhere", "ave.losses valor needs CLAP/CLIP logits")):
+        assert main(["run", "--config", str(config), override]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err

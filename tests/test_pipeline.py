@@ -293,7 +293,7 @@ def test_demo_stage_calls_valor_demo_and_is_skipped_after(tmp_path, monkeypatch)
     _, status = run("demo.args=['--epochs', '2']")
     assert status["demo"] == "ran" and status["train"] == "skipped" and len(calls) == 2
     _, status = run("demo.args=['--epochs', '3']")  # its own section only: nothing else re-runs
-    assert status["demo"] == "ran" and all(status.pop(k) == "disabled" for k in ("import", "labeler", "refine"))
+    assert status["demo"] == "ran" and all(status.pop(k) == "disabled" for k in ("import", "labeler", "refine", "ave"))
     assert set(status.values()) == {"ran", "skipped"}
     assert calls[-1].epochs == 3
     assert [k for k, v in status.items() if v == "ran"] == ["demo"]
@@ -450,7 +450,7 @@ def test_job_submit_on_loopback_with_s3(ray_head, s3, tmp_path_factory):
     assert "nothing to do" in logs and s2["ran"] == []
     assert {k: v["status"] for k, v in s2["stages"].items()} == {
         "extract": "skipped", "import": "disabled", "tune": "skipped", "labeler": "disabled", "harvest": "skipped",
-        "refine": "disabled", "train": "skipped", "evaluate": "skipped", "demo": "disabled"}
+        "refine": "disabled", "train": "skipped", "evaluate": "skipped", "ave": "disabled", "demo": "disabled"}
 
     # only the thresholds changed: harvest, train and evaluate re-run; extract and tune do not
     status, logs = _submit(ray_head["dashboard"], renv, ["--config", "configs/local.yaml", *overrides,

@@ -28,7 +28,7 @@ import argparse
 import json
 import sys
 import tempfile
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -37,13 +37,15 @@ from workflows import tracking
 from workflows.outputs import OwnershipError
 from workflows.runtime import start_ray
 
+LOSSES = ("han", "valor")  # Eq. 11 (the HAN baseline) / Eq. 13 (VALOR on AVE)
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("ave", help="AVE (appendix F): train HAN / VALOR, scored by segment accuracy")
     sub = p.add_subparsers(dest="ave_command", metavar="SUBCOMMAND")
     t = sub.add_parser("train", help="train HAN or VALOR on AVE-sim or the released AVE features", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--loss", default="valor", choices=("han", "valor"), help="Eq. 11 (han) or Eq. 13 (valor)")
+    t.add_argument("--loss", default="valor", choices=LOSSES, help="Eq. 11 (han) or Eq. 13 (valor)")
     t.add_argument("--sim", type=int, default=0, metavar="SEED", help="AVE-sim seed (default: %(default)s)")
     t.add_argument("--features", default=None, metavar="DIR", help="released AVE features folder (h5 layout)")
     t.add_argument("--annotations", default=None, metavar="DIR", help="AVE annotations (default: shipped)")
@@ -74,28 +76,75 @@ def _error(message: str, code: int) -> int:
     return code
 
 
+RULES = (("epochs", lambda v: v >= 1, ">= 1"), ("hidden", lambda v: v >= 1, ">= 1"),
+         ("train_videos", lambda v: v >= 0, ">= 0"), ("lr", lambda v: v > 0, "> 0"),
+         ("workers", lambda v: v is None or v >= 1, ">= 1"))
+
+
+def bad_setting(values: dict, name: Callable[[str], str]) -> Optional[str]:
+    """The first bad training setting in `values` (epochs, hidden, train_videos, lr, workers, losses, features) as a
+    message naming it with `name(key)` (a flag or a config key); None when all are fine. Shared by `valor ave train`
+    and `valor run`'s ave stage."""
+    for key, ok, rule in RULES:
+        if not ok(values[key]):
+            return f"{name(key)} must be {rule}, got {values[key]}"
+    unknown = sorted(set(values["losses"]) - set(LOSSES))
+    if unknown or not values["losses"]:
+        return f"{name('losses')} {list(values['losses'])}: choose from {', '.join(LOSSES)}"
+    if values["features"] and "valor" in values["losses"]:
+        return (f"{name('losses')} valor needs CLAP/CLIP logits, which the released AVE features "
+                f"({name('features')}) do not hold; use AVE-sim, or loss han")
+    return None
+
+
 def _check(args: argparse.Namespace) -> Optional[str]:
     """The first bad flag, as a message; None when all are fine."""
-    for name, ok, rule in (("epochs", args.epochs >= 1, ">= 1"), ("hidden", args.hidden >= 1, ">= 1"),
-                           ("train-videos", args.train_videos >= 0, ">= 0"), ("lr", args.lr > 0, "> 0"),
-                           ("workers", args.workers is None or args.workers >= 1, ">= 1")):
-        if not ok:
-            value = getattr(args, name.replace("-", "_"))
-            return f"--{name} must be {rule}, got {value}"
+    values = {**{k: getattr(args, k) for k, _, _ in RULES}, "losses": (args.loss,), "features": args.features}
+    flags = {"train_videos": "--train-videos", "losses": "--loss", "features": "--features"}
+    problem = bad_setting(values, lambda key: flags.get(key, f"--{key}"))
+    if problem:
+        return problem
     if not args.ray:
         given = [f for f, v in (("--workers", args.workers), ("--use-gpu", args.use_gpu or None),
                                 ("--storage", args.storage)) if v is not None]
         if given:
             return f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --ray"
-    if args.features and args.loss == "valor":
-        return ("--loss valor needs CLAP/CLIP logits, which the released AVE features (--features) do not hold; "
-                "use --sim, or --loss han")
     return None
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from valor_core.ave_fit import ave_train_config, fit_ave, harvest_pair  # torch: only when training
+def load_data(annotations: Optional[str], features: Optional[str], sim: int, train_videos: int, seed: int,
+              loss: str) -> tuple[dict, str]:
+    """({"train", "val", "test"}: AVEArrays, source): the released features or AVE-sim, the seeded train subset, and
+    for loss valor the harvested labels (Eq. 12). AVEError when the files are bad."""
+    from valor_core.ave_fit import harvest_pair  # torch: only when training
     from valor_core.ave_sim import simulate_ave
+
+    splits = load_splits(annotations)
+    if features:
+        data = {s: read_features(features, splits[s]) for s in ("train", "val", "test")}
+    else:
+        data = {s: simulate_ave(splits[s], seed=sim) for s in ("train", "val", "test")}
+    if 0 < train_videos < len(data["train"]):
+        rows = np.random.default_rng(seed).choice(len(data["train"]), train_videos, replace=False)
+        data["train"] = data["train"].take(np.sort(rows))
+    if loss == "valor":
+        data["train"].audio_labels, data["train"].visual_labels = harvest_pair(data["train"])
+    return data, features or f"sim:{sim}"
+
+
+def train_config(loss: str, hidden: int, seed: int, epochs: int, lr: float):
+    """Appendix F's config (ave_train_config) narrowed and shortened: warm-up scaled with the epochs, lr min = lr / 100."""
+    from valor_core.ave_fit import ave_train_config  # torch: only when training
+
+    heads = 8 if hidden % 8 == 0 else 1
+    return ave_train_config(loss, **{
+        "model.hidden": hidden, "model.heads": heads, "model.ff": 2 * hidden, "seed": seed,
+        "optim.epochs": epochs, "optim.warmup_epochs": max(1, round(10 * epochs / 120)),
+        "optim.lr_max": lr, "optim.lr_min": lr / 100})
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from valor_core.ave_fit import fit_ave  # torch: only when training
     from valor_core.fit import configure_threads
     from workflows import ave_train_ray  # torch-bound
 
@@ -108,25 +157,11 @@ def run_train(args: argparse.Namespace) -> int:
         except (OwnershipError, OSError) as err:
             return _error(f"--storage {args.storage}: {err}", 2)
     try:
-        splits = load_splits(args.annotations)
-        if args.features:
-            data = {s: read_features(args.features, splits[s]) for s in ("train", "val", "test")}
-        else:
-            data = {s: simulate_ave(splits[s], seed=args.sim) for s in ("train", "val", "test")}
+        data, source = load_data(args.annotations, args.features, args.sim, args.train_videos, args.seed, args.loss)
     except AVEError as err:
         return _error(str(err), 1)
-    if 0 < args.train_videos < len(data["train"]):
-        rows = np.random.default_rng(args.seed).choice(len(data["train"]), args.train_videos, replace=False)
-        data["train"] = data["train"].take(np.sort(rows))
-    if args.loss == "valor":
-        data["train"].audio_labels, data["train"].visual_labels = harvest_pair(data["train"])
     threads = configure_threads(args.threads)
-    heads = 8 if args.hidden % 8 == 0 else 1
-    cfg = ave_train_config(args.loss, **{
-        "model.hidden": args.hidden, "model.heads": heads, "model.ff": 2 * args.hidden, "seed": args.seed,
-        "optim.epochs": args.epochs, "optim.warmup_epochs": max(1, round(10 * args.epochs / 120)),
-        "optim.lr_max": args.lr, "optim.lr_min": args.lr / 100})
-    source = args.features or f"sim:{args.sim}"
+    cfg = train_config(args.loss, args.hidden, args.seed, args.epochs, args.lr)
     meta = {"source": source, "loss": args.loss, "videos": {s: len(a) for s, a in data.items()}}
     test = data["test"]
     run_id = None

@@ -187,6 +187,25 @@ class DemoConfig:
     args: tuple[str, ...] = ()  # extra `valor demo` arguments
 
 
+@dataclass(frozen=True)
+class AVERunConfig:
+    """AVE (VALOR appendix F) in `valor run`: stage `ave` trains one Ray Train job per loss, as `valor ave train --ray`
+    does with the same flags (workflows/ave_data.py), into <output>/ave/<loss>, each its own MLflow run."""
+
+    enabled: bool = False
+    losses: tuple[str, ...] = ("han", "valor")  # Eq. 11 (han) / Eq. 13 (valor)
+    features: Optional[str] = None  # the released AVE features folder (h5 layout); None = AVE-sim
+    sim: int = 0  # AVE-sim seed (features None)
+    annotations: Optional[str] = None  # AVE annotations; None = the shipped ones (valor_core/data/ave)
+    epochs: int = 120
+    train_videos: int = 0  # seeded train subset; 0 = all 3,339
+    hidden: int = 512
+    lr: float = 3e-4  # peak; minimum lr / 100
+    seed: int = 0
+    workers: int = 1  # Ray Train DDP workers
+    use_gpu: bool = False
+
+
 def load_config(path: Optional[str], overrides: Optional[list[str]] = None) -> "PipelineConfig":
     """Read a pipeline YAML (None = all defaults), apply `key=value` overrides, and type-check it into PipelineConfig."""
     data = apply_overrides(read_yaml(path), list(overrides or []))
@@ -272,3 +291,4 @@ class PipelineConfig:
     runs: tuple[TrainConfig, ...] = ()
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    ave: AVERunConfig = field(default_factory=AVERunConfig)

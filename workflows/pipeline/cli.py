@@ -65,13 +65,14 @@ def summary(cfg: PipelineConfig, reports: list[StageReport]) -> dict:
         "config": layout.config,
         "tracking_uri": cfg.tracking.uri,
         "pictures": cfg.demo.out if cfg.demo.enabled else None,
+        "ave": layout.ave_eval if cfg.ave.enabled else None,
         "results": {r.name: r.result for r in reports if r.result},
     }
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("run", help="the whole pipeline from one YAML config (extract -> tune -> [labeler] -> "
-                                          "harvest -> [refine] -> train -> evaluate), skipping stages already done",
+                                          "harvest -> [refine] -> train -> evaluate -> [ave]), skipping stages already done",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", "-c", metavar="FILE", help="pipeline YAML (configs/local.yaml, configs/llp.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -137,6 +138,8 @@ def where_things_are(s: dict) -> str:
              f"  evaluation        {s['eval']}",
              f"  resolved config   {s['config']}",
              f"  MLflow runs       {s['tracking_uri']}   (mlflow ui --backend-store-uri {s['tracking_uri']})"]
+    if s.get("ave"):
+        lines.append(f"  AVE accuracies    {s['ave']}  (checkpoints: one folder per loss beside it)")
     if s.get("pictures"):
         lines.append(f"  pictures          {s['pictures']}/demo.png  (the LLP-sim han vs valor table: demo.txt, demo.json)")
     return "\n".join(lines)

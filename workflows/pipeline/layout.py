@@ -9,6 +9,7 @@
                  /thresholds.json the tuned thresholds
                  /train           Ray Train checkpoints (with `runs:`, one folder per run: train/<preset>-seed<seed>)
                  /eval.json       val/test scores (with `runs:`, {"runs": {<run>: scores}})
+                 /ave/<loss>      AVE (stage ave): each loss's Ray Train checkpoints; /ave/eval.json their accuracies
                  /config.yaml     the resolved config (credentials redacted)
                  /_pipeline/<stage>.json          completion markers (<stage>.started.json while it runs)
     <tracking.uri>                MLflow; default sqlite:///<output>/mlflow.db (<paths.work>/mlflow.db when on S3)
@@ -24,13 +25,13 @@ from typing import Optional
 
 from valor_core.llp import default_annotations
 from valor_core.config import TrainConfig
-from workflows import refine_lsld, refine_ma
+from workflows import ave_data, refine_lsld, refine_ma
 from workflows.config import ConfigError, PipelineConfig
 from workflows.features import beside, failures_uri, labels_uri
 
 MARKER_DIR = "_pipeline"
 OUTPUTS = ("features", "failures", "thresholds", "labels", "labeler", "ma_labels", "lsld_labels", "train", "eval",
-           "config")
+           "config", "ave")
 REFINED_NAMES = {"ma": refine_ma.OUT_NAME, "lsld": refine_lsld.OUT_NAME}  # where `valor refine METHOD` writes
 
 
@@ -79,8 +80,14 @@ def resolve(cfg: PipelineConfig) -> PipelineConfig:
     local_base = paths.output if "://" not in paths.output else paths.work
     uri = cfg.tracking.uri or f"sqlite:///{local_base}/mlflow.db"
     demo_out = cfg.demo.out or posixpath.join(local_base, "demo")
+    a = cfg.ave
+    if a.enabled:
+        problem = ave_data.bad_setting(dataclasses.asdict(a), lambda key: f"ave.{key}")
+        if problem:
+            raise ConfigError(problem)
+    ave = dataclasses.replace(a, features=_abs_local(a.features), annotations=_abs_local(a.annotations))
     return dataclasses.replace(cfg, paths=paths, tracking=dataclasses.replace(cfg.tracking, uri=uri),
-                               demo=dataclasses.replace(cfg.demo, out=_abs_local(demo_out)))
+                               demo=dataclasses.replace(cfg.demo, out=_abs_local(demo_out)), ave=ave)
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,17 @@ class Layout:
     @property
     def config(self) -> str:
         return posixpath.join(self.output, "config.yaml")
+
+    @property
+    def ave(self) -> str:  # AVE's checkpoints (one folder per loss, ave_run) and ave_eval
+        return posixpath.join(self.output, "ave")
+
+    def ave_run(self, loss: str) -> str:
+        return posixpath.join(self.ave, loss)
+
+    @property
+    def ave_eval(self) -> str:
+        return posixpath.join(self.ave, "eval.json")
 
     def train_run(self, name: str) -> str:
         """The checkpoints of run `name` of a config with `runs:` (run_name)."""

@@ -12,6 +12,8 @@ re-implements a stage.
     refine    features + labeler──► <output>/{ma,lsld}_labels                 workflows.refine_ma / refine_lsld.refine
     train     features + labels ──► <output>/train (checkpoints) + MLflow run workflows.train_ray.train
     evaluate  checkpoint        ──► <output>/eval.json (+ MLflow metrics)     workflows.evaluate.evaluate_checkpoint
+    ave       AVE (ave.enabled) ──► <output>/ave/<loss> + MLflow run each     workflows.ave_train_ray.train_ave_ray
+                                    + <output>/ave/eval.json                  (as `valor ave train --ray`)
     demo      LLP-sim (no Ray)  ──► <demo.out>/demo.{png,json,txt}            workflows.demo.run_demo
 
 Which stages a config has: `released.*` set -> import instead of extract, and no tune or harvest (training uses the
@@ -30,7 +32,8 @@ from typing import Callable, Optional
 
 from tuning.config import TuneResources
 from valor_core.config import to_dict
-from workflows import demo, evaluate, extract, harvest, importer, refine_lsld, refine_ma, tracking, tune
+from valor_core.ave import AVEError
+from workflows import ave_data, demo, evaluate, extract, harvest, importer, refine_lsld, refine_ma, tracking, tune
 from workflows.config import PipelineConfig
 from workflows.pipeline.engine import (Context, PipelineError, Runner, Stage, StageReport, Store, annotations_digest,
                                        execute, file_digest)
@@ -90,6 +93,10 @@ def _evaluate_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dic
     return {"annotations": annotations_digest(cfg.paths.annotations, store)}
 
 
+def _ave_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict:
+    return {"ave": to_dict(cfg.ave)}
+
+
 def _demo_section(cfg: PipelineConfig, store: Optional[Store] = None) -> dict:
     return {"demo": to_dict(cfg.demo)}
 
@@ -117,6 +124,8 @@ STAGES: tuple[Stage, ...] = (
           help="Ray Train DDP HAN + MLflow run + checkpoint"),
     Stage("evaluate", ("train",), _evaluate_section, ("eval",),
           help="official segment/event F on val/test -> eval.json + MLflow"),
+    Stage("ave", (), _ave_section, ("ave",), enabled=lambda c: c.ave.enabled,
+          help="AVE (appendix F): a Ray Train job + MLflow run per loss -> ave/<loss>, ave/eval.json"),
     Stage("demo", (), _demo_section, (), enabled=lambda c: c.demo.enabled, uses_ray=False,
           help="the LLP-sim science demo: han vs valor table + pictures", produced=_demo_files),
 )
@@ -276,6 +285,32 @@ def _scores(out: dict) -> dict:
     return {name: {lvl: out[name][lvl] for lvl in ("segment", "event")} for name in evaluate.SPLITS}
 
 
+def run_ave(ctx: Context) -> dict:
+    """`valor ave train --ray` once per loss of the `ave:` section, tracked in the pipeline's MLflow experiment."""
+    from workflows import ave_train_ray  # torch-bound: imported where used
+
+    a, cfg = ctx.cfg.ave, ctx.cfg
+    claim(ctx.layout.ave, "checkpoints", opts=ctx.store.opts)
+    out = {}
+    for loss in a.losses:
+        try:
+            data, source = ave_data.load_data(a.annotations, a.features, a.sim, a.train_videos, a.seed, loss)
+        except AVEError as err:
+            raise PipelineError(f"ave: {err}") from None
+        meta = {"source": source, "loss": loss, "videos": {s: len(x) for s, x in data.items()}}
+        ctx.log(f"[valor run] ave: loss {loss} on {source} ({meta['videos']['train']} train videos)")
+        o = ave_train_ray.train_ave_ray(ave_data.train_config(loss, a.hidden, a.seed, a.epochs, a.lr), data,
+                                        data_meta=meta, workers=a.workers, use_gpu=a.use_gpu,
+                                        tracking_uri=cfg.tracking.uri, experiment=cfg.tracking.experiment,
+                                        storage=ctx.layout.ave_run(loss), run_name=f"{cfg.name}-ave-{loss}")
+        out[loss] = {"run_id": o.run_id, "checkpoint": o.checkpoint, "source": source, "videos": meta["videos"],
+                     "best_epoch": o.best_epoch, "val_accuracy": round(o.val_accuracy, 2),
+                     "test_accuracy": round(o.test_accuracy, 2),
+                     "background_accuracy": round(o.background_accuracy, 2)}
+    ctx.store.write_json(ctx.layout.ave_eval, out)
+    return out
+
+
 def run_demo(ctx: Context) -> dict:
     """`valor demo` in this process, with `demo.args` parsed by its own parser; its files in demo.out."""
     cfg = ctx.cfg
@@ -299,7 +334,7 @@ def run_demo(ctx: Context) -> dict:
 
 RUNNERS: dict[str, Runner] = {"extract": run_extract, "import": run_import, "tune": run_tune, "labeler": run_labeler,
                                "harvest": run_harvest, "refine": run_refine, "train": run_train,
-                               "evaluate": run_evaluate, "demo": run_demo}
+                               "evaluate": run_evaluate, "ave": run_ave, "demo": run_demo}
 
 
 def start_pipeline_ray(cfg: PipelineConfig, env: dict) -> Callable[[], None]:
