@@ -11,45 +11,12 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from tests.test_pipeline import FakeStages, _cfg
 from tests.test_import import _main, good_annotations, release  # noqa: F401  (release: a module fixture)
-from workflows.config import ConfigError, load_config
-from workflows.pipeline import engine, layout, methods, stages
+from workflows.config import ConfigError
+from workflows.pipeline import layout, methods, stages
 
 # --- which stages a config has, and what re-runs when it changes (fake runners) ---------------------------------------
-
-
-class Fake:
-    """Runners that write each stage's outputs (declared and produced) and record which stages ran."""
-
-    def __init__(self):
-        self.ran: list[str] = []
-
-    def runners(self):
-        from workflows import outputs
-
-        def make(name):
-            def run(ctx: engine.Context) -> dict:
-                self.ran.append(name)
-                st = next(s for s in stages.STAGES if s.name == name)
-                uris = [ctx.layout.uri(k) for k in st.outputs] + list(st.produced(ctx.cfg))
-                for uri in uris:
-                    if uri.endswith(".json"):
-                        ctx.store.write_text(uri, name)
-                    else:
-                        outputs.claim(uri, "labels" if "labels" in uri else "checkpoints")
-                        ctx.store.write_text(uri + "/part-0.parquet", name)
-                return {"stage": name}
-            return run
-        return {s.name: make(s.name) for s in stages.STAGES}
-
-
-def _cfg(tmp_path, *overrides):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir(exist_ok=True)
-    (corpus / "manifest.csv").write_text("filename\tevent_labels\na_0_10\tDog\n")
-    return layout.resolve(load_config(None, [f"paths.videos={corpus}", f"paths.annotations={corpus}",
-                                             f"paths.output={tmp_path / 'out'}", f"paths.work={tmp_path / 'work'}",
-                                             *overrides]))
 
 
 def _run(tmp_path, fake, *overrides):
@@ -64,7 +31,7 @@ MA = "runs=[{preset: ma-retrain, seed: 1}]"
 
 
 def test_ma_run_trains_stage1_refines_then_retrains_and_reruns_only_what_changed(tmp_path):
-    fake = Fake()
+    fake = FakeStages()
     ran, status = _run(tmp_path, fake, MA)
     assert ran == ["extract", "labeler", "refine", "train", "evaluate"]  # no run trains on harvested labels
     assert status["tune"] == status["harvest"] == "disabled"
@@ -88,7 +55,7 @@ def test_ma_run_trains_stage1_refines_then_retrains_and_reruns_only_what_changed
 
 
 def test_lsld_and_han_labeler_stages(tmp_path):
-    fake = Fake()
+    fake = FakeStages()
     lsld = "runs=[{preset: lsld, seed: 1}, {preset: valor, seed: 2}]"
     ran, _ = _run(tmp_path, fake, lsld)
     assert ran == ["extract", "tune", "harvest", "refine", "train", "evaluate"]  # valor needs the harvest
@@ -123,7 +90,7 @@ def test_labels_each_run_trains_on(tmp_path):
     ([MA, "refine.ma_stage1.preset=han"], "the ma labeler must train with loss 'ma'"),
 ])
 def test_bad_method_config_is_named_before_anything_runs(tmp_path, overrides, message):
-    fake = Fake()
+    fake = FakeStages()
     with pytest.raises(ConfigError, match=message):
         _run(tmp_path, fake, *overrides)
     assert fake.ran == []

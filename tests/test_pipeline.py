@@ -94,7 +94,8 @@ def test_build_round_trips_to_dict():
 
 
 class FakeStages:
-    """Runners that write each stage's declared outputs and record which stages ran."""
+    """Runners that write each stage's outputs (declared, and produced outside the layout's keys) and record which
+    stages ran."""
 
     def __init__(self):
         self.ran: list[str] = []
@@ -104,11 +105,12 @@ class FakeStages:
             def run(ctx: engine.Context) -> dict:
                 self.ran.append(name)
                 stage = next(s for s in stages.STAGES if s.name == name)
-                for key in stage.outputs:
-                    uri = getattr(ctx.layout, key)
-                    is_dir = "." not in key and not uri.endswith(".json")
+                written = [(key, getattr(ctx.layout, key)) for key in stage.outputs]
+                written += [("labels", uri) for uri in stage.produced(ctx.cfg)]
+                for kind, uri in written:
+                    is_dir = not os.path.splitext(uri)[1]
                     if is_dir:  # as the real stages do: a dir output carries valor's ownership marker
-                        outputs.claim(uri, key)
+                        outputs.claim(uri, kind)
                     ctx.store.write_text(uri + "/part-0.parquet" if is_dir else uri, f"{name} {ctx.cfg.thresholds}")
                 return {"stage": name, "inputs": sorted(ctx.results)}
             return run
