@@ -52,20 +52,16 @@ from valor_core.schedule import lr_at_epoch
 from workflows import tracking
 from workflows.checkpoints import save_checkpoint_dir
 from workflows.runtime import start_ray
-from workflows.train_ray import DEFAULT_STORAGE, claim_storage, per_worker_batch, rank_batches, shard_of
+from workflows.train_ray import (DEFAULT_STORAGE, claim_storage, mean_over_ranks, per_worker_batch, rank_batches,
+                                 shard_of)
 
-__all__ = ["ave_train_loop", "train_ave_ray", "AVETrainOutcome", "epoch_shard", "epoch_metrics", "start_tracking",
+__all__ = ["ave_train_loop", "train_ave_ray", "AVETrainOutcome", "epoch_metrics", "start_tracking",
            "log_final", "write_checkpoint", "background_accuracy", "storage_preflight"]
 
 BACKGROUND = 28  # AVE's background class (C = 28 events)
 
 
 # --- shared by the worker, the driver and the in-process run -------------------------------------------------------
-
-
-def epoch_shard(order: torch.Tensor, world: int, rank: int) -> np.ndarray:
-    """This rank's DistributedSampler shard of an epoch's permutation (drop-last cut; see module doc)."""
-    return shard_of(order, world, rank).numpy()
 
 
 def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
@@ -120,7 +116,6 @@ def ave_train_loop(config: dict) -> None:
     import ray
     import ray.train
     import ray.train.torch
-    import torch.distributed as dist
 
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # val, read from the store
     ctx = ray.train.get_context()
@@ -167,12 +162,9 @@ def ave_train_loop(config: dict) -> None:
     bs = per_worker_batch(cfg.optim.batch_size, world)
     for epoch in range(start_epoch, cfg.optim.epochs + 1):
         t0 = time.perf_counter()
-        index = epoch_shard(torch.randperm(n, generator=generator), world, rank)
+        index = shard_of(torch.randperm(n, generator=generator), world, rank).numpy()  # see module doc
         loss = train_ave_epoch(model, optimizer, rank_batches(tensors, index, bs), cfg, epoch, device)
-        total = torch.tensor([loss * len(index), float(len(index))], dtype=torch.float64, device=device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(total)
-        loss = float(total[0] / total[1])
+        loss = mean_over_ranks(loss, len(index), device)
         metrics: dict[str, Any] = {"epoch": epoch, "loss": loss}
         checkpoint = None
         with tempfile.TemporaryDirectory() as tmp:

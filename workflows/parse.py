@@ -140,25 +140,24 @@ def recorded_teachers(features) -> dict:
     """The teachers and media an extraction dataset the checkpoint was trained on recorded ({} for LLP-sim and
     imported data). `features`: the checkpoint's data.features, one source or several mixed (these agree on what
     they record: workflows.features.check_mix)."""
-    for source in ([features] if isinstance(features, str) else list(features or [])):
-        source = str(source)
-        marker = (read_marker(source) or {}) if source and not source.startswith("sim") else {}
+    for source in _dataset_sources(features):
+        marker = read_marker(source) or {}
         made = marker.get("teachers") if isinstance(marker, dict) else None
         if isinstance(made, dict) and made:
             return made
     return {}
 
 
+def _dataset_sources(features) -> list[str]:
+    """The features datasets among a checkpoint's data.features (one source or several mixed; LLP-sim has none)."""
+    sources = [features] if isinstance(features, str) else list(features or [])
+    return [str(s) for s in sources if str(s) and not str(s).startswith("sim")]
+
+
 def recorded_source_precision(features) -> Optional[str]:
     """The precision the extraction of a dataset the checkpoint was trained on ran its teachers/backbones in
     (workflows.features.recorded_precision; the first source recording one), None when none did."""
-    for source in ([features] if isinstance(features, str) else list(features or [])):
-        source = str(source)
-        if source and not source.startswith("sim"):
-            found = recorded_precision(source)
-            if found:
-                return found
-    return None
+    return next((p for p in map(recorded_precision, _dataset_sources(features)) if p), None)
 
 
 def make_spec(checkpoint: str, *, clip: Optional[str] = None, clap: Optional[str] = None,

@@ -86,6 +86,18 @@ def shard_of(order, world: int, rank: int):
     return order[:usable][rank::world]
 
 
+def mean_over_ranks(loss: float, videos: int, device) -> float:
+    """The epoch's mean loss per video over all ranks (each rank's mean weighted by its shard; one all-reduce on
+    `device`, CUDA for NCCL); the rank's own mean when not distributed."""
+    import torch
+    import torch.distributed as dist
+
+    total = torch.tensor([loss * videos, float(videos)], dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total)
+    return float(total[0] / total[1])
+
+
 def per_worker_batch(batch_size: int, world: int) -> int:
     return max(1, math.ceil(batch_size / world))
 
@@ -141,7 +153,6 @@ def train_loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
     import torch
-    import torch.distributed as dist
 
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     ctx = ray.train.get_context()
@@ -209,10 +220,7 @@ def train_loop(config: dict) -> None:
                 json.dump({"epoch": epoch, "rank": rank, "world": world, "ids": train_ids[index].tolist()}, f)
         hook = kill if (kill and kill["epoch"] == epoch and kill["rank"] == rank) else None
         loss = train_epoch(train_model, optimizer, rank_batches(tensors, index, bs, hook), cfg, epoch, step)
-        total = torch.tensor([loss * len(index), float(len(index))], dtype=torch.float64, device=device)  # NCCL: CUDA
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(total)
-        loss = float(total[0] / total[1])
+        loss = mean_over_ranks(loss, len(index), device)
         train_seconds = time.perf_counter() - t0
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": loss, "shard_videos": int(len(index)),
                                    "train_seconds": train_seconds, "resumed_from_epoch": resumed_from}

@@ -291,13 +291,15 @@ def run_ave(ctx: Context) -> dict:
 
     a, cfg = ctx.cfg.ave, ctx.cfg
     claim(ctx.layout.ave, "checkpoints", opts=ctx.store.opts)
+    try:  # read once for every loss: with valor among them, its harvested labels ride along (han ignores them)
+        data, source = ave_data.load_data(a.annotations, a.features, a.sim, a.train_videos, a.seed,
+                                          "valor" if "valor" in a.losses else "han")
+    except AVEError as err:
+        raise PipelineError(f"ave: {err}") from None
+    videos = {s: len(x) for s, x in data.items()}
     out = {}
     for loss in a.losses:
-        try:
-            data, source = ave_data.load_data(a.annotations, a.features, a.sim, a.train_videos, a.seed, loss)
-        except AVEError as err:
-            raise PipelineError(f"ave: {err}") from None
-        meta = {"source": source, "loss": loss, "videos": {s: len(x) for s, x in data.items()}}
+        meta = {"source": source, "loss": loss, "videos": videos}
         ctx.log(f"[valor run] ave: loss {loss} on {source} ({meta['videos']['train']} train videos)")
         o = ave_train_ray.train_ave_ray(ave_data.train_config(loss, a.hidden, a.seed, a.epochs, a.lr), data,
                                         data_meta=meta, workers=a.workers, use_gpu=a.use_gpu,
