@@ -244,6 +244,26 @@ def test_valor_learns_and_beats_han_on_ave_sim(sim):
     assert [r["loss"] for r in again.history] == [r["loss"] for r in valor.history]
 
 
+def test_ave_fit_takes_the_graphed_step(sim, monkeypatch):
+    """fit_ave shares valor_core.fit's step: compile=cuda-graph replays it from static buffers (off CUDA a replay is a
+    call) and trains as the eager loop with the same fused optimiser (float rounding apart: the capturable one)."""
+    from valor_core import ave_fit
+    from valor_core.config import replace
+    from valor_core.fit import configure_threads
+
+    configure_threads(1)
+    train, val = sim
+    cfg = replace(_small("valor"), **{"optim.epochs": 2})
+    eager = ave_fit.fit_ave(train, val, replace(cfg, fused="always"))
+    made = []
+    real = ave_fit.graphed_step
+    monkeypatch.setattr(ave_fit, "graphed_step", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    graphed = ave_fit.fit_ave(train, val, replace(cfg, compile="cuda-graph"))
+    (step,) = made
+    assert step.seen == 2 * (len(train.audio) // 16) and step.replays == step.seen - step.warmup
+    assert [r["loss"] for r in graphed.history] == pytest.approx([r["loss"] for r in eager.history], rel=1e-5)
+
+
 def test_cli_ave_train(capsys, tmp_path):
     from workflows.cli import main
 

@@ -253,8 +253,7 @@ def test_fused_is_chosen_by_device():
 
 def test_compile_wraps_the_training_module_only():
     """cfg.compile wraps the module trained with (torch.compile is lazy: nothing compiles here); the plain module
-    keeps the state. Training with it is not run in the tests: inductor's C++ compile took > 60 s on 2 shared cores
-    (measured once by hand: compile=default, dropout 0, 2 epochs: losses within 1e-4 relative of eager)."""
+    keeps the state (test_compiled_training_matches_eager trains with it)."""
     from valor_core.fit import build_model, compile_model
 
     model = build_model(small("valor"))
@@ -264,6 +263,25 @@ def test_compile_wraps_the_training_module_only():
     assert all(a is b for a, b in zip(wrapped.parameters(), model.parameters()))
     with pytest.raises(ValueError, match="compile"):
         compile_model(model, small("valor", compile="fast"))
+
+
+@pytest.mark.integration  # inductor's C++ compile: ~60 s on 2 shared cores
+def test_compiled_training_matches_eager(problem, tmp_path, monkeypatch):
+    """compile=default: torch.compile (inductor) of the training pass, full batches and the partial last one (a
+    second, dynamic-shape graph), gives the eager loop's losses and weights (dropout 0: inductor draws its own)."""
+    from valor_core.fit import fit
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # a real compile, not a cache hit
+    train, val = problem
+    eager = fit(train, val, small("valor", epochs=2, **{"model.dropout": 0.0}))
+    compiled = fit(train, val, small("valor", epochs=2, compile="default", **{"model.dropout": 0.0}))
+    assert any((tmp_path / "inductor").rglob("*.py")), "inductor generated no code"
+    assert [r["loss"] for r in compiled.history] == pytest.approx([r["loss"] for r in eager.history], rel=1e-5)
+    for a, b in zip(compiled.history, eager.history):
+        assert a["val"].segment == pytest.approx(b["val"].segment, rel=1e-6)
+    for k, v in eager.best_state.items():
+        if k not in ("fc_frame_att.bias", "fc_av_att.bias"):  # softmax-invariant: gradients of rounding noise only
+            torch.testing.assert_close(compiled.best_state[k], v, rtol=1e-4, atol=1e-5)
 
 
 def test_graphed_step_on_cpu_matches_the_eager_fused_loop(problem, monkeypatch):
@@ -310,3 +328,54 @@ def test_graphed_step_runs_other_batches_eagerly():
     assert g.seen == 4 and g.replays == 3
     assert float(g({"x": torch.tensor([5.0])})) == 5.0  # a partial batch: eagerly, not through the buffers
     assert g.static["x"].tolist() == [3.0, 1.0] and g.replays == 3
+
+
+def _ddp_then_graphed(rank: int, tmp: str) -> None:
+    """One rank of test_graphed_step_averages_gradients_as_ddp (spawned): the same two epochs of this rank's batches
+    through DistributedDataParallel's eager step, then through the graphed step with average_gradients."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from valor_core import fit as F
+    from valor_core.graph_step import average_gradients
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=2)
+    cfg = small("valor", compile="cuda-graph")  # the capturable fused optimiser in both runs
+    g = torch.Generator().manual_seed(rank)  # each rank its own videos
+    n = 6 * 16 + 8  # six full batches of 16, then a partial one
+    data = {"audio": torch.randn(n, 10, 128, generator=g), "frames": torch.randn(n, 10, SMALL_SIM["frame_dim"], generator=g),
+            "clips": torch.randn(n, 10, SMALL_SIM["clip_dim"], generator=g),
+            "weak": (torch.rand(n, 25, generator=g) < 0.1).float()}
+    for name in ("audio_labels", "visual_labels"):
+        data[name] = data["weak"][:, None, :] * (torch.rand(n, 10, 25, generator=g) < 0.5)
+    out = {}
+    for mode in ("ddp", "graphed"):
+        model = F.build_model(cfg)
+        optimizer = F.build_optimizer(model, cfg)
+        if mode == "ddp":
+            step = F.make_step(DistributedDataParallel(model), optimizer, cfg)
+        else:
+            step = F.graphed_step(model, optimizer, cfg, 16, grad_sync=average_gradients(2))
+        torch.manual_seed(100 + rank)  # dropout: the same masks in both runs
+        losses = [F.train_epoch(model, optimizer, F.iterate_batches(data, 16, shuffle=False), cfg, epoch, step)
+                  for epoch in (1, 2)]
+        out[mode] = {"losses": losses, "state": model.state_dict(), "replays": getattr(step, "replays", None)}
+    torch.save(out, f"{tmp}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_graphed_step_averages_gradients_as_ddp(tmp_path):
+    """compile=cuda-graph with several workers: no DDP wrapper, the step all-reduces the gradients itself
+    (graph_step.average_gradients). Two gloo ranks on CPU: the same losses and bit-identical weights as DDP's eager
+    step, on both ranks, with most steps replays of the captured one."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_ddp_then_graphed, args=(str(tmp_path),), nprocs=2, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    for out in ranks:
+        assert out["graphed"]["losses"] == out["ddp"]["losses"]
+        assert all(torch.equal(out["graphed"]["state"][k], v) for k, v in out["ddp"]["state"].items())
+        assert out["graphed"]["replays"] == 2 * 6 - 3  # every full batch after the 3 warm-up steps
+    assert ranks[0]["graphed"]["losses"] != ranks[1]["graphed"]["losses"]  # different data per rank ...
+    assert all(torch.equal(ranks[1]["graphed"]["state"][k], v) for k, v in ranks[0]["graphed"]["state"].items())

@@ -29,13 +29,15 @@ from torch import Tensor, nn
 from valor_core.ave import AVEArrays
 from valor_core.ave_metrics import combine, segment_accuracy
 from valor_core.config import AVEConfig, HANConfig, OptimConfig, TrainConfig, replace
-from valor_core.fit import build_optimizer, iterate_batches, resolve_device, set_lr
+from valor_core.fit import (Objective, build_optimizer, compile_model, graphed_step, iterate_batches, make_step,
+                            place_tensors, resolve_device, train_epoch)
+from valor_core.graph_step import Step
 from valor_core.han import HAN, HANOutput, count_trainable
 from valor_core.labels import harvest_labels
 from valor_core.schedule import lr_at_epoch
 
 __all__ = ["ave_train_config", "build_ave_model", "harvest_ave", "harvest_pair", "ave_video_loss", "ave_valor_loss",
-           "predict_logits", "predict_segments", "accuracy", "ave_loss", "ave_tensors", "train_ave_epoch",
+           "predict_logits", "predict_segments", "accuracy", "ave_loss", "ave_tensors", "ave_objective", "train_ave_epoch",
            "fit_ave", "AVEFitResult"]
 
 NUM_CLASSES = 29  # 28 AVE events + background
@@ -136,23 +138,19 @@ def ave_loss(out: HANOutput, batch: dict[str, Tensor], loss: str, device: torch.
     return ave_valor_loss(out, batch["audio_labels"].to(device).float(), batch["visual_labels"].to(device).float())
 
 
+def ave_objective(model: nn.Module, cfg: TrainConfig) -> Objective:
+    """cfg.loss (han: Eq. 11, valor: Eq. 13) of `model` on an AVE batch."""
+    device = next(model.parameters()).device
+    return lambda batch: ave_loss(_forward(model, batch, device), batch, cfg.loss, device)
+
+
 def train_ave_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[dict[str, Tensor]],
-                    cfg: TrainConfig, epoch: int, device: torch.device) -> float:
-    """One epoch over `batches` at the epoch's learning rate (forward, loss, backward, clip, step); returns the mean
-    loss per video. `model` may be a DDP wrapper (the gradients are then averaged over the ranks)."""
-    set_lr(optimizer, lr_at_epoch(epoch, cfg.optim))
-    model.train()
-    total, count = 0.0, 0
-    for batch in batches:
-        loss = ave_loss(_forward(model, batch, device), batch, cfg.loss, device)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        total += float(loss.detach()) * len(batch["audio"])
-        count += len(batch["audio"])
-    return total / max(count, 1)
+                    cfg: TrainConfig, epoch: int, step: Optional[Step] = None) -> float:
+    """One epoch over `batches` at the epoch's learning rate (valor_core.fit.train_epoch: forward, loss, backward,
+    clip, step; the loss summed on the device, one host sync per epoch); returns the mean loss per video. `model` may
+    be a DDP wrapper (the gradients are then averaged over the ranks); `step`: default the eager make_step."""
+    return train_epoch(model, optimizer, batches, cfg, epoch,
+                       step or make_step(model, optimizer, cfg, ave_objective(model, cfg)))
 
 
 @dataclass
@@ -176,14 +174,16 @@ def fit_ave(train: AVEArrays, val: AVEArrays, cfg: TrainConfig, ave: AVEConfig =
     device = resolve_device(cfg)
     model = build_ave_model(cfg, ave).to(device)
     optimizer = build_optimizer(model, cfg)
-    tensors = ave_tensors(train, cfg.loss)
+    tensors = place_tensors(ave_tensors(train, cfg.loss), device, cfg.resident)
+    objective = ave_objective(compile_model(model, cfg), cfg)  # cfg.compile: torch.compile's wrapper, or the model
+    step = graphed_step(model, optimizer, cfg, objective=objective) or make_step(model, optimizer, cfg, objective)
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     best, best_epoch, best_state, history = -1.0, 0, None, []
     for epoch in range(1, cfg.optim.epochs + 1):
         t0 = time.perf_counter()
         loss = train_ave_epoch(model, optimizer, iterate_batches(tensors, cfg.optim.batch_size, generator), cfg,
-                               epoch, device)
+                               epoch, step)
         value = accuracy(model, val, ave)
         record = {"epoch": epoch, "lr": lr_at_epoch(epoch, cfg.optim), "loss": loss,
                   "val_accuracy": value, "seconds": time.perf_counter() - t0}

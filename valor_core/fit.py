@@ -223,17 +223,33 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
             group["lr"] = lr
 
 
-def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Step:
-    """One training step on a batch: forward, cfg.loss, backward, gradient clipping, optimiser step -> the loss
-    (0-d, detached, on the device). Free of host syncs, so that it can be captured in a CUDA graph."""
+Objective = Callable[[dict[str, Tensor]], Tensor]  # batch -> its loss (the forward pass included)
+
+
+def llp_objective(model: nn.Module, cfg: TrainConfig) -> Objective:
+    """cfg.loss of `model` on an LLP batch (valor_core.losses.compute_loss)."""
     device = next(model.parameters()).device
 
-    def step(batch: dict[str, Tensor]) -> Tensor:
+    def objective(batch: dict[str, Tensor]) -> Tensor:
         out = _forward(model, batch, device)
         targets = {name: batch[name].to(device, non_blocking=True).float() for name in ("weak",) + TARGETS[cfg.loss]}
-        loss = compute_loss(cfg.loss, out, targets, cfg.label_smoothing)
+        return compute_loss(cfg.loss, out, targets, cfg.label_smoothing)
+    return objective
+
+
+def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+              objective: Optional[Objective] = None, grad_sync: Optional[Callable[[nn.Module], None]] = None) -> Step:
+    """One training step on a batch: `objective` (default llp_objective: the LLP loss cfg.loss), backward,
+    `grad_sync(model)` (e.g. graph_step.average_gradients where no DDP wrapper does it), gradient clipping, optimiser
+    step -> the loss (0-d, detached, on the device). Free of host syncs, so that it can be captured in a CUDA graph."""
+    objective = objective or llp_objective(model, cfg)
+
+    def step(batch: dict[str, Tensor]) -> Tensor:
+        loss = objective(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_sync is not None:
+            grad_sync(model)
         if cfg.optim.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
@@ -242,12 +258,13 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConf
 
 
 def graphed_step(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-                 batch_size: Optional[int] = None) -> Optional[GraphedStep]:
-    """For cfg.compile "cuda-graph": the step of `model` as a GraphedStep (captured on CUDA; eager on static buffers
-    elsewhere), for batches of `batch_size` (default cfg.optim.batch_size); None otherwise."""
+                 batch_size: Optional[int] = None, objective: Optional[Objective] = None,
+                 grad_sync: Optional[Callable[[nn.Module], None]] = None) -> Optional[GraphedStep]:
+    """For cfg.compile "cuda-graph": make_step(model, ...) as a GraphedStep (captured on CUDA; eager on static
+    buffers elsewhere), for batches of `batch_size` (default cfg.optim.batch_size); None otherwise."""
     if cfg.compile != "cuda-graph":
         return None
-    return GraphedStep(make_step(model, optimizer, cfg), batch_size or cfg.optim.batch_size,
+    return GraphedStep(make_step(model, optimizer, cfg, objective, grad_sync), batch_size or cfg.optim.batch_size,
                        next(model.parameters()).device, before_capture=lambda: optimizer.zero_grad(set_to_none=True))
 
 
@@ -264,7 +281,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
     count = 0
     for batch in batches:
         loss = step(batch)
-        size = len(batch["weak"])
+        size = len(next(iter(batch.values())))
         total += loss.to(total.dtype) * size
         count += size
     return float(total) / max(count, 1)

@@ -9,6 +9,12 @@ learning rate a device tensor (valor_core.fit.build_optimizer does that for Trai
 fit.set_lr updates it in place). Dropout draws from the CUDA generator's graph-safe Philox offsets: a different
 (equally random) stream than the eager loop's.
 
+With several workers the step cannot go through a DistributedDataParallel wrapper (its backward hooks launch the
+all-reduces outside the step's stream order); `average_gradients` does DDP's averaging inside the step instead: one
+all-reduce of all gradients, flattened into one buffer, scaled by 1/world before the sum as DDP's reducer does (the
+same numbers as DDP; NCCL collectives are captured in the graph like any kernel once the warm-up has made the
+communicator).
+
 Off CUDA there is nothing to capture: the same buffers, warm-up, capture point, replays and eager fallback run, a
 "replay" there being a plain call of the step on the buffers -- the path that tests/test_fit_fast.py checks on CPU.
 """
@@ -18,7 +24,8 @@ import warnings
 from typing import Any, Callable, Optional
 
 import torch
-from torch import Tensor
+import torch.distributed as dist
+from torch import Tensor, nn
 
 Step = Callable[[dict[str, Tensor]], Tensor]  # batch -> the step's loss (0-d, detached)
 
@@ -95,3 +102,17 @@ class _Rerun:
 
     def replay(self) -> None:
         self.owner.loss = self.owner.step(self.owner.static)
+
+
+def average_gradients(world: int) -> Callable[[nn.Module], None]:
+    """grad_sync for valor_core.fit.make_step: each gradient replaced by its mean over the `world` ranks of the
+    default process group, by one all-reduce of a flat buffer. Parameters without a gradient (unused by the loss:
+    the same ones on every rank, e.g. the MMIL heads under the AVE losses) keep none, as DDP leaves globally unused
+    ones. Free of host syncs, so it can be captured in a CUDA graph."""
+    def sync(model: nn.Module) -> None:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads]).mul_(1.0 / world)  # DDP's reducer: scaled before the sum
+        dist.all_reduce(flat)
+        for g, mean in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(mean.view_as(g))
+    return sync

@@ -163,7 +163,7 @@ def ave_train_loop(config: dict) -> None:
     for epoch in range(start_epoch, cfg.optim.epochs + 1):
         t0 = time.perf_counter()
         index = shard_of(torch.randperm(n, generator=generator), world, rank).numpy()  # see module doc
-        loss = train_ave_epoch(model, optimizer, rank_batches(tensors, index, bs), cfg, epoch, device)
+        loss = train_ave_epoch(model, optimizer, rank_batches(tensors, index, bs), cfg, epoch)
         loss = mean_over_ranks(loss, len(index), device)
         metrics: dict[str, Any] = {"epoch": epoch, "loss": loss}
         checkpoint = None

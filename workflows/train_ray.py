@@ -59,6 +59,7 @@ import numpy as np
 from valor_core.config import to_dict
 from valor_core.fit import (build_model, build_optimizer, compile_model, eval_inputs, evaluate_model, graphed_step,
                             place_tensors, predict, to_tensors, train_epoch)
+from valor_core.graph_step import average_gradients
 from valor_core.llp import LLPSplit
 from valor_core.metrics import score_split
 from valor_core.schedule import lr_at_epoch
@@ -167,20 +168,18 @@ def train_loop(config: dict) -> None:
     val = payload["val"] if rank == 0 else None
     n = len(train_ids)
 
-    model = build_model(cfg)
-    model = ray.train.torch.prepare_model(model)  # DDP (gloo on CPU / NCCL on GPU), moved to this worker's device
+    model = build_model(cfg)  # the same initial weights on every rank (cfg.seed)
+    graphed = cfg.compile == "cuda-graph"  # the step in one CUDA graph: no DDP wrapper, the gradients averaged inside
+    model = ray.train.torch.prepare_model(  # on this worker's device; DDP (gloo on CPU / NCCL on GPU) when world > 1
+        model, parallel_strategy=None if graphed else "ddp")
     core = model.module if hasattr(model, "module") else model
     optimizer = build_optimizer(core, cfg)  # fused on CUDA (cfg.fused)
     device = next(core.parameters()).device
     tensors = place_tensors(tensors, device, cfg.resident)  # once: the whole train split on the device when it fits
     val_inputs = eval_inputs(core, val, cfg.resident) if val is not None else None
     train_model = compile_model(model, cfg)
-    step = None  # cfg.compile cuda-graph: one worker only (a DDP step's all-reduce is not captured here)
-    if cfg.compile == "cuda-graph":
-        if world == 1:
-            step = graphed_step(model, optimizer, cfg, per_worker_batch(cfg.optim.batch_size, world))
-        elif rank == 0:
-            print("[valor train] compile=cuda-graph runs with one worker only; stepping eagerly", file=sys.stderr)
+    step = graphed_step(model, optimizer, cfg, per_worker_batch(cfg.optim.batch_size, world),
+                        grad_sync=average_gradients(world) if world > 1 else None)  # cfg.compile cuda-graph, else None
 
     start_epoch, best_value, best_epoch, history = 1, -math.inf, 0, []
     best_state = None
@@ -235,6 +234,7 @@ def train_loop(config: dict) -> None:
                 record_e = {"epoch": epoch, "lr": lr_at_epoch(epoch, cfg.optim), "loss": loss,
                             "seconds": time.perf_counter() - t0, "train_seconds": train_seconds,
                             "videos_per_s": len(index) * world / max(train_seconds, 1e-9),
+                            "graph_replays": step.replays if step is not None else 0,  # steps replayed so far
                             "val": val_scores.as_dict() if val_scores is not None else None}
                 history.append(record_e)
                 metrics.update({"val_select": value, "best_value": best_value, "best_epoch": best_epoch})
