@@ -5,7 +5,8 @@
                 CheckpointConfig)).fit()
              -> load the best-val weights from the last checkpoint -> final val/test scores, figures, artifacts
     worker   ray.get the arrays (zero-copy from the node's object store) -> build HAN (same seed on every rank),
-             prepare_model (DDP: gloo on CPU, NCCL on GPU) -> resume from ray.train.get_checkpoint() if any
+             prepare_model (DDP: gloo on CPU, NCCL on GPU; with compile=cuda-graph no wrapper: the graphed step
+             all-reduces the gradients itself, valor_core.graph_step) -> resume from ray.train.get_checkpoint() if any
              -> the train arrays resident on this worker's device when they fit (valor_core.fit.place_tensors)
              -> per epoch: disjoint shard of this rank, gathered on the device -> valor_core.fit.train_epoch (one
                 host sync per epoch) -> all-reduce the loss
