@@ -344,7 +344,8 @@ def _ddp_then_graphed(rank: int, tmp: str) -> None:
     cfg = small("valor", compile="cuda-graph")  # the capturable fused optimiser in both runs
     g = torch.Generator().manual_seed(rank)  # each rank its own videos
     n = 6 * 16 + 8  # six full batches of 16, then a partial one
-    data = {"audio": torch.randn(n, 10, 128, generator=g), "frames": torch.randn(n, 10, SMALL_SIM["frame_dim"], generator=g),
+    data = {"audio": torch.randn(n, 10, 128, generator=g),
+            "frames": torch.randn(n, 10, SMALL_SIM["frame_dim"], generator=g),
             "clips": torch.randn(n, 10, SMALL_SIM["clip_dim"], generator=g),
             "weak": (torch.rand(n, 25, generator=g) < 0.1).float()}
     for name in ("audio_labels", "visual_labels"):

@@ -50,6 +50,26 @@ def audio():
     return seg, long
 
 
+@pytest.fixture(autouse=True)
+def cuda_norm_rule(monkeypatch):
+    """Every test here runs with CUDA's rule for layer and group norms, which CPU's kernels do not enforce: the input
+    and the affine parameters of one dtype (pytorch#138128). A bf16 tower that breaks it would fail on every GPU."""
+    import torch.nn.functional as F
+
+    def strict(name):
+        orig = getattr(F, name)
+
+        def norm(x, *args, **kwargs):
+            weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
+            autocast = torch.is_autocast_enabled("cpu")  # CUDA's autocast runs these norms in fp32 (its cast list)
+            assert autocast or weight is None or weight.dtype == x.dtype, \
+                f"{name}: {x.dtype} input, {weight.dtype} weight"
+            return orig(x, *args, **kwargs)
+        monkeypatch.setattr(F, name, norm)
+    strict("layer_norm")
+    strict("group_norm")
+
+
 class _Syncs:
     """Counts device-to-host copies (.cpu / .item / .tolist) made by torch tensors within the block."""
 

@@ -5,8 +5,10 @@ Precision (`TeacherConfig.precision`, a backbone's `precision` option):
   path as on CUDA, so CI tests it).
 - Low precision means the tower's *weights* are cast (no autocast: autocast re-casts every fp32 weight at every
   matmul and disables nn.MultiheadAttention's fused fast path). What stays fp32:
-  * normalisation layers (LayerNorm, BatchNorm, GroupNorm): their parameters and running statistics stay fp32 and
-    torch's mixed-dtype kernels compute mean/variance in fp32 on bf16 activations (the output is bf16);
+  * normalisation layers (LayerNorm, BatchNorm, GroupNorm): their parameters and running statistics stay fp32.
+    BatchNorm takes bf16 activations with fp32 parameters (CUDA and CPU have mixed-dtype kernels; the output is
+    bf16). LayerNorm and GroupNorm become fp32 islands (below): CUDA's kernels refuse a bf16 input with fp32
+    parameters ("expected scalar type BFloat16 but found Float", pytorch#138128) although CPU's accept it;
   * input pre-processing: uint8 -> [0, 1] -> mean/std (CLIP, ResNet, R(2+1)D), the CLAP int16 round trip, STFT, mel
     filterbank and dB (fp32 on the device; cuFFT has no bf16), VGGish's log-mel (float64, as before);
   * modules named as fp32 "islands" (`cast_tower(keep_fp32=...)`): computed in fp32, output cast to the tower dtype
@@ -100,16 +102,17 @@ def is_norm(module) -> bool:
 
 
 def cast_tower(module, precision: str, keep_fp32: Iterable = ()):
-    """Cast `module`'s weights to `precision` in place (module docstring): norm layers keep fp32 parameters, the
-    `keep_fp32` submodules become fp32 islands. fp32 is a no-op. Returns the module."""
+    """Cast `module`'s weights to `precision` in place (module docstring): norm layers keep fp32 parameters, layer
+    and group norms and the `keep_fp32` submodules become fp32 islands. fp32 is a no-op. Returns the module."""
     if precision == "fp32":
         return module
     dtype = torch_dtype(precision)
     module.to(dtype)
-    for m in module.modules():
-        if is_norm(m):
-            m.float()
-    for m in keep_fp32:
+    norms = [m for m in module.modules() if is_norm(m)]
+    for m in norms:
+        m.float()
+    islands = [m for m in norms if "BatchNorm" not in type(m).__name__]  # no mixed-dtype kernel on CUDA
+    for m in islands + list(keep_fp32):
         m.float()
         if not isinstance(m, _Fp32Island):
             m.__class__ = _island_class(type(m))
