@@ -344,3 +344,24 @@ def _run_any(cmd: list[str], env: dict, timeout: float = 300) -> tuple[int, dict
     """Like _run, for a run that may end without a JSON line (a refused one)."""
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     return r.returncode, {}, r.stdout + r.stderr
+
+
+def test_actor_on_a_gpu_share_caps_its_memory(monkeypatch):
+    """An extraction actor given a fraction of a GPU caps its CUDA allocator at it (auto batch sizes then size from
+    the cap: tests/test_teachers_fast.py::test_auto_batch_size); a whole GPU, or no Ray worker, leaves it uncapped."""
+    from types import SimpleNamespace
+
+    import ray
+    import torch
+
+    from workflows import extract
+
+    capped = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # no GPU here: the CUDA calls are recorded
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device=None: capped.append(f))
+    extract._cap_gpu_memory()  # in-process, not a Ray worker
+    for share in (0.25, 1.0, 0.0):
+        context = SimpleNamespace(get_assigned_resources=lambda share=share: {"GPU": share})
+        monkeypatch.setattr(ray, "get_runtime_context", lambda context=context: context)
+        extract._cap_gpu_memory()
+    assert capped == [0.25]

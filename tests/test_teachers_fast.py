@@ -120,8 +120,14 @@ def test_auto_batch_size(monkeypatch):
     assert prec.auto_batch_size(24, torch.device("cpu"), 16, 512) == 24
     cuda = torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 2 ** 30, 80 * 2 ** 30))
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 1.0)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
     assert prec.auto_batch_size(0, cuda, 16, 512) == 512  # 20 GiB / 16 MiB = 1280 -> the cap
     assert prec.auto_batch_size(0, cuda, 64, 4096) == 256  # 20 GiB / 64 MiB = 320 -> 256 (a power of two)
+    # an actor capped at a quarter of the 80 GiB device, 4 GiB of it in use: (20 - 4) / 2 GiB / 16 MiB = 512 ...
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 0.25)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 4 * 2 ** 30)
+    assert prec.auto_batch_size(0, cuda, 32, 4096) == 256  # ... 8 GiB / 32 MiB = 256, not 20 GiB / 32 MiB = 640
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 ** 30, 80 * 2 ** 30))
     assert prec.auto_batch_size(0, cuda, 16, 512) == 64  # never below the CPU size
     with pytest.raises(ValueError, match="batch_size -1"):

@@ -68,7 +68,9 @@ class GraphedStep:
             return
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            # thread_local: only this thread's CUDA calls must be capture-safe, not those of other threads such as
+            # the NCCL watchdog's event queries with several workers (as TransformerEngine captures)
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self.loss = self.step(self.static)
         except RuntimeError as err:  # something in the step syncs with the host: stay eager
             warnings.warn(f"CUDA graph capture of the training step failed, training eagerly: {err}")

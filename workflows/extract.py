@@ -142,12 +142,30 @@ def _set_threads(threads: float) -> None:
     torch.set_num_threads(max(1, int(round(threads))))
 
 
+def _cap_gpu_memory() -> None:
+    """An actor holding a share of a GPU (num_gpus < 1: several model pools on one device) caps its CUDA allocator
+    at that share; automatic batch sizes (valor_core.teachers.precision.auto_batch_size) then size from the cap, so
+    actors that start together on one GPU do not each take half of it."""
+    import ray
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    try:
+        share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    except AssertionError:  # not in a Ray worker (the stage called in-process): the whole device is ours
+        return
+    if 0.0 < share < 1.0:
+        torch.cuda.set_per_process_memory_fraction(share)
+
+
 class _TeacherStage:
     kind = ""
 
     def __init__(self, spec: str, tcfg: TeacherConfig, num_cpus: float, dense: bool = False,
                  loader: Optional[Callable] = None):
         _set_threads(num_cpus)
+        _cap_gpu_memory()
         self.teacher = (loader or default_loader(self.kind))(spec, tcfg)
         self.dense = dense
 
@@ -237,6 +255,7 @@ class BackboneStage:
     def __init__(self, name: str, weights: str, options: dict, num_cpus: float, device: str, sample_rate: int,
                  segments: int, drop: tuple = ()):
         _set_threads(num_cpus)
+        _cap_gpu_memory()
         self.name, self.sample_rate, self.T, self.drop = name, int(sample_rate), int(segments), tuple(drop)
         self.entry = backbone_lib.BACKBONES[name]
         self.model = backbone_lib.build_backbone(name, weights, device, segments=segments, **options)

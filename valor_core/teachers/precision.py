@@ -19,7 +19,8 @@ Precision (`TeacherConfig.precision`, a backbone's `precision` option):
 
 Batch size (`TeacherConfig.batch_size`, backbones' `batch_size`): 0 = auto -- 64 on CPU; on CUDA the largest power of
 two whose estimated activation memory (`per_item_mib` per item, a conservative per-model constant) fits in half of
-the free device memory, at least 64 and at most the model's cap (CLIP 512 frames, CLAP 256 segments).
+the free device memory (or of what the process's memory-fraction cap leaves, when it is lower), at least 64 and at
+most the model's cap (CLIP 512 frames, CLAP 256 segments).
 
 Transfers: `upload` copies a host array to the device once per batch (pinned memory, non_blocking=True on CUDA);
 the model code then works on device tensors and returns one host copy at the end (one host sync per batch).
@@ -71,8 +72,11 @@ def auto_batch_size(requested: int, device, per_item_mib: float, cap: int) -> in
         return CPU_BATCH
     import torch
 
-    free, _ = torch.cuda.mem_get_info(device)
-    fits = int(free * 0.5 / (per_item_mib * 2 ** 20))
+    free, total = torch.cuda.mem_get_info(device)
+    # a process capped at a share of the device (workflows.extract: actors holding a fraction of a GPU) sizes
+    # from what its cap leaves
+    capped = total * torch.cuda.get_per_process_memory_fraction(device) - torch.cuda.memory_reserved(device)
+    fits = int(max(0.0, min(free, capped)) * 0.5 / (per_item_mib * 2 ** 20))
     size = CPU_BATCH
     while size * 2 <= min(fits, cap):
         size *= 2
