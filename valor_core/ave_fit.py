@@ -38,8 +38,7 @@ from valor_core.schedule import lr_at_epoch
 
 __all__ = ["ave_train_config", "build_ave_model", "harvest_ave", "harvest_pair", "ave_video_loss", "ave_valor_loss",
            "predict_logits", "predict_segments", "accuracy", "ave_loss", "ave_tensors", "ave_objective",
-           "train_ave_epoch",
-           "fit_ave", "AVEFitResult"]
+           "train_ave_epoch", "fit_ave", "AVEFitResult"]
 
 NUM_CLASSES = 29  # 28 AVE events + background
 

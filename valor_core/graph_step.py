@@ -9,11 +9,12 @@ learning rate a device tensor (valor_core.fit.build_optimizer does that for Trai
 fit.set_lr updates it in place). Dropout draws from the CUDA generator's graph-safe Philox offsets: a different
 (equally random) stream than the eager loop's.
 
-With several workers the step cannot go through a DistributedDataParallel wrapper (its backward hooks launch the
-all-reduces outside the step's stream order); `average_gradients` does DDP's averaging inside the step instead: one
-all-reduce of all gradients, flattened into one buffer, scaled by 1/world before the sum as DDP's reducer does (the
-same numbers as DDP; NCCL collectives are captured in the graph like any kernel once the warm-up has made the
-communicator).
+With several workers the step cannot go through a DistributedDataParallel wrapper (its reducer does host-side
+bookkeeping every iteration -- bucket readiness, rebuilt buckets -- that a replayed graph would skip);
+`average_gradients` does DDP's averaging inside the step instead: one all-reduce of all gradients, flattened into one
+buffer, scaled by 1/world before the sum as DDP's reducer does (bit-identical to DDP on 2 gloo ranks,
+tests/test_fit_fast.py). On GPUs the NCCL all-reduce is captured with the rest of the step (NCCL supports graph
+capture; the warm-up steps create the communicator first) -- not yet run on a multi-GPU machine here.
 
 Off CUDA there is nothing to capture: the same buffers, warm-up, capture point, replays and eager fallback run, a
 "replay" there being a plain call of the step on the buffers -- the path that tests/test_fit_fast.py checks on CPU.
