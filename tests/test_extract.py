@@ -359,9 +359,15 @@ def test_actor_on_a_gpu_share_caps_its_memory(monkeypatch):
     capped = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # no GPU here: the CUDA calls are recorded
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device=None: capped.append(f))
-    extract._cap_gpu_memory()  # in-process, not a Ray worker
-    for share in (0.25, 1.0, 0.0):
-        context = SimpleNamespace(get_assigned_resources=lambda share=share: {"GPU": share})
-        monkeypatch.setattr(ray, "get_runtime_context", lambda context=context: context)
+    started = ray.is_initialized()
+    extract._cap_gpu_memory()  # in-process, Ray not started (as in these tests): nothing to ask, nothing started
+    assert ray.is_initialized() == started
+
+    def driver():
+        raise AssertionError("This method is only available when the process is a worker.")  # Ray's own check
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    for assigned in (driver, lambda: {"GPU": 0.25}, lambda: {"GPU": 1.0}, lambda: {}):
+        monkeypatch.setattr(ray, "get_runtime_context", lambda a=assigned: SimpleNamespace(get_assigned_resources=a))
         extract._cap_gpu_memory()
     assert capped == [0.25]

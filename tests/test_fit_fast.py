@@ -271,11 +271,15 @@ def test_compiled_training_matches_eager(problem, tmp_path, monkeypatch):
     second, dynamic-shape graph), gives the eager loop's losses and weights (dropout 0: inductor draws its own)."""
     from valor_core.fit import fit
 
+    import psutil
+
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # a real compile, not a cache hit
     train, val = problem
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     eager = fit(train, val, small("valor", epochs=2, **{"model.dropout": 0.0}))
     compiled = fit(train, val, small("valor", epochs=2, compile="default", **{"model.dropout": 0.0}))
     assert any((tmp_path / "inductor").rglob("*.py")), "inductor generated no code"
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before  # no compile workers left behind
     assert [r["loss"] for r in compiled.history] == pytest.approx([r["loss"] for r in eager.history], rel=1e-5)
     for a, b in zip(compiled.history, eager.history):
         assert a["val"].segment == pytest.approx(b["val"].segment, rel=1e-6)

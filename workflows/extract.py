@@ -149,11 +149,11 @@ def _cap_gpu_memory() -> None:
     import ray
     import torch
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() or not ray.is_initialized():  # (get_runtime_context would start Ray)
         return
     try:
         share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
-    except AssertionError:  # not in a Ray worker (the stage called in-process): the whole device is ours
+    except AssertionError:  # the driver, not a Ray worker (the stage called in-process): the whole device is ours
         return
     if 0.0 < share < 1.0:
         torch.cuda.set_per_process_memory_fraction(share)
