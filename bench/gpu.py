@@ -226,13 +226,8 @@ class Bench:
 
     def clap_teacher(self) -> dict:
         from valor_core.teachers.clap import CLAPTeacher
-        from valor_core.teachers.hf import write_tiny_hf_cache
 
-        cache = tempfile.mkdtemp(prefix="valor-bench-hf-")
-        write_tiny_hf_cache(cache)
-        spec = os.path.join(cache, "clap.json")
-        with open(spec, "w") as f:
-            json.dump({"checkpoint": None, "amodel": CLAP_TOWER, "enable_fusion": True, "hf_hub_cache": cache}, f)
+        spec = tiny_clap_spec()
         videos = 2 if self.smoke else 64
         rng = np.random.default_rng(0)
         audio = [(0.1 * rng.standard_normal((10, 48000))).astype(np.float32) for _ in range(videos)]
