@@ -6,8 +6,8 @@
                                            it did (a no-op when Ray was already up)
     code_version()                         git commit of the code ('+dirty'), else the package version
 
-A local Ray is bound to 127.0.0.1 (GCS, raylet, object manager, agents, workers) and never serves a dashboard unless
-asked (then on 127.0.0.1 too). Its node processes are recorded under ~/.cache/valor/ray (pid + start time): a driver
+A local Ray is bound to 127.0.0.1 (GCS, raylet, object manager, dashboard, agents, workers: `_loopback_only`, before
+Ray is imported) and never serves a dashboard unless asked (then on 127.0.0.1 too). Its node processes are recorded under ~/.cache/valor/ray (pid + start time): a driver
 killed with SIGKILL cannot stop them, so the next start_ray stops the ones whose driver is gone (by pid and start time,
 never by name).
 
@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -40,6 +41,7 @@ QUIET_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 LOOPBACK = "127.0.0.1"
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray binds its processes to 127.0.0.1 (read at import)
 
 
 def job_env_vars() -> dict:
@@ -134,25 +136,39 @@ def _forget_local_ray() -> None:
     (RECORDS / f"{os.getpid()}.json").unlink(missing_ok=True)
 
 
+def _loopback_only() -> None:
+    """Make the Ray this process starts single-node and loopback-only. Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+    once, when `ray` is first imported (ray._private.ray_constants.ENABLE_RAY_CLUSTER): set, it keeps GCS, raylet,
+    dashboard, agents and workers on 127.0.0.1; read unset, they listen on every interface. So it is set before the
+    import (and for Ray's own processes, which inherit it), and the constant is set too when an earlier import of
+    `ray` already read it. Never for a cluster: its driver needs its real address."""
+    os.environ[LOCAL_ONLY_ENV] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+
+
 def start_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None, num_gpus: Optional[int] = None,
               namespace: Optional[str] = None, object_store_memory: Optional[int] = None,
               include_dashboard: bool = False, env: Optional[dict] = None, log_to_driver: bool = True,
               log: Optional[Callable[[str], None]] = None) -> Callable[[], None]:
     """Join `address` / $RAY_ADDRESS or start single-node Ray on 127.0.0.1; returns the shutdown to call after."""
+    already = sys.modules.get("ray")
+    if already is not None and already.is_initialized():
+        return lambda: None
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        _loopback_only()  # before `import ray`: Ray reads it then
     import ray
 
-    if ray.is_initialized():
-        return lambda: None
     for k, v in RAY_DEFAULT_ENV.items():
         os.environ.setdefault(k, v)
     env_vars = worker_env(env)
     kwargs: dict = {"namespace": namespace, "log_to_driver": log_to_driver,
                     "runtime_env": {"env_vars": env_vars} if env_vars else None}
-    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         kwargs["address"] = address
     else:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         _reap_orphans()
         kwargs.update(num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=object_store_memory,
                       include_dashboard=include_dashboard, _node_ip_address=LOOPBACK)
