@@ -19,6 +19,7 @@ from typing import Mapping, Optional
 import torch
 from torch import Tensor
 
+from valor_core.checkpoint_io import load_weights
 from valor_core.config import TrainConfig
 from valor_core.han import HAN
 from valor_core.presets import get_preset
@@ -122,9 +123,9 @@ def load_official(path: str, preset: str) -> tuple[HAN, TrainConfig]:
                                       f"{', '.join(LAYOUTS)}")
     cfg = get_preset(preset)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights(path, error=OfficialCheckpointError)
     except FileNotFoundError:
         raise
-    except Exception as err:  # noqa: BLE001 - torch.load raises many types for a file that is not a checkpoint
+    except OSError as err:
         raise OfficialCheckpointError(f"{path}: cannot read a torch state dict ({type(err).__name__}: {err})") from None
     return load_official_state(HAN(cfg.model), state, preset), cfg

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from valor_core.ave import AVEArrays
+from valor_core.checkpoint_io import load_weights
 from valor_core.ave_fit import accuracy, ave_tensors, build_ave_model, train_ave_epoch
 from valor_core.ave_metrics import segment_accuracy
 from valor_core.config import TrainConfig, to_dict
@@ -142,11 +143,10 @@ def ave_train_loop(config: dict) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            core.load_state_dict(torch.load(os.path.join(d, "model.pt"), map_location=device, weights_only=True))
-            optimizer.load_state_dict(torch.load(os.path.join(d, "optimizer.pt"), map_location=device,
-                                                 weights_only=True))
-            best_state = torch.load(os.path.join(d, "best_model.pt"), map_location="cpu", weights_only=True)
-            rng = torch.load(os.path.join(d, "rng.pt"), weights_only=True)
+            core.load_state_dict(load_weights(os.path.join(d, "model.pt"), map_location=device))
+            optimizer.load_state_dict(load_weights(os.path.join(d, "optimizer.pt"), map_location=device))
+            best_state = load_weights(os.path.join(d, "best_model.pt"))
+            rng = load_weights(os.path.join(d, "rng.pt"), map_location=None)
             with open(os.path.join(d, "state.json")) as f:
                 state = json.load(f)
         start_epoch, best, best_epoch, history = state["epoch"] + 1, state["best_value"], state["best_epoch"], \
@@ -259,8 +259,7 @@ def train_ave_ray(cfg: TrainConfig, data: dict[str, AVEArrays], *, data_meta: di
             with open(os.path.join(local, "state.json")) as f:
                 state = json.load(f)
             model = build_ave_model(cfg)
-            model.load_state_dict(torch.load(os.path.join(local, "best_model.pt"), map_location="cpu",
-                                             weights_only=True))
+            model.load_state_dict(load_weights(os.path.join(local, "best_model.pt")))
             test = accuracy(model, data["test"])
             background = background_accuracy(data["test"])
             checkpoint = result.checkpoint.path if storage_fs is None else f"s3://{result.checkpoint.path}"

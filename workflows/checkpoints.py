@@ -20,6 +20,7 @@ from typing import Optional
 
 import numpy as np
 
+from valor_core.checkpoint_io import load_weights
 from valor_core.config import TrainConfig, to_dict
 from valor_core.configio import build
 from valor_core.llp import align_predictions
@@ -75,8 +76,6 @@ def load_checkpoint_model(path: str, which: str = "best_model.pt"):
     """(HAN with the checkpoint's weights in eval mode, TrainConfig, config.json dict) from a checkpoint directory
     (a Ray Train checkpoint of `valor train`, or the `checkpoint/` artifact of its MLflow run), or from a resolved
     `official:PRESET:PATH` spec (meta: the preset's config, no data, the official source)."""
-    import torch
-
     from valor_core.fit import build_model  # torch-bound: imported where used, so the CLI starts without torch
 
     official = parse_official(path)
@@ -91,7 +90,7 @@ def load_checkpoint_model(path: str, which: str = "best_model.pt"):
         meta = json.load(f)
     cfg = config_from_dict(meta["train"])
     model = build_model(cfg)
-    state = torch.load(os.path.join(path, which), map_location="cpu", weights_only=True)
+    state = load_weights(os.path.join(path, which), error=CheckpointError)
     model.load_state_dict(state)
     model.eval()
     return model, cfg, meta

@@ -57,6 +57,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from valor_core.checkpoint_io import load_weights
 from valor_core.config import to_dict
 from valor_core.fit import (build_model, build_optimizer, compile_model, eval_inputs, evaluate_model, graphed_step,
                             place_tensors, predict, to_tensors, train_epoch)
@@ -188,10 +189,9 @@ def train_loop(config: dict) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            core.load_state_dict(torch.load(os.path.join(d, "model.pt"), map_location=device, weights_only=True))
-            optimizer.load_state_dict(torch.load(os.path.join(d, "optimizer.pt"), map_location=device,
-                                                 weights_only=True))
-            best_state = torch.load(os.path.join(d, "best_model.pt"), map_location="cpu", weights_only=True)
+            core.load_state_dict(load_weights(os.path.join(d, "model.pt"), map_location=device))
+            optimizer.load_state_dict(load_weights(os.path.join(d, "optimizer.pt"), map_location=device))
+            best_state = load_weights(os.path.join(d, "best_model.pt"))
             with open(os.path.join(d, "state.json")) as f:
                 state = json.load(f)
         start_epoch = state["epoch"] + 1

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from valor_core.checkpoint_io import load_weights
+
 
 class BackboneError(RuntimeError):
     """A backbone cannot be built: unknown name, missing or mismatching weights file (the message says why)."""
@@ -39,9 +41,7 @@ def resolve(name: str, spec: Optional[str], filename: str, url: str, flag: str) 
 def load_state(path: str) -> dict:
     """A plain state dict from a .pth file ({"state_dict": ...} / {"model": ...} wrappers and DataParallel `module.`
     prefixes accepted)."""
-    import torch
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights(path, error=BackboneError)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -40,6 +40,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from valor_core.checkpoint_io import load_weights
 from valor_core.classes import CLAP_CAPTIONS
 from valor_core.config import TeacherConfig
 from valor_core.teachers import clap_input, mel
@@ -123,20 +124,25 @@ def import_laion_clap(hf_hub_cache: Optional[str] = None):
     return laion_clap
 
 
-def load_clap_state(path: str, model) -> None:
-    """Load a laion_clap checkpoint into `model` (the CLAP inside CLAP_Module).
-
-    Like `CLAP_Module.load_ckpt` (module. prefixes stripped, the text position_ids buffer dropped), but tolerant of
-    checkpoints without that buffer and strict about real parameters: any missing or unexpected weight is an error.
-    """
-    import torch
-
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+def read_clap_state(path: str) -> dict:
+    """The state dict of a laion_clap checkpoint (`{"state_dict": ...}` as laion's training saves it, with its
+    `epoch`/`optimizer`/... entries, or a bare state dict), `module.` prefixes stripped. Read weights-only: NumPy
+    arrays and scalars are allowed, anything else that unpickling would build or run is a one-line TeacherError."""
+    ckpt = load_weights(path, error=TeacherError, numpy=True)
     state = ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt else ckpt
     if not isinstance(state, dict) or not state:
         raise TeacherError(f"{path}: not a laion_clap checkpoint (no state_dict)")
     if next(iter(state)).startswith("module."):
         state = {k[7:]: v for k, v in state.items()}
+    return state
+
+
+def load_clap_state(state: dict, model, path: str) -> None:
+    """Load `state` (read_clap_state of `path`) into `model` (the CLAP inside CLAP_Module).
+
+    Like `CLAP_Module.load_ckpt` (module. prefixes stripped, the text position_ids buffer dropped), but tolerant of
+    checkpoints without that buffer and strict about real parameters: any missing or unexpected weight is an error.
+    """
     own = model.state_dict()
     for key in KNOWN_BUFFERS:
         if key in state and key not in own:
@@ -171,6 +177,7 @@ class CLAPTeacher(Teacher):
         opts = check_clap_files(spec)
         ckpt = opts["checkpoint"]
         super().__init__(spec, ckpt or "random", cfg, captions)
+        state = None if ckpt is None else read_clap_state(ckpt)  # refused before any model is built
         laion_clap = import_laion_clap(opts["hf_hub_cache"])
         self.amodel, self.enable_fusion = opts["amodel"], bool(opts["enable_fusion"])
         import warnings
@@ -183,8 +190,8 @@ class CLAPTeacher(Teacher):
                 raise MissingCheckpoint(f"building CLAP failed: {err}. {HOW_TO_GET_HUB_FILES}") from None
             except RuntimeError as err:
                 raise TeacherError(f"building CLAP {self.amodel!r} failed (spec {spec!r}): {err}") from None
-        if ckpt is not None:
-            load_clap_state(ckpt, module.model)
+        if state is not None:
+            load_clap_state(state, module.model, ckpt)
         self.module = module.to(self.device).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
@@ -274,5 +281,5 @@ def load_clap_teacher(spec: str, cfg: TeacherConfig = TeacherConfig()) -> CLAPTe
     return CLAPTeacher(spec, cfg)
 
 
-__all__ = ["CLAPTeacher", "load_clap_teacher", "parse_clap_spec", "import_laion_clap", "load_clap_state",
-           "TOKENIZER_REPOS"]
+__all__ = ["CLAPTeacher", "load_clap_teacher", "parse_clap_spec", "import_laion_clap", "read_clap_state",
+           "load_clap_state", "TOKENIZER_REPOS"]
