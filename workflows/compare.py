@@ -37,6 +37,7 @@ def list_runs(tracking_uri: Optional[str] = None, experiment: str = DEFAULT_EXPE
             raise FileNotFoundError(f"no MLflow store at {uri}")
         return []  # nothing tracked yet: nothing to compare (and nothing created)
     c = tracking.client(uri)
+    tracking.close_dead_runs(uri, c)  # a run whose valor process was killed is KILLED, not RUNNING forever
     if run_ids:
         runs = [c.get_run(r) for r in run_ids]
     else:

@@ -12,6 +12,11 @@ Who logs what (Ray Train V2 accepts no Tune callbacks, so these are plain `Mlflo
                            each); artifacts `checkpoint/` (best_model.pt + config.json + state.json), `labels/`
                            (thresholds and teacher ids actually used), `figures/*.png`, `scores/final.json`
 
+Runs of killed processes: every run valor opens is recorded under ~/.cache/valor/mlflow (host, pid + its start time,
+tracking URI, run id) until valor closes it. A process killed with SIGKILL cannot close its run, so the next tracked
+command on that store (start_run: train, ave train, run, tune; `valor compare`) sets each recorded run whose process is
+gone to KILLED, with the tag `valor.killed` saying why (checked by pid and start time on the recording host only).
+
 Tracking URI: `--tracking-uri`, else $MLFLOW_TRACKING_URI, else a sqlite store in the project's run directory
 (`sqlite:///<cwd>/runs/mlflow.db`, artifacts under `runs/mlartifacts/`); a server URI (`http://host:5000`) on clusters.
 `mlflow ui --backend-store-uri sqlite:///runs/mlflow.db` shows the same runs that `valor compare` prints.
@@ -20,8 +25,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 import time
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -126,12 +133,41 @@ def start_run(uri: str, experiment: str, run_name: str, params: Mapping[str, str
     from mlflow.entities import Param
 
     c = client(uri)
+    close_dead_runs(uri, c)
     exp_id = ensure_experiment(c, experiment, uri)
     run = c.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
+    record_run(uri, run.info.run_id)
     items = [Param(k, v) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):
         c.log_batch(run.info.run_id, params=items[i:i + 100])
     return run.info.run_id
+
+
+def open_run_tagged(uri: str, experiment: str, tag: str, value: str) -> Optional[str]:
+    """The newest run of `experiment` with tag `tag` = `value` that did not finish (RUNNING, FAILED, KILLED); None if
+    there is none."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    quoted = value.replace("'", "\\'")
+    runs = c.search_runs([exp.experiment_id], filter_string=f"tags.`{tag}` = '{quoted}'",
+                         order_by=["attributes.start_time DESC"], max_results=50)
+    return next((r.info.run_id for r in runs if r.info.status != "FINISHED"), None)
+
+
+def logged_steps(c, run_id: str, key: str) -> set[int]:
+    """The steps at which metric `key` of the run has a value (a resumed training logs each epoch once)."""
+    return {int(m.step) for m in c.get_metric_history(run_id, key)}
+
+
+def reopen_run(uri: str, run_id: str) -> None:
+    """Continue an existing run in this process (a resumed training): RUNNING again, recorded as this process's."""
+    c = client(uri)
+    close_dead_runs(uri, c)
+    c.update_run(run_id, status="RUNNING")
+    record_run(uri, run_id)
+    c.set_tag(run_id, "valor.resumed", f"pid {os.getpid()} on {socket.gethostname()} at {time.ctime()}")
 
 
 def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int = 0, c=None) -> None:
@@ -179,3 +215,74 @@ def log_dir(uri: str, run_id: str, local_dir: str, artifact_path: str) -> None:
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     client(uri).set_terminated(run_id, status=status)
+    forget_run(run_id)
+
+
+# --- runs whose process died ----------------------------------------------------------------------------------------
+
+
+def records_dir() -> Path:
+    """Where the open runs of this user's valor processes are recorded (one JSON file per run)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "valor" / "mlflow"
+
+
+def record_run(uri: str, run_id: str) -> None:
+    """Record that this process holds run `run_id` of store `uri` open (host, pid and the pid's start time)."""
+    import psutil
+
+    me = psutil.Process()
+    rec = {"host": socket.gethostname(), "pid": me.pid, "pid_created": me.create_time(), "tracking_uri": uri,
+           "run_id": run_id, "recorded_at": time.time()}
+    records_dir().mkdir(parents=True, exist_ok=True)
+    path = records_dir() / f"{run_id}.json"
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(rec))
+    tmp.replace(path)
+
+
+def forget_run(run_id: str) -> None:
+    (records_dir() / f"{run_id}.json").unlink(missing_ok=True)
+
+
+def _holder_alive(rec: Mapping[str, Any]) -> bool:
+    """Whether the recorded process (this host) still runs: the same pid with the same start time."""
+    import psutil
+
+    try:
+        return abs(psutil.Process(int(rec["pid"])).create_time() - float(rec["pid_created"])) < 1e-3
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return False
+
+
+def _dead_records(uri: str) -> list[dict]:
+    """The records of store `uri` made on this host by processes that are gone."""
+    out = []
+    for path in sorted(records_dir().glob("*.json")) if records_dir().is_dir() else ():
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if rec.get("tracking_uri") == uri and rec.get("host") == socket.gethostname() and not _holder_alive(rec):
+            out.append(rec)
+    return out
+
+
+def close_dead_runs(uri: str, c=None) -> list[str]:
+    """Set the runs of `uri` whose recorded valor process died while they were RUNNING to KILLED (tag `valor.killed`
+    says why); returns their ids. A run another process has reopened since (a resume) is left alone."""
+    closed = []
+    for rec in _dead_records(uri):
+        c = c or client(uri)
+        run_id = rec["run_id"]
+        try:
+            run = c.get_run(run_id)
+        except Exception:  # deleted run, or a store that no longer has it: nothing to close
+            forget_run(run_id)
+            continue
+        if run.info.status == "RUNNING":
+            c.set_tag(run_id, "valor.killed", f"valor process {rec['pid']} on {rec['host']} ended without closing "
+                                              f"the run (found by pid {os.getpid()} at {time.ctime()})")
+            c.set_terminated(run_id, status="KILLED")
+            closed.append(run_id)
+        forget_run(run_id)
+    return closed

@@ -9,6 +9,9 @@ Flow: register() adds the parser -> main(args) -> resolve_config(args) (preset +
 type- and range-checked by valor_core.configio.build) -> --dry-run: print config + trainable_params | otherwise: load the
 data (workflows.trainset) -> start Ray (workflows.runtime) -> workflows.train_ray.train -> the summary (or with --json one
 JSON line, last).
+
+Resume: the same command after a kill (same config, data, workers, tracking URI, experiment and --run-name) continues
+the interrupted run from its last checkpoint, in the same MLflow run; --fresh starts it over (workflows/train_ray).
 """
 from __future__ import annotations
 
@@ -59,6 +62,10 @@ def register(subparsers) -> None:
                    help="Ray Train storage for checkpoints: dir or s3://bucket/prefix (default: runs/ray)")
     g.add_argument("--max-failures", type=int, default=3, metavar="K",
                    help="worker-group restarts from the last checkpoint (FailureConfig; default %(default)s)")
+    g.add_argument("--fresh", action="store_true",
+                   help="start at epoch 1: without it, a run of the same config and data that was interrupted "
+                        "(killed) resumes from its last checkpoint into its MLflow run; --fresh removes its "
+                        "incomplete Ray Train directory instead")
     g.add_argument("--max-train-videos", type=int, default=None, metavar="N",
                    help="train on a seeded random subset of N train videos (quick runs)")
     g.add_argument("--ray-address", default=None, metavar="ADDR", help="existing Ray cluster (default: in-process)")
@@ -133,7 +140,7 @@ def run(args, cfg: TrainConfig) -> int:
         outcome = train_ray.train(cfg, data, workers=args.workers, use_gpu=bool(args.gpu or cfg.use_gpu),
                                   tracking_uri=args.tracking_uri, experiment=args.experiment, storage=args.storage,
                                   run_name=args.run_name, data_meta=meta, max_failures=args.max_failures,
-                                  make_figures=not args.no_figures)
+                                  make_figures=not args.no_figures, fresh=args.fresh)
     finally:
         shutdown()  # also stops the forwarding of worker logs, so the JSON below stays the last stdout line
     if args.json:

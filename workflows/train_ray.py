@@ -34,6 +34,15 @@ path (local dir or s3://, through a pyarrow filesystem); the last two are kept. 
 worker dies, Ray Train restarts the worker group, the loop resumes from the last reported checkpoint (epoch e) and runs
 epochs e+1..E, so the run ends with the same number of epochs.
 
+Resume after the driver died (SIGKILL, a lost head node): the run's Ray Train directory is named by its identity,
+`<run name or preset>-<first 12 hex of run_identity>` -- a SHA-256 of the resolved config, the train/val arrays'
+contents, the data's provenance, workers, GPU use, tracking URI and experiment. Run again with the same arguments, the
+Ray Train controller finds that directory's checkpoint_manager_snapshot.json and the workers resume from its latest
+checkpoint (`ray.train.get_checkpoint()`); the MLflow run tagged with that directory (`valor.trial`) is reopened and each
+epoch's metrics are logged once. A directory whose run completed holds `valor_completed.json` (the outcome and the files
+Ray Train wrote): running the same command again then trains a new run in `<name>-2`, `-3`, ... `fresh=True`
+(`valor train --fresh`) removes an incomplete directory of this identity and starts at epoch 1.
+
 Test-only hooks (environment of the driver, passed to the workers through the loop config; never set in normal use):
     VALOR_TEST_KILL_WORKER="epoch=2,rank=1,marker=/tmp/x"   the worker of that rank SIGKILLs itself after its first
                                                             batch of that epoch, once (the marker file remembers),
@@ -43,9 +52,13 @@ Test-only hooks (environment of the driver, passed to the workers through the lo
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import os
+import posixpath
+import re
 import shutil
 import signal
 import sys
@@ -67,7 +80,7 @@ from valor_core.metrics import score_split
 from valor_core.schedule import lr_at_epoch
 from workflows import figures, objstore, tracking
 from workflows.checkpoints import config_from_dict, load_checkpoint_model, save_checkpoint_dir
-from workflows.outputs import claim
+from workflows.outputs import OwnershipError, claim, read_marker, record, record_listing
 from workflows.runtime import start_ray
 
 
@@ -201,8 +214,10 @@ def train_loop(config: dict) -> None:
               flush=True)
 
     tracked = rank == 0 and bool(config.get("tracking_uri") and config.get("run_id"))
+    logged: set[int] = set()
     if tracked:
         mlflow_client = tracking.client(config["tracking_uri"])
+        logged = tracking.logged_steps(mlflow_client, config["run_id"], "train_loss")  # epochs of an earlier attempt
         if resumed_from:
             tracking.log_metrics(config["tracking_uri"], config["run_id"], {"resumed_from_epoch": resumed_from},
                                  step=resumed_from, c=mlflow_client)
@@ -239,7 +254,7 @@ def train_loop(config: dict) -> None:
                             "val": val_scores.as_dict() if val_scores is not None else None}
                 history.append(record_e)
                 metrics.update({"val_select": value, "best_value": best_value, "best_epoch": best_epoch})
-                if tracked:
+                if tracked and epoch not in logged:
                     tracking.log_metrics(config["tracking_uri"], config["run_id"], tracking.epoch_metrics(record_e),
                                          step=epoch, c=mlflow_client)
                 save_checkpoint_dir(
@@ -255,6 +270,65 @@ def train_loop(config: dict) -> None:
 
 
 # --- the driver -----------------------------------------------------------------------------------------------------
+
+
+COMPLETED = "valor_completed.json"  # in a run's Ray Train directory: it completed (outcome + the files listed)
+
+
+def run_identity(cfg_dict: dict, data: dict, data_meta: dict, **setup) -> str:
+    """What makes two trainings the same run (module doc): SHA-256 of the resolved config, the data's provenance (the
+    pipeline's own config aside), `setup` and the contents of every train and val array."""
+    h = hashlib.sha256(json.dumps({"train": cfg_dict, "setup": setup,
+                                   "data": {k: v for k, v in data_meta.items() if k != "pipeline"}},
+                                  sort_keys=True, default=str).encode())
+    for split in ("train", "val"):
+        arrays = data.get(split)
+        for f in dataclasses.fields(arrays) if arrays is not None else ():
+            a = getattr(arrays, f.name)
+            if a is not None:
+                a = np.ascontiguousarray(a.astype(str) if a.dtype == object else a)
+                h.update(f"{split}.{f.name}:{a.dtype.str}:{a.shape}".encode())
+                h.update(a.data)
+    return h.hexdigest()
+
+
+def trial_dir(storage_uri: str, base: str, opts: Optional[dict] = None) -> tuple[str, Optional[dict]]:
+    """(name, completion record of the attempt before it or None): the identity's first Ray Train directory of base,
+    base-2, ... that has not completed."""
+    done = None
+    for k in range(1, 10_000):
+        name = base if k == 1 else f"{base}-{k}"
+        record = objstore.join(storage_uri, name, COMPLETED)
+        if not objstore.exists(record, opts):
+            return name, done
+        done = json.loads(objstore.read_bytes(record, opts))
+    raise RuntimeError(f"{storage_uri}: 10,000 completed runs named {base}")
+
+
+def _remove_incomplete(storage_uri: str, name: str) -> None:
+    """Remove a run directory valor created (its storage's manifest lists it whole) that never completed (`fresh`)."""
+    where = objstore.join(storage_uri, name)
+    if not objstore.exists(where):
+        return
+    if f"{name}/" not in (read_marker(storage_uri) or {}).get("wrote", []):
+        raise OwnershipError(f"{where} is not a run directory valor created: not removed (choose another --storage)")
+    fs, path = objstore.fs_for(where)
+    fs.delete_dir(path)
+
+
+def _mark_completed(storage_uri: str, name: str, outcome: "TrainOutcome") -> None:
+    """The run completed: its record (the outcome and the files Ray Train wrote) in its directory, and from now on
+    only those files are valor's in the storage's manifest (workflows.outputs.record_listing)."""
+    where = objstore.join(storage_uri, name)
+    _, root = objstore.fs_for(where)
+    files = sorted(posixpath.relpath(f, root) for f in objstore.list_files(where, recursive=True))
+    objstore.write_bytes(objstore.join(where, COMPLETED),
+                         json.dumps({"outcome": outcome.as_json(), "files": files}, indent=1).encode())
+    record_listing(storage_uri, name)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
 
 
 @dataclass
@@ -274,6 +348,12 @@ class TrainOutcome:
         return {"run_id": self.run_id, "tracking_uri": self.tracking_uri, "val": self.val, "test": self.test,
                 "epochs": self.epochs, "best_epoch": self.best_epoch, "checkpoint": self.checkpoint,
                 "seconds": round(self.seconds, 2)}
+
+    @classmethod
+    def from_json(cls, d: dict, storage: str) -> "TrainOutcome":
+        return cls(run_id=d["run_id"], tracking_uri=d["tracking_uri"], val=d["val"], test=d["test"],
+                   epochs=d["epochs"], best_epoch=d["best_epoch"], checkpoint=d["checkpoint"], storage=storage,
+                   seconds=d.get("seconds", 0.0))
 
 
 def _train_payload(data: dict, cfg) -> dict:
@@ -298,8 +378,13 @@ def claim_storage(storage: Optional[str]):
 def train(cfg, data: dict, *, workers: int = 2, use_gpu: bool = False, tracking_uri: Optional[str] = None,
           experiment: str = "valor", storage: Optional[str] = None, run_name: Optional[str] = None,
           data_meta: Optional[dict] = None, max_failures: int = 3, keep_checkpoints: int = 2,
-          ray_address: Optional[str] = None, track: bool = True, make_figures: bool = True) -> TrainOutcome:
-    """Train `cfg` (a TrainConfig) on `data` ({"train", "val", "test"} -> AVVPArrays) with Ray Train DDP."""
+          ray_address: Optional[str] = None, track: bool = True, make_figures: bool = True, fresh: bool = False,
+          reuse_completed: bool = False) -> TrainOutcome:
+    """Train `cfg` (a TrainConfig) on `data` ({"train", "val", "test"} -> AVVPArrays) with Ray Train DDP.
+
+    An interrupted run of the same identity resumes from its last checkpoint into its MLflow run (module doc);
+    `fresh` starts it over at epoch 1; `reuse_completed` returns the outcome of a completed run of this identity
+    instead of training another (the pipeline's resumable train stage)."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -312,24 +397,23 @@ def train(cfg, data: dict, *, workers: int = 2, use_gpu: bool = False, tracking_
     node_cpus = max([n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")] or [cpus])
     # CPU workers: an equal share of the cluster's CPUs, at most one node's worth (a worker lives on one node)
     threads = max(1, int(min(cpus // max(workers, 1), node_cpus))) if not use_gpu else 1
-    run_name = run_name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-
+    tracking_uri = tracking.resolve_tracking_uri(tracking_uri) if track else None
+    identity = run_identity(cfg_dict, data, data_meta, workers=workers, use_gpu=use_gpu, tracking_uri=tracking_uri,
+                            experiment=experiment if track else None, run_name=run_name)
+    storage_path, storage_fs, storage_uri = claim_storage(storage)
+    trial_name, completed = trial_dir(storage_uri, f"{_slug(run_name or cfg.preset)}-{identity[:12]}")
+    if reuse_completed and completed is not None:
+        return TrainOutcome.from_json(completed["outcome"], storage_uri)
+    if fresh:
+        _remove_incomplete(storage_uri, trial_name)
+    record(storage_uri, [f"{trial_name}/"])  # Ray Train names the files in it: the whole directory is valor's
     run_id = None
     if track:
-        tracking_uri = tracking.resolve_tracking_uri(tracking_uri)
-        params = tracking.flatten(cfg_dict)
-        params.update(tracking.flatten({"data": data_meta}))
-        params.update({"train.workers": str(workers), "train.use_gpu": str(use_gpu),
-                       "train.per_worker_batch": str(per_worker_batch(cfg.optim.batch_size, workers)),
-                       "train.max_failures": str(max_failures), "train.storage": str(storage or "runs/ray")})
-        tags = {"valor.preset": cfg.preset, "valor.features": str(data_meta.get("features")),
-                "valor.labels": str(data_meta.get("labels")), "valor.teachers": json.dumps(data_meta.get("teachers"))}
-        run_id = tracking.start_run(tracking_uri, experiment, run_name, params, tags)
-    else:
-        tracking_uri = None
+        run_id = _open_run(tracking_uri, experiment, run_name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}",
+                           objstore.join(storage_uri, trial_name), identity, fresh,
+                           _run_params(cfg, cfg_dict, data_meta, workers, use_gpu, max_failures, storage),
+                           _run_tags(cfg, data_meta))
 
-    storage_path, storage_fs, storage_uri = claim_storage(storage)
-    trial_name = f"{run_name}-{run_id[:8]}" if run_id else f"{run_name}-{os.getpid()}"
     data_ref = ray.put(_train_payload(data, cfg))
     kill = _parse_kill_hook(os.environ.get("VALOR_TEST_KILL_WORKER"))
     if kill is not None and storage_fs is None:
@@ -360,6 +444,7 @@ def train(cfg, data: dict, *, workers: int = 2, use_gpu: bool = False, tracking_
         outcome.checkpoint = result.checkpoint.path if storage_fs is None else f"s3://{result.checkpoint.path}"
         outcome.storage = storage_uri
         outcome.seconds = time.perf_counter() - t_start
+        _mark_completed(storage_uri, trial_name, outcome)
         if run_id:
             tracking.log_metrics(tracking_uri, run_id, {"train_seconds_total": outcome.seconds})
             tracking.set_tags(tracking_uri, run_id, {"valor.checkpoint": outcome.checkpoint})
@@ -373,6 +458,33 @@ def train(cfg, data: dict, *, workers: int = 2, use_gpu: bool = False, tracking_
             except Exception:
                 pass
         raise
+
+
+def _run_params(cfg, cfg_dict: dict, data_meta: dict, workers: int, use_gpu: bool, max_failures: int,
+                storage: Optional[str]) -> dict:
+    params = tracking.flatten(cfg_dict)
+    params.update(tracking.flatten({"data": data_meta}))
+    params.update({"train.workers": str(workers), "train.use_gpu": str(use_gpu),
+                   "train.per_worker_batch": str(per_worker_batch(cfg.optim.batch_size, workers)),
+                   "train.max_failures": str(max_failures), "train.storage": str(storage or "runs/ray")})
+    return params
+
+
+def _run_tags(cfg, data_meta: dict) -> dict:
+    return {"valor.preset": cfg.preset, "valor.features": str(data_meta.get("features")),
+            "valor.labels": str(data_meta.get("labels")), "valor.teachers": json.dumps(data_meta.get("teachers"))}
+
+
+def _open_run(uri: str, experiment: str, run_name: str, trial_uri: str, identity: str, fresh: bool, params: dict,
+              tags: dict) -> str:
+    """The MLflow run of this Ray Train directory: the unfinished one tagged with it (reopened: a resume), else a new
+    one (`fresh`: always new)."""
+    run_id = None if fresh else tracking.open_run_tagged(uri, experiment, "valor.trial", trial_uri)
+    if run_id is not None:
+        tracking.reopen_run(uri, run_id)
+        return run_id
+    return tracking.start_run(uri, experiment, run_name, params,
+                              {**tags, "valor.trial": trial_uri, "valor.identity": identity})
 
 
 def finish(ckpt_dir: str, data: dict, cfg, *, tracking_uri: Optional[str], run_id: Optional[str],

@@ -24,6 +24,9 @@ evaluate do every run (layout.train_runs). A run whose loss trains on refined la
 What each stage's fingerprint hashes (its *section*) is what defines its outputs: the label rule (`thresholds.*`,
 including the one `filter_by_weak` knob) feeds tune and harvest; `train.labels` is not hashed (in a pipeline the
 labels come from harvest); actor-pool sizes and Ray/MLflow plumbing are not hashed (they change speed, not results).
+
+Train is resumable: interrupted (even killed) with the same fingerprint, it continues in place -- each run from its last
+Ray Train checkpoint into its MLflow run, a run that completed is not trained again (workflows/train_ray).
 """
 from __future__ import annotations
 
@@ -120,7 +123,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("refine", ("extract", "import", "labeler"), _refine_section, (), enabled=lambda c: bool(methods.refinements(c)),
           also_clears=("ma_labels", "lsld_labels"), produced=_refined_files,
           help="MA track swap / LSLD caption scoring -> ma_labels / lsld_labels (runs with loss ma-refined / lsld)"),
-    Stage("train", ("extract", "import", "harvest", "refine"), _train_section, ("train",),
+    Stage("train", ("extract", "import", "harvest", "refine"), _train_section, ("train",), resumable=True,
           help="Ray Train DDP HAN + MLflow run + checkpoint"),
     Stage("evaluate", ("train",), _evaluate_section, ("eval",),
           help="official segment/event F on val/test -> eval.json + MLflow"),
@@ -256,7 +259,7 @@ def _train_one(ctx: Context, tcfg, storage: str, run_name: str, labels: Optional
     meta["pipeline"] = ctx.resolved
     outcome = train_ray.train(tcfg, data, workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
                               tracking_uri=cfg.tracking.uri, experiment=cfg.tracking.experiment,
-                              storage=storage, run_name=run_name, data_meta=meta)
+                              storage=storage, run_name=run_name, data_meta=meta, reuse_completed=True)
     if outcome.run_id:
         tracking.log_json(cfg.tracking.uri, outcome.run_id, ctx.resolved, "pipeline", "config.json")
     return outcome.as_json()
