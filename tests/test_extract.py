@@ -225,7 +225,7 @@ def test_exit_code_only_when_nothing_succeeded(monkeypatch, capsys):
     for (done, failed, skipped), rc in (((0, 3, 0), 1), ((1, 3, 0), 0), ((0, 0, 5), 0), ((0, 2, 5), 1)):
         monkeypatch.setattr(extract, "run_extract", lambda *a, _r=(done, failed, skipped), **k: extract.Summary(
             done=_r[0], failed=_r[1], skipped=_r[2], seconds=1.0, out="o", failures="f"))
-        assert cli.main(["extract", "--manifest", "m", "--videos", "v", "--clip", "c", "--clap", "a", "--out", "o",
+        assert cli.main(["extract", "--manifest", "m", "--videos", ".", "--clip", "c", "--clap", "a", "--out", "o",
                          "--json"]) == rc
         last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert last == {"done": done, "failed": failed, "skipped": skipped, "seconds": 1.0, "out": "o"}

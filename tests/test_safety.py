@@ -95,7 +95,8 @@ def test_run_refuses_an_output_it_does_not_own(tmp_path):
     (d / "features" / "mine.csv").write_text("keep")
     from workflows.pipeline import layout, stages
 
-    cfg = layout.resolve(load_config(None, [f"paths.output={d}", f"paths.work={tmp_path / 'w'}"]))
+    cfg = layout.resolve(load_config(None, [f"paths.output={d}", f"paths.work={tmp_path / 'w'}",
+                                            f"paths.videos={tmp_path}"]))
     with pytest.raises(outputs.OwnershipError, match="thesis.txt"):
         stages.run_pipeline(cfg, runners={}, prepare=lambda c, log, create=True: (c, {}),
                             init_ray=lambda c, env: (lambda: None), log=lambda m: None)

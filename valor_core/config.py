@@ -1,9 +1,10 @@
 """The science's configuration, typed: model, optimiser, labels, training, teachers, media.
 
 Defaults are the paper's (VALOR appendix B, Table 6/7; METHOD-NOTES); every deviation is a named field. Each class's
-`LIMITS` gives the allowed range of its numeric fields (">= 1", "> 0", "0..1" inclusive), checked when a config is
-built from YAML or overrides (valor_core.configio). The workflow configs (storage, extract, Ray, tracking, pipeline)
-are in workflows/config.py; the threshold search's in tuning/config.py.
+`LIMITS` gives the allowed range of its numeric fields (">= 1", "> 0", "0..1" inclusive, "0..<1" without 1; every item
+of a tuple; never inf or nan), checked when a config is built from YAML or overrides (valor_core.configio). The
+workflow configs (storage, extract, Ray, tracking, pipeline) are in workflows/config.py; the threshold search's in
+tuning/config.py.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ class HANConfig:
 class OptimConfig:
     """Optimiser and per-epoch learning-rate schedule."""
 
-    LIMITS: ClassVar[dict] = {"lr_max": "> 0", "lr_min": ">= 0.0", "weight_decay": ">= 0.0",
+    LIMITS: ClassVar[dict] = {"lr_max": "> 0", "lr_min": ">= 0.0", "betas": "0.0..<1.0", "weight_decay": ">= 0.0",
                             "warmup_epochs": ">= 0", "step_size": ">= 1", "gamma": "> 0",
                             "epochs": ">= 1", "batch_size": ">= 1", "grad_clip": ">= 0.0"}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Optional
@@ -136,16 +137,30 @@ def build(cls: type, data: dict[str, Any], *, where: str = "", base: Any = None)
 
 
 def _within(rule: str, value: float) -> bool:
+    """`value` is finite and inside `rule`: ">= x", "> x", "lo..hi" (inclusive) or "lo..<hi" (hi excluded)."""
+    if not math.isfinite(value):
+        return False
     if rule.startswith(">="):
         return value >= float(rule[2:])
     if rule.startswith(">"):
         return value > float(rule[1:])
     lo, _, hi = rule.partition("..")
+    if hi.startswith("<"):
+        return float(lo) <= value < float(hi[1:])
     return float(lo) <= value <= float(hi)
 
 
+def _describe(rule: str) -> str:
+    """A LIMITS rule in words: "> 0", "0.0 to 1.0", ">= 0.0 and < 1.0"."""
+    lo, sep, hi = rule.partition("..")
+    if not sep:
+        return rule
+    return f">= {lo} and < {hi[1:]}" if hi.startswith("<") else f"{lo} to {hi}"
+
+
 def check_limits(cls: type, values: dict[str, Any], where: str = "") -> None:
-    """ConfigError naming the first value of `values` outside `cls.LIMITS` (e.g. optim.epochs must be >= 1, got 0)."""
+    """ConfigError naming the first value of `values` outside `cls.LIMITS` (e.g. optim.epochs must be >= 1, got 0;
+    inf and nan are outside every rule)."""
     limits = getattr(cls, "LIMITS", {})
     for key, value in values.items():
         rule = limits.get(key)
@@ -154,8 +169,8 @@ def check_limits(cls: type, values: dict[str, Any], where: str = "") -> None:
         items = value if isinstance(value, (tuple, list)) else (value,)
         for item in items:
             if isinstance(item, (int, float)) and not _within(rule, float(item)):
-                shown = rule.replace("..", " to ")
-                raise ConfigError(f"{_join(where, key)}: must be {shown}, got {value!r}")
+                finite = "" if math.isfinite(item) else "a finite number "
+                raise ConfigError(f"{_join(where, key)}: must be {finite}{_describe(rule)}, got {value!r}")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -1,12 +1,19 @@
 """The workflow configuration, typed: storage, extraction, harvest, Ray, tracking, the demo, and `PipelineConfig`, which
 composes them with the science configs (valor_core.config) and the search's (tuning.config) and is what `configs/*.yaml`
 deserialise into (`load_config`). Credentials are redacted (`redacted`, `is_secret`) wherever a config is written down.
+
+Every place valor writes into (paths.output, paths.work, demo.out, a file-store tracking.uri, a CLI's --out) goes
+through one check, `check_output_uri`: never empty, a filesystem root or the home directory (however spelt: `//`,
+`file:///`, `/./`), never the top of a bucket or an S3 prefix with an empty, `.` or `..` part. `check_input_dir` says
+at once when a local input folder (the videos) is missing.
 """
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal, Optional
+from urllib.parse import urlparse
 
 from tuning.config import TuneConfig
 from valor_core.config import LSLDConfig, LabelConfig, MediaConfig, TeacherConfig, TrainConfig, to_dict
@@ -206,8 +213,86 @@ class AVERunConfig:
     use_gpu: bool = False
 
 
+# --- where valor writes, and what it reads first --------------------------------------------------------------------
+
+OUTPUT_SCHEMES = ("s3", "s3a", "file")
+
+
+def check_output_uri(uri: Optional[str], what: str, *, s3: bool = True) -> str:
+    """`uri` as a place valor writes into, normalised (no trailing '/', `file://` dropped, S3 prefix as given), or a
+    one-line ConfigError naming `what`. `s3=False`: a local folder only (paths.work, demo.out)."""
+    text = str(uri if uri is not None else "").strip()
+    if not text:
+        raise ConfigError(f"{what} is empty: give a directory of its own")
+    scheme, sep, rest = text.partition("://")
+    if sep and (scheme not in OUTPUT_SCHEMES or (not s3 and scheme != "file")):
+        where = "a local directory" if not s3 else "a local directory or s3://bucket/prefix"
+        raise ConfigError(f"{what} {uri!r}: must be {where}")
+    if sep and scheme != "file":
+        return _check_s3_prefix(scheme, rest, uri, what)
+    return _check_local_dir(rest if sep else text, uri, what)
+
+
+def _check_s3_prefix(scheme: str, rest: str, uri: str, what: str) -> str:
+    bucket, _, prefix = rest.strip("/").partition("/")
+    parts = prefix.split("/")
+    if not bucket or not prefix or any(part in ("", ".", "..") for part in parts):
+        raise ConfigError(f"{what} {uri!r}: name a bucket and a prefix (s3://bucket/prefix, no empty, '.' or '..' "
+                          "part); valor does not write at the top of a bucket")
+    return f"{scheme}://{bucket}/{prefix}"
+
+
+def _check_local_dir(path: str, uri: str, what: str) -> str:
+    if not path.strip():
+        raise ConfigError(f"{what} {uri!r}: names no directory")
+    real = os.path.realpath(os.path.expanduser(path))
+    if real in (os.path.realpath(os.sep), os.path.realpath(os.path.expanduser("~"))):
+        raise ConfigError(f"{what} {uri!r}: refusing to use {real} as an output root (give a directory of its own)")
+    return os.path.normpath(path)
+
+
+def check_tracking_uri(uri: Optional[str], what: str = "tracking.uri") -> Optional[str]:
+    """An MLflow tracking URI, or ConfigError: a file store (a path or file:) is a folder valor writes into, a sqlite
+    store names its file (not a folder valor refuses); server and database URIs are MLflow's to check."""
+    if uri is None:
+        return None
+    text = str(uri).strip()
+    scheme = urlparse(text).scheme.lower()
+    if scheme in ("", "file"):
+        _check_local_dir(urlparse(text).path if scheme else text, uri, what)
+    elif scheme == "sqlite":
+        db = text.split(":///", 1)[1] if ":///" in text else ""
+        if not db.strip() or os.path.isdir(db):
+            raise ConfigError(f"{what} {uri!r}: name the database file (sqlite:///relative.db, sqlite:////abs/x.db)")
+    return uri
+
+
+def check_input_dir(uri: str, what: str) -> None:
+    """ConfigError (one line naming `what`) when the local folder `uri` does not exist; S3 inputs are checked by
+    workflows.objstore.check_reachable."""
+    text = str(uri)
+    if text.startswith(("s3://", "s3a://")):
+        return
+    path = os.path.expanduser(text[len("file://"):] if text.startswith("file://") else text)
+    if not os.path.isdir(path):
+        state = "is not a directory" if os.path.exists(path) else "does not exist"
+        raise ConfigError(f"{what} {uri!r}: {state} ({os.path.abspath(path)})")
+
+
+def checked_locations(cfg: "PipelineConfig") -> "PipelineConfig":
+    """`cfg` with every place it writes into checked (check_output_uri) and normalised."""
+    p = cfg.paths
+    paths = replace(p, output=check_output_uri(p.output, "paths.output"),
+                    work=check_output_uri(p.work, "paths.work", s3=False))
+    demo = cfg.demo if cfg.demo.out is None else replace(cfg.demo, out=check_output_uri(cfg.demo.out, "demo.out",
+                                                                                        s3=False))
+    check_tracking_uri(cfg.tracking.uri)
+    return replace(cfg, paths=paths, demo=demo)
+
+
 def load_config(path: Optional[str], overrides: Optional[list[str]] = None) -> "PipelineConfig":
-    """Read a pipeline YAML (None = all defaults), apply `key=value` overrides, and type-check it into PipelineConfig."""
+    """Read a pipeline YAML (None = all defaults), apply `key=value` overrides, and type-check it into PipelineConfig
+    (with every place it writes into checked: `checked_locations`)."""
     data = apply_overrides(read_yaml(path), list(overrides or []))
     if isinstance(data.get("runs"), list):  # each run is the `train` section with its own keys on top
         data["runs"] = [merged(data.get("train") or {}, run) if isinstance(run, dict) else run for run in data["runs"]]
@@ -222,7 +307,7 @@ def load_config(path: Optional[str], overrides: Optional[list[str]] = None) -> "
                 refine[key] = merged(shared, {"preset": preset, **own})
         data["refine"] = refine
     try:
-        return build(PipelineConfig, data)
+        return checked_locations(build(PipelineConfig, data))
     except ConfigError as err:
         source = path if path is not None else "built-in defaults"
         raise ConfigError(f"{source}{' + overrides' if overrides else ''}: {err}") from None

@@ -47,7 +47,8 @@ from valor_core.teachers.clap import check_clap_files
 from valor_core.teachers.clip import check_clip_files
 from valor_core.teachers.precision import resolve_precision
 from workflows import objstore
-from workflows.config import ExtractConfig, StorageConfig, redacted
+from workflows.config import (ConfigError, ExtractConfig, StorageConfig, check_input_dir, check_output_uri,
+                              redacted)
 from workflows.features import (RUNS, SCHEMA_VERSION, STAGING, clean_staging, failure_schema, failures_uri, fixed_list,
                                 read_failures, read_features)
 from workflows.manifest import Entry, ManifestError, read_manifest
@@ -723,7 +724,23 @@ def register(sub) -> None:
     p.set_defaults(func=_cli)
 
 
+def _bad_paths(args) -> Optional[str]:
+    """The first bad location argument, in one line (before anything is read, claimed or started), else None."""
+    try:
+        check_input_dir(args.videos, "--videos")
+        check_output_uri(args.out, "--out")
+        if args.failures is not None:
+            check_output_uri(args.failures, "--failures")
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
 def _cli(args) -> int:
+    bad = _bad_paths(args)
+    if bad:
+        print(f"valor extract: error: {bad}", file=sys.stderr)
+        return 2
     cfg = ExtractConfig(decode_batch_size=args.decode_batch, clip_batch_size=args.clip_batch,
                         clap_batch_size=args.clap_batch, clip_actors=tuple(args.clip_actors),
                         clap_actors=tuple(args.clap_actors), num_gpus=args.num_gpus, rows_per_file=args.rows_per_file,

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 import yaml
 
 from workflows import objstore
-from workflows.config import PipelineConfig, redacted
+from workflows.config import PipelineConfig, check_input_dir, redacted
 from workflows.outputs import claim, lock, remove_owned
 from workflows.pipeline.layout import Layout
 from workflows.runtime import code_version
@@ -188,6 +188,8 @@ def execute(cfg: PipelineConfig, stages: tuple[Stage, ...], runners: dict[str, R
     needs it has work; workflows/pipeline/stages.py passes the real ones, tests pass fakes."""
     if only is not None and only not in {s.name for s in stages}:
         raise PipelineError(f"unknown stage {only!r}; stages: {', '.join(s.name for s in stages)}")
+    if only in (None, "extract") and not (cfg.corpus.generate or cfg.released.enabled):  # before anything is made
+        check_input_dir(cfg.paths.videos, "paths.videos")
     cfg, env = prepare(cfg, log, not plan)
     store = Store(cfg)
     layout = Layout(cfg.paths.output)

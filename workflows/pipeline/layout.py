@@ -26,7 +26,7 @@ from typing import Optional
 from valor_core.llp import default_annotations
 from valor_core.config import TrainConfig
 from workflows import ave_data, refine_lsld, refine_ma
-from workflows.config import ConfigError, PipelineConfig
+from workflows.config import ConfigError, PipelineConfig, check_output_uri
 from workflows.features import beside, failures_uri, labels_uri
 
 MARKER_DIR = "_pipeline"
@@ -43,23 +43,8 @@ def _abs_local(uri: Optional[str]) -> Optional[str]:
 
 
 def check_output(uri: str, what: str = "paths.output") -> str:
-    """`uri` as an output root, or ConfigError: not a filesystem root, not an S3 bucket without a prefix."""
-    text = str(uri).strip()
-    if "://" in text:
-        scheme, _, rest = text.partition("://")
-        bucket, _, prefix = rest.strip("/").partition("/")
-        if scheme not in ("s3", "s3a", "file"):
-            raise ConfigError(f"{what} {uri!r}: only local paths and s3://bucket/prefix are supported")
-        if scheme != "file" and (not bucket or not prefix.strip("/")):
-            raise ConfigError(f"{what} {uri!r}: name a bucket and a prefix (s3://bucket/prefix); valor does not "
-                              "write at the top of a bucket")
-        return text.rstrip("/")
-    if not text:
-        raise ConfigError(f"{what} is empty")
-    path = os.path.abspath(os.path.expanduser(text))
-    if path == os.path.abspath(os.sep) or path == os.path.expanduser("~"):
-        raise ConfigError(f"{what} {uri!r}: refusing to use {path} as an output root (give a directory of its own)")
-    return path
+    """`uri` as an output root, or ConfigError (the one check of every place valor writes into)."""
+    return check_output_uri(uri, what)
 
 
 def resolve(cfg: PipelineConfig) -> PipelineConfig:
