@@ -43,6 +43,7 @@ from valor_core import teachers as teacher_lib
 from valor_core.classes import NUM_CLASSES
 from valor_core.config import MediaConfig, TeacherConfig, to_dict
 from valor_core.media import decode
+from valor_core import provenance
 from valor_core.teachers.clap import check_clap_files
 from valor_core.teachers.clip import check_clip_files
 from valor_core.teachers.precision import resolve_precision
@@ -50,7 +51,7 @@ from workflows import objstore
 from workflows.config import (ConfigError, ExtractConfig, StorageConfig, check_input_dir, check_output_uri,
                               redacted)
 from workflows.features import (RUNS, SCHEMA_VERSION, STAGING, clean_staging, failure_schema, failures_uri, fixed_list,
-                                read_failures, read_features)
+                                read_failures, read_features, weights_changed)
 from workflows.manifest import Entry, ManifestError, read_manifest
 from workflows.outputs import LockedError, OwnershipError, claim, lock
 from workflows.runtime import code_version, start_ray
@@ -575,18 +576,18 @@ def run_extract(manifest: str, videos: str, clip: Optional[str], clap: Optional[
                                      backbone_options(cfg, k)[0] or "hub cache") for k in features}
         if cfg.vggish_pca and "vggish" in features:
             made_with["features"]["vggish_pca"] = cfg.vggish_pca
+    made_with["weights"] = weights_record(features, clip, clap, cfg)
     marker = claim(out, "features", opts=opts, meta={"teachers": made_with})
     if "imported" in marker:
         raise OwnershipError(f"{out} holds released features imported by `valor import llp`: extract into another "
                              "--out")
-    if marker.get("teachers", made_with) != made_with and not cfg.mixed_teachers:
-        raise OwnershipError(f"{out} was made with teachers {_teachers_text(marker['teachers'])}; this run asks for "
-                             f"{_teachers_text(made_with)}: use a new --out (or --mixed-teachers to add to it anyway)")
+    if not cfg.mixed_teachers:
+        same_teachers(out, marker.get("teachers", made_with), made_with)
     claim(failures, "failures", opts=opts, write=False)
     with lock(out, f"valor extract -> {out}", opts):
         return _extract_locked(entries, clip, clap, out, failures, cfg, teachers, media, storage, manifest, videos,
                                split, address, num_cpus, object_store_memory, include_dashboard, loaders, log, t0,
-                               opts)
+                               opts, made_with["weights"])
 
 
 def check_features(cfg: ExtractConfig, clip: Optional[str], clap: Optional[str],
@@ -615,12 +616,45 @@ def check_features(cfg: ExtractConfig, clip: Optional[str], clap: Optional[str],
     return features, media
 
 
+def weights_record(features, clip: Optional[str], clap: Optional[str], cfg: ExtractConfig) -> dict:
+    """{feature: [{"file", "sha256"}]}: the content of every local weights file each feature reads (the teacher's
+    config / checkpoint, the backbone's state dict and vggish PCA file), recorded in the dataset's marker and compared
+    by later runs (valor_core.provenance)."""
+    known: dict[str, str] = {}
+    record = {}
+    for k in features:
+        if k == "clip":
+            files = teacher_lib.teacher_files("clip", clip)
+        elif k in ("clap", "clap_maps"):
+            files = teacher_lib.teacher_files("clap", clap)
+        else:
+            path = backbone_lib.weights_path(k, backbone_options(cfg, k)[0])
+            files = [f for f in (path, cfg.vggish_pca if k == "vggish" else None) if f]
+        record[k] = provenance.digests(files, known)
+    return record
+
+
+def same_teachers(out: str, recorded: dict, now: dict) -> None:
+    """OwnershipError (one line) when the dataset `out` was made with other teachers / backbones than this run: another
+    spec or media config, or the same spec whose weights files now hold other content (their recorded digests)."""
+    if {k: v for k, v in recorded.items() if k != "weights"} != {k: v for k, v in now.items() if k != "weights"}:
+        raise OwnershipError(f"{out} was made with teachers {_teachers_text(recorded)}; this run asks for "
+                             f"{_teachers_text(now)}: use a new --out (or --mixed-teachers to add to it anyway)")
+    changed = weights_changed(recorded.get("weights"), now["weights"])
+    if changed:
+        feature, path, old, new = changed
+        raise OwnershipError(f"{out} was made with {feature} weights of sha256 {old}; {path} now holds sha256 {new} "
+                             "(other weights under the same spec): use a new --out (or --mixed-teachers to add to it "
+                             "anyway)")
+
+
 def _teachers_text(t: dict) -> str:
     return f"clip={t.get('clip')!r}, clap={t.get('clap')!r}" + ("" if "media" not in t else " (and its media config)")
 
 
 def _extract_locked(entries, clip, clap, out, failures, cfg, teachers, media, storage, manifest, videos, split, address,
-                    num_cpus, object_store_memory, include_dashboard, loaders, log, t0, opts) -> Summary:
+                    num_cpus, object_store_memory, include_dashboard, loaders, log, t0, opts,
+                    weights: Optional[dict] = None) -> Summary:
     cleaned = clean_staging(out, opts)
     if cleaned:
         log(f"removed {cleaned} staged file(s) left by an interrupted run")
@@ -658,6 +692,7 @@ def _extract_locked(entries, clip, clap, out, failures, cfg, teachers, media, st
     record = {"run_id": run_id, "schema_version": SCHEMA_VERSION, "manifest": manifest, "videos": videos,
               "clip": clip, "clap": clap, "out": out, "failures": failures, "split": split,
               "extract": to_dict(cfg), "teachers": to_dict(teachers), "media": to_dict(media),
+              "weights": weights or {},
               "storage": redacted(storage), "code_version": code_version(), "summary": dataclasses.asdict(summary),
               **({"precision": precision} if precision else {}),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -31,7 +31,7 @@ Imported features (`valor import llp`, workflows/importer.py; same layout): vide
 Failures schema: video_id · stage ("read" | "decode" | "clip" | "clap" | a backbone name | "write" | "import") · kind ·
     reason · fatal bool (True: no features row) · source · run_id · schema_version. Partial videos have a features row
     AND a non-fatal failure row. Imported videos: one fatal row per bad file (kind missing | truncated | shape | dtype |
-    nonfinite).
+    nonfinite | outside_root).
 Labels schema (workflows/harvest.py writes it): video_id, split, weak (25 uint8), audio_labels / visual_labels
     (10 x 25 uint8), audio_ok / visual_ok bool; the thresholds used in the schema metadata and in LABELS_SIDECAR.
 
@@ -42,6 +42,11 @@ columns (imported datasets record the released files, not how they were made). T
 compared: bf16 weights move a feature by bf16 rounding (about 1e-2 relative), far less than the released features
 (mixed freely) differ from any re-extraction, so GPU (auto = bf16) and CPU (auto = fp32) extractions train together.
 
+The datasets record what made them: the teacher specs, the media settings and (valor_core.provenance) the SHA-256 of
+each local weights file, in the marker; the extraction run's record repeats them (`weights`).
+
+Readers refuse corrupt values in a row they use (`check_values`: NaN/inf or |x| > VALUE_BOUND) with one line naming
+the dataset, the column and the videos: a corrupt video is never dropped in silence.
 Readers convert nested list columns with `column_array` (one converter): rows are selected in NumPy after conversion,
 never with Arrow filter/take (pyarrow 25.0.1 returns wrong values from filter/take on sliced nested fixed_size_list
 arrays, e.g. a record batch of a Parquet scan).
@@ -192,6 +197,32 @@ def column_array(table, name: str, shape: tuple[int, ...], dtype=np.float32, ids
     return values.reshape(n, *shape).astype(dtype, copy=False)
 
 
+# Corrupt, not a feature: a NaN / inf, or a magnitude no feature valor reads comes near -- L2-normalised embeddings
+# (clip_emb, clap_emb, clip_feat) are <= 1, logits <= the teachers' logit scale (100), the paper's CNN features (vggish,
+# res152, r2plus1d, clap_maps) well under 1e3 -- while a flipped exponent bit gives values like 2.5e38.
+VALUE_BOUND = 1e4
+
+
+def corrupt_rows(values: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """(N,) bool: the rows of an (N, ...) float array holding a NaN / inf or a |value| > VALUE_BOUND (in chunks of
+    rows: no full-size temporary)."""
+    flat = values.reshape(len(values), -1)
+    out = np.zeros(len(values), bool)
+    for i in range(0, len(values), chunk):
+        out[i:i + chunk] = ~(np.abs(flat[i:i + chunk]) <= VALUE_BOUND).all(axis=1)  # NaN compares False
+    return out
+
+
+def check_values(values: np.ndarray, where: str, column: str, ids) -> None:
+    """LogitsError (one line, naming `where`, the column and the first videos) when rows of `values` are corrupt
+    (corrupt_rows); the caller passes only the rows it would use."""
+    bad = np.flatnonzero(corrupt_rows(values))
+    if bad.size:
+        who = ", ".join(str(ids[i]) for i in bad[:3]) + (f" and {bad.size - 3} more" if bad.size > 3 else "")
+        raise LogitsError(f"{where}: column {column} of {bad.size} video(s) holds corrupt values (NaN/inf or |x| > "
+                          f"{VALUE_BOUND:g}): {who}; re-extract or re-import them")
+
+
 def features_dataset(uri: str, storage_opts: Optional[dict] = None):
     """The features Parquet dataset under URI (pyarrow.dataset; `_`/`.`-prefixed entries, e.g. _staging, ignored)."""
     import pyarrow.dataset as ds
@@ -279,6 +310,7 @@ def teacher_logits(table, col: str, ids, where: str, keep: np.ndarray) -> tuple[
     z = column_array(table, col, (NUM_SEGMENTS, NUM_CLASSES), ids=ids, allow_null=True)[keep]
     kept_ids = np.asarray(ids)[keep]
     validate_logits(z[ok], f"{where} {col}", kept_ids[ok])
+    check_values(z[ok], where, col, kept_ids[ok])
     if not ok.all():
         z[~ok] = -np.inf
     return z, ok
@@ -322,6 +354,7 @@ def read_val_logits(source: str, annotations: str, storage_opts: Optional[dict] 
                               f"false, e.g. {who}): the val GT needs every val video for the search")
         z = column_array(table, col, (NUM_SEGMENTS, NUM_CLASSES), ids=ids, allow_null=True)[rows]
         arrays[col] = validate_logits(z, f"{source} {col}", split.video_ids)
+        check_values(arrays[col], source, col, split.video_ids)
     return AVVPArrays(video_ids=np.asarray(split.video_ids), weak=split.weak, audio_gt=split.audio_gt,
                       visual_gt=split.visual_gt, **arrays)
 
@@ -378,21 +411,46 @@ class MixError(ValueError):
     """Features datasets that cannot be trained on together; the one-line message names them and the difference."""
 
 
+def content_of(digests) -> list[str]:
+    """The SHA-256s of a feature's weights files in a provenance record (valor_core.provenance.digests), in order."""
+    return [str(d.get("sha256")) for d in digests or []]
+
+
+def weights_changed(recorded: Optional[dict], now: dict) -> Optional[tuple[str, str, str, str]]:
+    """The first feature whose weights files (a "weights" provenance record {feature: digests}, `valor extract`) hold
+    other content in `now` than in `recorded`: (feature, the first file that differs, its recorded and its present
+    sha256, shortened; "none" where a record has no such file), or None when every feature both record has the same
+    content (a record from before digests, or a feature without local files, matches anything)."""
+    for feature, files in now.items():
+        old = (recorded or {}).get(feature)
+        a, b = content_of(old), content_of(files)
+        if old is not None and a != b:
+            k = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            path = (files if k < len(files) else old)[k].get("file", "?")
+            return feature, path, a[k][:12] if k < len(a) else "none", b[k][:12] if k < len(b) else "none"
+    return None
+
+
 def made_with(uri: str, columns, opts: Optional[dict] = None) -> Optional[dict]:
-    """How an extraction dataset made `columns`: {"media": ..., column: teacher spec / backbone weights}; None for an
-    imported dataset (or one recording nothing)."""
+    """How an extraction dataset made `columns`: {"media": ..., column: teacher spec / backbone weights,
+    "weights": {column: digests of its weights files, where recorded}}; None for an imported dataset (or one recording
+    nothing)."""
     marker = read_marker(uri, opts) or {}
     record = marker.get("teachers")
     if not isinstance(record, dict) or "imported" in marker:
         return None
     media = {k: v for k, v in (record.get("media") or {}).items() if k not in MEDIA_IRRELEVANT}
     weights = record.get("features") or {}
-    out: dict = {"media": media}
+    digests = record.get("weights") or {}
+    out: dict = {"media": media, "weights": {}}
     for col in columns:
         if col in MADE_BY:
             out[col] = record.get(MADE_BY[col])
         elif col in RELEASED:
             out[col] = weights.get(col, "hub cache")
+        feature = next((k for k in (col, MADE_BY.get(col)) if k in digests), None)
+        if feature is not None:
+            out["weights"][col] = digests[feature]
     return out
 
 
@@ -416,12 +474,17 @@ def check_mix(uris, columns, opts: Optional[dict] = None) -> None:
     extracted = [i for i, m in enumerate(made) if m is not None]
     for i in extracted[1:]:
         a, b = made[extracted[0]], made[i]
-        diff = [k for k in sorted(set(a) | set(b), key=str) if a.get(k) != b.get(k)]
+        diff = [k for k in sorted(set(a) | set(b), key=str) if k != "weights" and a.get(k) != b.get(k)]
         if diff:
             k = diff[0]
             raise MixError(f"features {uris[extracted[0]]} and {uris[i]} cannot be trained together: they were "
                            f"extracted with different {'media settings' if k == 'media' else k + ' weights'} "
                            f"({a.get(k)!r} vs {b.get(k)!r})")
+        changed = weights_changed(a["weights"], b["weights"])
+        if changed:
+            col, path, old, new = changed
+            raise MixError(f"features {uris[extracted[0]]} and {uris[i]} cannot be trained together: their {col} "
+                           f"weights have the same spec but other content (sha256 {old} vs {new}; {path})")
     seen: dict[str, int] = {}
     for i, u in enumerate(uris):
         ids = features_dataset(u, opts).to_table(columns=["video_id"]).column("video_id")

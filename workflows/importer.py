@@ -13,8 +13,8 @@ naming and the check of one file: workflows/released.py.
 
 The rule: a video gets a features row iff every imported folder holds a good file for it (right shape, numeric dtype,
 all finite, pseudo-labels 0/1). Each other file is a fatal failure row (stage "import", kind missing | truncated |
-shape | dtype | nonfinite, the reason naming the file; one row per bad file) and its video has no features row: never
-a crash, never a silent zero.
+shape | dtype | nonfinite | outside_root, the reason naming the file; one row per bad file) and its video has no
+features row: never a crash, never a silent zero, never a file outside its folder (`../../x` ids, symlinks out).
 
 Flow (Ray Data): annotations -> skip videos already published (and, unless --retry-failed, failed before) -> one task
 per `--rows-per-file` videos reads and checks their files and writes one features part and one failures part (staged
@@ -47,7 +47,8 @@ from workflows.features import (RELEASED_LABELS, RUNS, SCHEMA_VERSION, STAGING, 
                                 failures_uri, fixed_list)
 from workflows.manifest import Entry
 from workflows.outputs import LockedError, OwnershipError, claim, lock
-from workflows.released import ImportInputError, ImportProblem, load_released, npy_name, released_folders
+from workflows.released import (ImportInputError, ImportProblem, load_released, npy_name, released_folders,
+                                released_uri)
 from workflows.runtime import code_version, start_ray
 
 SPLITS = ("train", "val", "test")
@@ -95,9 +96,9 @@ def import_batch(batch: dict, spec: ImportSpec) -> dict:
             spec.folders.items()]
 
     def load(job):
-        _, col, uri = job
+        i, col, _ = job
         try:
-            return load_released(uri, col, spec.opts)
+            return load_released(released_uri(spec.folders[col], vids[i]), col, spec.opts)
         except ImportProblem as problem:
             return problem
 

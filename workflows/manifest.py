@@ -10,12 +10,14 @@ AVVP_train.csv) or any CSV/TSV with a header holding
   - optional `path`: the video's location relative to the root.
 The delimiter is a tab when the header has one, else a comma. A video listed twice is an error (a manifest is a set).
 A missing, empty or non-UTF-8 manifest is a ManifestError naming it. A name or path that resolves outside the video root
-(`../x`, `/etc/x`, another bucket) is never read: its entry carries `error` and becomes a failure row of the run.
+(`../x`, `/etc/x`, another bucket, a symlink under a local root that leads out of it) is never read: its entry carries
+`error` and becomes a failure row of the run (kind outside_root).
 """
 from __future__ import annotations
 
 import csv
 import io
+import os
 import posixpath
 import re
 from dataclasses import dataclass
@@ -64,6 +66,9 @@ def _join_root(root: str, rel: str) -> tuple[str, str]:
         base = objstore.fs_for(root)[1].rstrip("/")
         uri = posixpath.normpath(posixpath.join(base, rel))
         inside = uri.startswith(base + "/")
+        real = os.path.realpath(uri)
+        if inside and not real.startswith(os.path.realpath(base).rstrip(os.sep) + os.sep):
+            return uri, f"{rel!r} is a symlink to {real}, outside the video root {root}"
     return uri, "" if inside else f"{rel!r} resolves outside the video root {root}"
 
 

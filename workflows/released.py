@@ -7,11 +7,14 @@
 
 A file is good when it loads without pickle as one array of the column's shape, with a numeric dtype (cast to
 float32), every value finite as float32, and (pseudo-labels) only 0/1; else an ImportProblem of kind missing |
-truncated (also: unreadable, not .npy) | shape | dtype | nonfinite whose reason names the file.
+truncated (also: unreadable, not .npy) | shape | dtype | nonfinite whose reason names the file. A video's file is
+never read outside its folder: an id with a path in it (`../../x`) or, locally, a symlink leading out of the folder is
+an ImportProblem of kind outside_root.
 """
 from __future__ import annotations
 
 import io
+import os
 from typing import Optional
 
 import numpy as np
@@ -35,6 +38,20 @@ class ImportProblem(ValueError):
 def npy_name(video_id: str) -> str:
     """The released file of an LLP video: `<YouTube id>.npy`, the id being the first 11 characters of its filename."""
     return f"{video_id[:11]}.npy"
+
+
+def released_uri(folder: str, video_id: str) -> str:
+    """The file of one video in a release folder (`<folder>/<npy_name>`), or ImportProblem "outside_root" when that
+    file is not in the folder: an id with a path in it (`../../x`), or (local) a symlink leading out of it."""
+    name = npy_name(video_id)
+    uri = objstore.join(folder, name)
+    if "/" in name:
+        raise ImportProblem("outside_root", f"{uri}: video id {video_id!r} is a path, not a file name in {folder}")
+    if not objstore.is_s3(folder):
+        real, base = os.path.realpath(uri), os.path.realpath(folder)
+        if not real.startswith(base.rstrip(os.sep) + os.sep):
+            raise ImportProblem("outside_root", f"{uri}: a symlink to {real}, outside {folder}")
+    return uri
 
 
 def check_array(data: bytes, name: str, shape: tuple[int, ...], labels: bool = False) -> np.ndarray:

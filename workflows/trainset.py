@@ -52,8 +52,9 @@ from valor_core.config import replace
 from valor_core.labels import harvest_labels, modality_agnostic, thresholds_for
 from valor_core.llp import default_annotations, load_split
 from valor_core.sim import SimConfig, parse_sim_source, simulate
-from workflows.features import (RELEASED, MixError, check_mix, column_array, features_dataset, labels_complete,
-                                labels_uri, read_labels)
+from valor_core.tuning_objective import LogitsError
+from workflows.features import (RELEASED, MixError, check_mix, check_values, column_array, features_dataset,
+                                labels_complete, labels_uri, read_labels)
 
 SPLITS = ("train", "val", "test")
 EMBEDDINGS = "clip_clap"  # the extraction embeddings: the one feature kind whose sizes follow the data
@@ -249,6 +250,16 @@ def _input_shape(uri: str, cfg, role: str, col: str, table) -> tuple[int, int]:
     return want
 
 
+def _check_usable(uri: str, arrays: dict, columns: dict, ids, usable) -> None:
+    """DataError naming the dataset, column and videos when a usable row holds corrupt values (NaN/inf or absurd
+    magnitudes: workflows.features.check_values): a corrupt video is never dropped in silence."""
+    for name, col in columns.items():
+        try:
+            check_values(arrays[name][usable], f"features {uri}", col, ids[usable])
+        except LogitsError as err:
+            raise DataError(str(err)) from None
+
+
 def _load_uri(uri: str, annotations: str, splits, cfg) -> tuple[dict, dict]:
     """A features dataset -> {split: AVVPArrays} with the inputs of the preset's feature kind (INPUTS). Rows are
     selected in NumPy after conversion, never with Arrow filter/take (see workflows.features)."""
@@ -274,8 +285,7 @@ def _load_uri(uri: str, annotations: str, splits, cfg) -> tuple[dict, dict]:
     usable = np.ones(len(ids), bool)
     if "status" in table.column_names:  # "partial" rows lack one teacher: no student input for that modality
         usable &= np.asarray(table.column("status").to_pylist(), dtype=object) == "ok"
-    for role in cols:
-        usable &= np.isfinite(arrays[role]).all(axis=(1, 2))
+    _check_usable(uri, arrays, {**cols, **{n: n for n in ("clip_logits", "clap_logits") if n in arrays}}, ids, usable)
     _, first = np.unique(ids, return_index=True)  # a video written twice is used once
     once = np.zeros(len(ids), bool)
     once[first] = True

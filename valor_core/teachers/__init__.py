@@ -35,10 +35,16 @@ def check_teacher_files(clip_spec: str, clap_spec: str) -> None:
     _clap.check_clap_files(clap_spec)
 
 
+def teacher_files(kind: str, spec: str) -> list[str]:
+    """The local files the `kind` ("clip" | "clap") teacher spec reads (config / spec JSON, checkpoint): what its
+    provenance digests cover (valor_core.provenance)."""
+    return _clip.clip_files(spec) if kind == "clip" else _clap.clap_files(spec)
+
+
 def load_teachers(clip_spec, clap_spec, cfg=None):
     """Both teachers: (clip, clap)."""
     return load_clip_teacher(clip_spec, cfg), load_clap_teacher(clap_spec, cfg)
 
 
 __all__ = ["Teacher", "TeacherError", "MissingCheckpoint", "load_clip_teacher", "load_clap_teacher", "load_teachers",
-           "check_teacher_files"]
+           "check_teacher_files", "teacher_files"]

@@ -167,6 +167,13 @@ def check_clap_files(spec: str) -> dict:
     return opts
 
 
+def clap_files(spec: str) -> list[str]:
+    """The local files a CLAP spec reads (its spec JSON, its checkpoint), for the provenance record
+    (valor_core.provenance); none for random init."""
+    ckpt = check_clap_files(spec)["checkpoint"]
+    return [f for f in (spec.strip() if spec.strip().endswith(".json") else None, ckpt) if f]
+
+
 class CLAPTeacher(Teacher):
     name = "clap"
     modality = "audio"

@@ -77,6 +77,13 @@ def check_clip_files(spec: str) -> bool:
     return looks_like_path
 
 
+def clip_files(spec: str) -> list[str]:
+    """The local files a CLIP spec reads (its model-config JSON, its checkpoint), for the provenance record
+    (valor_core.provenance); none for a hub tag or random init."""
+    _, pretrained, config_json = parse_clip_spec(spec)
+    return [f for f in (config_json, pretrained if check_clip_files(spec) else None) if f]
+
+
 class CLIPTeacher(Teacher):
     name = "clip"
     modality = "visual"
