@@ -23,7 +23,7 @@ def _write(uri, ids, *, seed=0, shapes=None, dtype=np.float32, made=None, split=
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from workflows.outputs import claim
+    from workflows.outputs import claim, record
 
     rng = np.random.default_rng(seed)
     n = len(ids)
@@ -36,6 +36,7 @@ def _write(uri, ids, *, seed=0, shapes=None, dtype=np.float32, made=None, split=
                       "weak": pa.FixedSizeListArray.from_arrays(pa.array(weak.reshape(-1)), 25),
                       **{c: fixed_list(v, dtype=dtype) for c, v in values.items()},
                       "status": pa.array(["ok"] * n)})
+    record(str(uri), ["part-0.parquet"])  # valor's manifest: what a reader of the dataset reads
     pq.write_table(table, str(uri / "part-0.parquet"))
     return {"weak": weak, **values}
 
@@ -141,7 +142,8 @@ def test_labels_needed_by_the_loss_from_every_source(tmp_path, pair):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from workflows.features import finish_labels
+    from workflows.features import finish_labels, write_labels_part
+    from workflows.outputs import claim
     from workflows.trainset import DataError, load_training_data
 
     a, b, _, _ = pair
@@ -155,15 +157,14 @@ def test_labels_needed_by_the_loss_from_every_source(tmp_path, pair):
     with pytest.raises(DataError, match=f"features {b}: no segment labels .* valor needs them for every source"):
         load_training_data([str(a), str(b)], cfg, splits=("train",))
     labels = tmp_path / "labels"
-    labels.mkdir()
+    claim(str(labels), "labels")
     ids = ["llp_a", "llp_b", "llp_c", "mine_0", "mine_1"]
     lab = np.zeros((5, 10, 25), np.uint8)
     lab[:, :, 7] = 1
-    pq.write_table(pa.table({"video_id": pa.array(ids), "audio_labels": fixed_list(lab, dtype=np.uint8),
-                             "visual_labels": fixed_list(lab, dtype=np.uint8)}), str(labels / "part-0.parquet"))
-    import pyarrow.fs as pafs
-
-    finish_labels(pafs.LocalFileSystem(), str(labels), {"thresholds": "test"})
+    write_labels_part(str(labels), 0, pa.table({"video_id": pa.array(ids),
+                                                "audio_labels": fixed_list(lab, dtype=np.uint8),
+                                                "visual_labels": fixed_list(lab, dtype=np.uint8)}))
+    finish_labels(str(labels), {"thresholds": "test"})
     data, _, meta = load_training_data([str(a), str(b)], cfg, labels=str(labels), splits=("train",))
     np.testing.assert_array_equal(data["train"].audio_labels, lab)  # the harvest, not the imported pseudo-labels
     assert meta["labels"] == str(labels)

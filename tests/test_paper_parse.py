@@ -37,7 +37,7 @@ def _main(argv, capsys) -> tuple[int, str, str]:
 def _parse_json(out: Path, vid: str) -> dict:
     import jsonschema
 
-    r = json.loads((out / f"{vid}.json").read_text())
+    r = json.loads((out / "parsed" / f"{vid}.json").read_text())
     jsonschema.validate(r, SCHEMA)
     return r
 
@@ -160,7 +160,7 @@ def test_parse_with_the_han_checkpoint_is_the_extract_path(mixed, tmp_path, caps
     pa, pv = _predicted(mixed["checkpoint"], arrays)
     np.testing.assert_allclose(np.array(r["segment_prob"]["audio"]), pa, atol=6e-6)
     np.testing.assert_allclose(np.array(r["segment_prob"]["visual"]), pv, atol=6e-6)
-    assert (out / f"{mixed['video']}.png").stat().st_size > 0 and (out / "index.html").is_file()
+    assert (out / "parsed" / f"{mixed['video']}.png").stat().st_size > 0 and (out / "index.html").is_file()
 
 
 # --- valor++: CLAP maps, CLIP, R(2+1)D --------------------------------------------------------------------------------

@@ -186,15 +186,18 @@ def test_changed_stage_clears_old_outputs_interrupted_one_resumes(tmp_path):
     fake = FakeStages()
     _run(_cfg(tmp_path), fake)
     stale = tmp_path / "out" / "labels" / "stale-from-old-config.parquet"
-    stale.write_text("old")
+    outputs.write_file(str(stale), b"old")  # valor wrote it: a changed config removes it
+    mine = tmp_path / "out" / "labels" / "mine.txt"
+    mine.write_text("user's")  # valor did not write it: kept
     _run(_cfg(tmp_path, "thresholds.filter_by_weak=false"), fake)
-    assert not stale.exists()
+    assert not stale.exists() and mine.read_text() == "user's"
+    assert "filter_by_weak=False" in (tmp_path / "out" / "labels" / "part-0.parquet").read_text()
     # an interrupted stage (started, never finished) with the same fingerprint keeps its partial outputs
     cfg = _cfg(tmp_path, "teachers.clip=new")
     fp = engine.fingerprints(cfg, engine.Store(cfg), stages.STAGES)["extract"]
     (tmp_path / "out" / "_pipeline" / "extract.started.json").write_text(json.dumps({"fingerprint": fp}))
     partial = tmp_path / "out" / "features" / "partial.parquet"
-    partial.write_text("half")
+    outputs.write_file(str(partial), b"half")
     _run(cfg, fake, only="extract")
     assert partial.exists()
 

@@ -36,7 +36,7 @@ def test_harvest_out_refuses_foreign_files(tmp_path):
     d = _foreign_dir(tmp_path)
     r = _valor("harvest", "--logits", "sim:0", "--split", "val", "--out", d)
     assert r.returncode == 2
-    assert "thesis.txt" in r.stderr and "did not make" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "thesis.txt" in r.stderr and "has no valor marker" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert (d / "thesis.txt").read_text() == "x" and (d / "sub").is_dir()
 
 
@@ -56,15 +56,15 @@ def test_claim_and_remove_owned(tmp_path):
     d = _foreign_dir(tmp_path)
     with pytest.raises(outputs.OwnershipError, match="thesis.txt"):
         outputs.claim(str(d), "features")
-    with pytest.raises(outputs.OwnershipError, match="refusing to delete"):
+    with pytest.raises(outputs.OwnershipError, match="has no valor marker"):
         outputs.remove_owned(str(d))
     assert (d / "thesis.txt").exists()
-    legacy = tmp_path / "legacy"
-    (legacy / "_runs").mkdir(parents=True)
-    (legacy / "part-a-0.parquet").write_bytes(b"PAR1")
-    assert outputs.claim(str(legacy), "features")["kind"] == "features"  # an older valor output is adopted
-    outputs.remove_owned(str(legacy))
-    assert not legacy.exists()
+    lookalike = tmp_path / "lookalike"  # only valor's names, but no marker: not valor's (nothing is adopted)
+    (lookalike / "_runs").mkdir(parents=True)
+    (lookalike / "part-a-0.parquet").write_bytes(b"PAR1")
+    with pytest.raises(outputs.OwnershipError, match="part-a-0.parquet"):
+        outputs.claim(str(lookalike), "features")
+    assert (lookalike / "part-a-0.parquet").read_bytes() == b"PAR1"
 
 
 # --- 2. valor run: output roots and config values checked before any work -----------------------------------------

@@ -30,6 +30,7 @@ from valor_core.llp import default_annotations
 from valor_core.metrics import label_fidelity
 from valor_core.presets import get_preset, shorten
 from valor_core.sim import simulate
+from workflows.outputs import claim, reserve, write_file
 
 KEYS = ("audio", "visual", "av", "type", "event")
 LABELS = {"audio": "A", "visual": "V", "av": "AV", "type": "Type@AV", "event": "Event@AV"}
@@ -74,6 +75,8 @@ def check_args(args) -> None:
     for flag, value in (("--lr-scale", args.lr_scale), ("--han-lr-scale", args.han_lr_scale)):
         if value <= 0:
             raise ValueError(f"{flag} must be > 0, got {value}")
+    if args.out:
+        claim(args.out, "demo", write=False)  # OwnershipError (a ValueError) before the run: --out is not valor's
 
 
 def parse_demo_args(argv) -> argparse.Namespace:
@@ -206,11 +209,9 @@ def write_outputs(out: dict, directory: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "demo.json"), "w") as f:
-        json.dump(out, f, indent=1)
-    with open(os.path.join(directory, "demo.txt"), "w") as f:
-        f.write(format_table(out) + "\n")
+    claim(directory, "demo")  # a new or empty folder, or a demo output valor made (files valor wrote are replaced)
+    write_file(os.path.join(directory, "demo.json"), json.dumps(out, indent=1).encode())
+    write_file(os.path.join(directory, "demo.txt"), (format_table(out) + "\n").encode())
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
     x = np.arange(len(KEYS))
     for ax, level in zip(axes, ("segment", "event")):
@@ -222,6 +223,7 @@ def write_outputs(out: dict, directory: str) -> None:
     axes[0].set_ylabel("F (%)")
     axes[0].legend()
     fig.tight_layout()
+    reserve(os.path.join(directory, "demo.png"))
     fig.savefig(os.path.join(directory, "demo.png"), dpi=110)
     plt.close(fig)
 

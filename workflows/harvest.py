@@ -59,7 +59,7 @@ from workflows import objstore
 from workflows.checkpoints import CheckpointError, checkpoint_split, load_checkpoint_model, resolve_checkpoint
 from workflows.config import HarvestConfig, StorageConfig
 from workflows.features import (LOGIT_COLUMNS, finish_labels, OK_FLAGS, column_array, features_dataset, labels_uri,
-                                teacher_logits, usable_rows)
+                                teacher_logits, usable_rows, write_labels_part)
 from workflows.outputs import LockedError, OwnershipError, claim, clear_owned, lock
 from workflows.runtime import code_version
 from workflows.trainset import DataError
@@ -226,10 +226,6 @@ def harvest_labeler(labeler: str, source: Optional[str] = None, out: Optional[st
     claim(out, "labels", opts=storage_opts)
     with lock(out, f"valor harvest --labeler -> {out}", storage_opts):
         clear_owned(out, storage_opts)
-        fs, path = objstore.fs_for(out, storage_opts)
-        fs.create_dir(path, recursive=True)
-        import pyarrow.parquet as pq
-
         files = videos = n_a = n_v = 0
         per_split: dict[str, int] = {}
         for split in tuple(splits) or ("train", "val", "test"):
@@ -245,7 +241,7 @@ def harvest_labeler(labeler: str, source: Optional[str] = None, out: Optional[st
                 sl = slice(start, start + rows_per_file)
                 n = len(arrays.video_ids[sl])
                 table = labels_table(arrays.video_ids[sl], [split] * n, arrays.weak[sl], audio[sl], visual[sl], meta)
-                pq.write_table(table, posixpath.join(path, f"part-{files:05d}.parquet"), filesystem=fs)
+                write_labels_part(out, files, table, storage_opts)
                 files += 1
             videos += len(arrays.video_ids)
             per_split[split] = len(arrays.video_ids)
@@ -254,7 +250,7 @@ def harvest_labeler(labeler: str, source: Optional[str] = None, out: Optional[st
             raise ValueError(f"{source}: no videos to label")
         summary = {"videos": videos, "files": files, "splits": per_split, "audio_labels": n_a, "visual_labels": n_v,
                    "out": str(out), **meta, "seconds": round(time.perf_counter() - t0, 3)}
-        finish_labels(fs, path, summary)
+        finish_labels(out, summary, storage_opts)
     return summary
 
 
@@ -349,10 +345,6 @@ def _same_uri(a: str, b: str) -> bool:
 
 def _harvest_into(out, source, annotations, thresholds, filter_by_weak, rows_per_file, splits, storage_opts, meta,
                   t0) -> dict:
-    import pyarrow.parquet as pq
-
-    fs, path = objstore.fs_for(out, storage_opts)
-    fs.create_dir(path, recursive=True)
     videos = files = n_a = n_v = 0
     per_split: dict[str, int] = {}
     pending: list[tuple] = []
@@ -361,7 +353,7 @@ def _harvest_into(out, source, annotations, thresholds, filter_by_weak, rows_per
         nonlocal files, videos, n_a, n_v
         ids, sp, weak, za, zv, ok_a, ok_v = (np.concatenate([np.asarray(p[i]) for p in parts]) for i in range(7))
         table, ca, cv = harvest_table(ids, sp, weak, za, zv, thresholds, filter_by_weak, meta, ok_a, ok_v)
-        pq.write_table(table, posixpath.join(path, f"part-{files:05d}.parquet"), filesystem=fs)
+        write_labels_part(out, files, table, storage_opts)
         files, videos, n_a, n_v = files + 1, videos + table.num_rows, n_a + ca, n_v + cv
         for s in sp:
             per_split[str(s)] = per_split.get(str(s), 0) + 1
@@ -383,7 +375,7 @@ def _harvest_into(out, source, annotations, thresholds, filter_by_weak, rows_per
                "out": str(out),
                **{k: meta[k] for k in ("thresholds", "filter_by_weak", "modality_agnostic", "from", "source")},
                "seconds": round(time.perf_counter() - t0, 3)}
-    finish_labels(fs, path, summary)
+    finish_labels(out, summary, storage_opts)
     return summary
 
 

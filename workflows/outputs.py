@@ -1,21 +1,29 @@
-"""Output ownership and locks: valor writes only inside what it owns, one run at a time.
+"""Output ownership and locks: valor writes only into what it owns, and deletes exactly the files it wrote.
 
-    claim(uri, kind, ...)      before a command writes `uri` (a dir or s3://bucket/prefix): the path must be new, empty,
-                               or carry valor's ownership marker `<uri>/_valor.json` of the same kind (a `pipeline`
-                               root must also have the same pipeline name); the marker is written then. A path holding
-                               anything else is an OwnershipError naming what is there -- valor never deletes it.
-                               A marker of another kind (e.g. `--out` of harvest = a features dataset) is an error;
-                               `force=True` takes over an output valor made, never foreign files.
-    remove_owned(uri, ...)     delete an output valor made (its marker, or only files valor writes), else refuse
-    clear_owned(uri, ...)      empty a claimed output for a re-run, keeping its marker and lock
+    claim(uri, kind, ...)      before a command writes `uri` (a dir or s3://bucket/prefix): the path must be new,
+                               empty, or carry valor's ownership marker `<uri>/_valor.json` of the same kind (a
+                               `pipeline` root must also have the same pipeline name); the marker is written then.
+                               Only the marker makes a path valor's: a non-empty path without one is an
+                               OwnershipError naming what is there, and nothing is touched. A marker of another kind
+                               is an error too; `force=True` takes over an output valor made, never foreign files.
+    record(uri, files, ...)    the manifest: the marker lists every file (path relative to `uri`) valor wrote there,
+                               plus name patterns derived from a recorded run (`part-<run_id>-*.parquet`) for files
+                               that Ray workers write, and whole directories valor created for a library that names
+                               its own files (a Ray Train run directory while it runs; its file listing once it
+                               completes).
+    record_file(uri)           record one written file in the marker of the output it lies in (nearest marker above)
+    clear_owned(uri, ...)      empty an output for a re-run: delete exactly what its manifest lists (a nested output:
+                               what its own manifest lists), keep everything else and report it ("kept 2 files valor
+                               did not write: ..."); the marker and lock stay
+    remove_owned(uri, ...)     the same for one output named by the layout (a directory, or a file recorded in the
+                               manifest above it); a file or directory valor did not write there is an error
+    check_removable(uri, ...)  that remove_owned would refuse nothing: called for every output before any is removed
+    owned_parts(uri, ...)      the Parquet parts of a dataset that valor wrote (readers never read a stray file)
     lock(uri, holder)          a lock per output root held for a run (context manager): local `<uri>/_valor.lock`
                                under fcntl.flock (released by the kernel when the holder dies); S3 a lease object
                                refreshed by a heartbeat and stale after LEASE_S seconds, or at once when its holder
                                ran on this host and is gone. A second run fails at once naming the holder; a stale
                                lock is taken over.
-
-Outputs of earlier valor versions carry no marker: a path whose every entry is something valor writes (part-*.parquet,
-_runs/, _staging/, _harvest.json, _pipeline/, features/, ...) is adopted (the marker is written).
 """
 from __future__ import annotations
 
@@ -25,10 +33,11 @@ import json
 import os
 import posixpath
 import socket
+import sys
 import threading
 import time
 import uuid
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from workflows import objstore
 
@@ -36,27 +45,27 @@ MARKER = "_valor.json"
 LOCK = "_valor.lock"
 LEASE_S = 60.0  # an S3 lock not refreshed for this long is stale ($VALOR_LOCK_LEASE_S overrides, e.g. in tests)
 HEARTBEAT_S = 10.0  # how often the holder renews it (at most a third of the lease)
-# What valor itself writes under an output root (anything else there is someone else's).
-VALOR_ENTRIES = ("_valor.json", "_valor.lock", "part-*.parquet", "_runs", "_staging", "_harvest.json", "_pipeline",
-                 "features", "failures", "labels", "train", "thresholds.json", "eval.json", "config.yaml", "demo",
-                 "mlflow.db", "mlartifacts", "epoch_*", "checkpoint_manager_snapshot.json", "*.lock", ".*.tmp",
-                 "*_failures", "*_labels")
+MARKER_DEPTH = 4  # record_file / remove_owned look this many folders up for the output a file belongs to
 
 
 class OwnershipError(ValueError):
-    """An output path valor may not write into; the message names it and what is there."""
+    """An output path valor may not write into (or delete); the message names it and what is there."""
 
 
 class LockedError(RuntimeError):
     """Another run holds the output's lock; the message names the holder."""
 
 
+def _info(uri: str, opts: Optional[dict]):
+    fs, path = objstore.fs_for(uri, opts)
+    return fs, path, fs.get_file_info(path)
+
+
 def _entries(uri: str, opts: Optional[dict]) -> list[str]:
-    """Names directly under `uri` (empty list when it does not exist); a file at `uri` itself is [<its name>]."""
+    """Names directly under `uri` (empty list when it does not exist); OwnershipError when `uri` is a file."""
     import pyarrow.fs as pafs
 
-    fs, path = objstore.fs_for(uri, opts)
-    info = fs.get_file_info(path)
+    fs, path, info = _info(uri, opts)
     if info.type == pafs.FileType.File:
         raise OwnershipError(f"{uri} is a file, not a directory valor can write an output into")
     try:
@@ -66,44 +75,36 @@ def _entries(uri: str, opts: Optional[dict]) -> list[str]:
     return sorted(posixpath.basename(i.path.rstrip("/")) for i in infos)
 
 
-def _foreign(names: list[str], uri: str, opts: Optional[dict]) -> list[str]:
-    """The entries of `uri` valor did not write: not a name valor uses, nor a Ray Train trial dir of `valor train`."""
-    out = []
-    for n in names:
-        if any(fnmatch.fnmatch(n, pat) for pat in VALOR_ENTRIES):
-            continue
-        sub = objstore.join(uri, n)
-        try:
-            if objstore.is_file(objstore.join(sub, "checkpoint_manager_snapshot.json"), opts):
-                continue
-            if not objstore.is_file(sub, opts) and not objstore.list_files(sub, opts, recursive=True):
-                continue  # an empty directory (S3 stores may keep one after its files are deleted): nothing there
-        except OSError:
-            pass
-        out.append(n)
-    return out
+def _tree(uri: str, opts: Optional[dict]) -> tuple[list[str], list[str]]:
+    """(files, directories) under `uri`, as paths relative to it (both empty when it does not exist)."""
+    import pyarrow.fs as pafs
+
+    fs, path = objstore.fs_for(uri, opts)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    except FileNotFoundError:
+        return [], []
+    base = path.rstrip("/") + "/"
+    rel = lambda p: p[len(base):] if p.startswith(base) else p  # noqa: E731
+    files = sorted(rel(i.path) for i in infos if i.type == pafs.FileType.File)
+    dirs = sorted(rel(i.path.rstrip("/")) for i in infos if i.type == pafs.FileType.Directory)
+    return files, dirs
 
 
-def _valor_made(names: list[str], uri: str, opts: Optional[dict]) -> bool:
-    return not _foreign(names, uri, opts)
-
-
-def _legacy_kind(names: list[str]) -> Optional[str]:
-    """What an output of an earlier valor (no marker) is, from what it holds."""
-    if "_pipeline" in names:
-        return "pipeline"
-    if "_harvest.json" in names:
-        return "labels"
-    if "_runs" in names or "_staging" in names:
-        return "features"
-    return None
+def _shown(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def read_marker(uri: str, opts: Optional[dict] = None) -> Optional[dict]:
     try:
-        return json.loads(objstore.read_bytes(objstore.join(uri, MARKER), opts))
+        marker = json.loads(objstore.read_bytes(objstore.join(uri, MARKER), opts))
     except (FileNotFoundError, OSError, ValueError):
         return None
+    return marker if isinstance(marker, dict) and marker.get("owner") == "valor" else None
+
+
+def _write_marker(uri: str, marker: dict, opts: Optional[dict]) -> None:
+    objstore.write_bytes(objstore.join(uri, MARKER), (json.dumps(marker, indent=1) + "\n").encode(), opts)
 
 
 def claim(uri: str, kind: str, *, name: Optional[str] = None, opts: Optional[dict] = None, force: bool = False,
@@ -112,6 +113,10 @@ def claim(uri: str, kind: str, *, name: Optional[str] = None, opts: Optional[dic
     write=False only checked: nothing is created)."""
     names = _entries(uri, opts)
     marker = read_marker(uri, opts) if MARKER in names else None
+    if marker is None and [n for n in names if n != LOCK]:
+        raise OwnershipError(f"{uri} is not empty and has no valor marker ({MARKER}): it holds "
+                             f"{_shown(names)}; valor writes only into a new or empty path or one it made: choose "
+                             "another output path")
     if marker is not None:
         other = marker.get("kind")
         if other != kind and not force:
@@ -122,50 +127,200 @@ def claim(uri: str, kind: str, *, name: Optional[str] = None, opts: Optional[dic
                                  "choose another paths.output (or --force to take it over)")
         if other == kind and (name is None or marker.get("name") in (None, name)):
             return marker
-    elif names and not _valor_made(names, uri, opts):
-        foreign = _foreign(names, uri, opts)
-        shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 5 else "")
-        raise OwnershipError(f"{uri} already holds files valor did not make ({shown}); valor writes only into a new "
-                             "or empty path or one it made: choose another output path")
-    elif names and _legacy_kind(names) not in (None, kind) and not force:
-        raise OwnershipError(f"{uri} is a {_legacy_kind(names)} output of valor, not a {kind} output: choose another "
-                             "path (or --force to take it over)")
-    marker = {"owner": "valor", "kind": kind, "name": name, "id": uuid.uuid4().hex, "created": time.time(),
-              **(meta or {})}
-    if not write:
-        return marker
-    objstore.write_bytes(objstore.join(uri, MARKER), (json.dumps(marker, indent=1) + "\n").encode(), opts)
+        # --force: the new kind/name takes over what valor wrote there (its manifest is kept: still valor's files)
+        marker = {**marker, "kind": kind, "name": name, **(meta or {})}
+    else:
+        marker = {"owner": "valor", "kind": kind, "name": name, "id": uuid.uuid4().hex, "created": time.time(),
+                  "wrote": [], "patterns": [], **(meta or {})}
+    if write:
+        _write_marker(uri, marker, opts)
     return marker
 
 
-def clear_owned(uri: str, opts: Optional[dict] = None) -> None:
-    """Empty a claimed output for a re-run (its marker and lock stay): it never mixes old and new."""
-    for name in _entries(uri, opts):
-        if name in (MARKER, LOCK):
-            continue
-        remove_owned(objstore.join(uri, name), opts)
+def record(uri: str, files: tuple[str, ...] | list[str] = (), opts: Optional[dict] = None,
+           patterns: tuple[str, ...] | list[str] = ()) -> None:
+    """Add files (paths relative to `uri`; a trailing '/' = a whole directory valor created) and name patterns to
+    the manifest of the output `uri` (claimed before: its marker exists)."""
+    marker = read_marker(uri, opts)
+    if marker is None:
+        raise OwnershipError(f"{uri} has no valor marker: claim it before writing into it")
+    wrote, pats = list(marker.get("wrote", [])), list(marker.get("patterns", []))
+    new_files = [f for f in files if f not in wrote]
+    new_pats = [p for p in patterns if p not in pats]
+    if new_files or new_pats:
+        _write_marker(uri, {**marker, "wrote": wrote + new_files, "patterns": pats + new_pats}, opts)
 
 
-def remove_owned(uri: str, opts: Optional[dict] = None) -> None:
-    """Delete the output at `uri` when valor made it (its marker, or only valor's entries); OwnershipError if not."""
+def record_run(uri: str, run_id: str, opts: Optional[dict] = None) -> None:
+    """A dataset run's files, whose names derive from its id (Ray workers write them): its parts, staged parts and
+    run record."""
+    record(uri, opts=opts, patterns=(f"part-{run_id}-*.parquet", f"_staging/part-{run_id}-*.parquet",
+                                     f"_runs/{run_id}.json"))
+
+
+def record_listing(uri: str, sub: str, opts: Optional[dict] = None) -> None:
+    """A directory valor created for a library (a Ray Train run) has completed: from now on only the files it holds
+    now are valor's (a file added to it later is the user's)."""
+    marker = read_marker(uri, opts)
+    if marker is None:
+        raise OwnershipError(f"{uri} has no valor marker: claim it before writing into it")
+    sub = sub.strip("/")
+    files = [posixpath.join(sub, f) for f in _tree(objstore.join(uri, sub), opts)[0]]
+    wrote = [w for w in marker.get("wrote", []) if w != sub + "/"]
+    _write_marker(uri, {**marker, "wrote": wrote + [f for f in files if f not in wrote]}, opts)
+
+
+def _owner_of(uri: str, opts: Optional[dict]) -> Optional[tuple[str, dict, str]]:
+    """(output root, its marker, `uri` relative to it) of the nearest valor output above `uri`, or None."""
+    parent, rel = uri.rstrip("/"), ""
+    for _ in range(MARKER_DEPTH):
+        parent, base = posixpath.split(parent)
+        if not base or parent in ("", "/") or parent.endswith(":/"):
+            return None
+        rel = posixpath.join(base, rel) if rel else base
+        marker = read_marker(parent, opts)
+        if marker is not None:
+            return parent, marker, rel
+    return None
+
+
+def record_file(uri: str, opts: Optional[dict] = None) -> None:
+    """Record the file valor wrote at `uri` in the manifest of the output it lies in (nothing when none)."""
+    owner = _owner_of(uri, opts)
+    if owner is not None:
+        record(owner[0], [owner[2]], opts)
+
+
+def reserve(uri: str, opts: Optional[dict] = None) -> None:
+    """Before valor writes the file `uri`: record it in the manifest of the output it lies in (so that a kill while
+    writing still leaves it valor's); a file already there that valor did not write is an OwnershipError -- valor
+    never overwrites the user's files."""
+    check_removable(uri, opts)
+    record_file(uri, opts)
+
+
+def write_file(uri: str, data: bytes, opts: Optional[dict] = None) -> None:
+    """Write a whole file into an output valor owns, recorded in its manifest (see reserve)."""
+    reserve(uri, opts)
+    objstore.write_bytes(uri, data, opts)
+
+
+def owns(marker: dict, rel: str) -> bool:
+    """Whether valor wrote the file `rel` (relative to the output whose marker this is)."""
+    if rel in (MARKER, LOCK):
+        return True
+    wrote = marker.get("wrote", [])
+    if rel in wrote or any(w.endswith("/") and rel.startswith(w) for w in wrote):
+        return True
+    return any(fnmatch.fnmatchcase(rel, p) for p in marker.get("patterns", []))
+
+
+def owned_parts(uri: str, opts: Optional[dict] = None) -> list[str]:
+    """Paths (in the filesystem) of the Parquet parts directly under `uri` that valor wrote (an output without a
+    marker: every part-*.parquet there)."""
+    marker = read_marker(uri, opts)
+    fs, path = objstore.fs_for(uri, opts)
+    names = [posixpath.basename(p) for p in objstore.list_files(uri, opts, suffix=".parquet")]
+    keep = [n for n in names if (owns(marker, n) if marker is not None else fnmatch.fnmatchcase(n, "part-*.parquet"))]
+    return [posixpath.join(path, n) for n in keep if n not in (MARKER, LOCK)]
+
+
+def _delete_owned(uri: str, marker: dict, opts: Optional[dict]) -> list[str]:
+    """Delete what the manifest of `uri` lists (nested outputs by their own manifest); returns what was kept."""
     import pyarrow.fs as pafs
 
     fs, path = objstore.fs_for(uri, opts)
-    info = fs.get_file_info(path)
+    files, dirs = _tree(uri, opts)
+    nested = sorted({d for d in dirs if posixpath.join(d, MARKER) in files}, key=len)
+    kept: list[str] = []
+    for sub in nested:
+        if any(sub.startswith(n + "/") for n in nested if n != sub):
+            continue  # inside another nested output: that one handles it
+        sub_marker = read_marker(objstore.join(uri, sub), opts)
+        if sub_marker is not None:
+            kept += [posixpath.join(sub, k) for k in _delete_owned(objstore.join(uri, sub), sub_marker, opts)]
+    inside = lambda f: any(f.startswith(n + "/") for n in nested)  # noqa: E731
+    for f in files:
+        if inside(f) or f in (MARKER, LOCK):
+            continue
+        if owns(marker, f):
+            fs.delete_file(posixpath.join(path, f))
+        else:
+            kept.append(f)
+    for d in sorted(dirs, key=lambda d: -d.count("/")):  # folders emptied by the deletes, deepest first
+        if any(k == d or k.startswith(d + "/") for k in kept) or d in nested:
+            continue
+        with contextlib.suppress(OSError):
+            if fs.get_file_info(pafs.FileSelector(posixpath.join(path, d), recursive=True)) == []:
+                fs.delete_dir(posixpath.join(path, d))
+    return kept
+
+
+def _report(uri: str, kept: list[str], log: Optional[Callable[[str], None]]) -> None:
+    """Say what was kept (on stderr unless `log` is given: stdout may carry a command's JSON contract)."""
+    if kept:
+        (log or (lambda m: print(m, file=sys.stderr, flush=True)))(f"{uri}: kept {len(kept)} file{'s' if len(kept) != 1 else ''} valor did not write: {_shown(kept)}")
+
+
+def clear_owned(uri: str, opts: Optional[dict] = None, log: Optional[Callable[[str], None]] = None) -> list[str]:
+    """Empty a claimed output for a re-run (see the module doc); returns (and reports) the files kept."""
+    marker = read_marker(uri, opts)
+    if marker is None:
+        raise OwnershipError(f"refusing to clear {uri}: it has no valor marker ({MARKER})")
+    kept = _delete_owned(uri, marker, opts)
+    _write_marker(uri, {**marker, "wrote": [], "patterns": []}, opts)
+    _report(uri, kept, log)
+    return kept
+
+
+def check_removable(uri: str, opts: Optional[dict] = None) -> None:
+    """OwnershipError when remove_owned(uri) would refuse: a file there valor did not record, or a non-empty
+    directory without a marker that no manifest above lists."""
+    import pyarrow.fs as pafs
+
+    _, _, info = _info(uri, opts)
+    if info.type == pafs.FileType.NotFound:
+        return
     if info.type == pafs.FileType.File:
-        fs.delete_file(path)  # a single-file output (thresholds.json, eval.json) named by the layout
+        owner = _owner_of(uri, opts)
+        if owner is None or not owns(owner[1], owner[2]):
+            raise OwnershipError(f"{uri} exists and valor did not write it: move it away (valor never overwrites "
+                                 "or deletes a file it did not write)")
         return
-    names = _entries(uri, opts)
-    if not names:
-        if info.type == pafs.FileType.Directory:
-            fs.delete_dir(path)
-        return
-    if MARKER not in names and not _valor_made(names, uri, opts):
-        shown = ", ".join(_foreign(names, uri, opts)[:5])
-        raise OwnershipError(f"refusing to delete {uri}: it holds files valor did not make ({shown})")
-    fs.delete_dir_contents(path, missing_dir_ok=True)
+    if read_marker(uri, opts) is None and _tree(uri, opts)[0]:
+        owner = _owner_of(uri, opts)
+        files = _tree(uri, opts)[0]
+        if owner is None or not all(owns(owner[1], posixpath.join(owner[2], f)) for f in files):
+            raise OwnershipError(f"{uri} holds files valor did not write ({_shown(files)}) and has no valor marker: "
+                                 "move them away")
+
+
+def remove_owned(uri: str, opts: Optional[dict] = None, log: Optional[Callable[[str], None]] = None) -> list[str]:
+    """Delete the output at `uri` (a directory output: what its manifest lists, see clear_owned; a file: when the
+    manifest above it lists it); returns the files kept. A directory left empty is removed with its marker."""
+    import pyarrow.fs as pafs
+
+    check_removable(uri, opts)
+    fs, path, info = _info(uri, opts)
+    if info.type == pafs.FileType.NotFound:
+        return []
+    if info.type == pafs.FileType.File:
+        fs.delete_file(path)
+        return []
+    marker = read_marker(uri, opts)
+    if marker is None:  # a folder of files recorded in the manifest above (e.g. demo/)
+        owner = _owner_of(uri, opts)
+        marker = {"wrote": [f for f in _tree(uri, opts)[0]]} if owner is not None else {"wrote": []}
+    kept = _delete_owned(uri, marker, opts)
+    if kept:
+        if read_marker(uri, opts) is not None:
+            _write_marker(uri, {**read_marker(uri, opts), "wrote": [], "patterns": []}, opts)
+        _report(uri, kept, log)
+        return kept
+    fs.delete_dir_contents(path, missing_dir_ok=True)  # only the marker and lock are left
     with contextlib.suppress(FileNotFoundError, OSError):
         fs.delete_dir(path)
+    return []
 
 
 # --- locks ---------------------------------------------------------------------------------------------------------

@@ -14,11 +14,12 @@ recorded unless --weights names others, else the torch hub cache, in the precisi
 --precision is given, else auto), run the HAN, apply the official
 rule (valor_core.fit.decide) per window and turn the segments into events (valor_core.events: windows of T segments
 for videos longer than T x segment_seconds, merged across borders). Written into DIR (a new or empty dir, or an
-earlier `valor parse` output, which is replaced):
-    <id>.json      {"video", "source", "duration", "segments", "segment_seconds", "windows", "checkpoint", "features",
+earlier `valor parse` output, whose files are replaced; files valor did not write there are kept and reported):
+    parsed/<id>.json  (per-video files in parsed/: no video id can collide with valor's own names)
+                   {"video", "source", "duration", "segments", "segment_seconds", "windows", "checkpoint", "features",
                     "issues", "events": [{"class", "modality", "start", "end", "confidence"}],
                     "segment_prob": {"audio": n x 25, "visual": n x 25}, "global_prob": windows x 25}
-    <id>.png       the timeline (workflows.timeline)
+    parsed/<id>.png   the timeline (workflows.timeline)
     index.html     every video with its timeline; a cursor follows playback, a click on an event seeks to it
     failures.json  [{"video", "source", "stage", "kind", "reason"}]: the videos that could not be parsed (media error
                    kinds of valor_core.media.errors); the batch goes on
@@ -53,12 +54,13 @@ from workflows import objstore
 from workflows.checkpoints import (CheckpointError, config_from_dict, load_checkpoint_model, parse_official,
                                    resolve_checkpoint)
 from workflows.features import recorded_precision
-from workflows.outputs import LockedError, OwnershipError, claim, clear_owned, lock, read_marker
+from workflows.outputs import LockedError, OwnershipError, claim, clear_owned, lock, read_marker, reserve, write_file
 from workflows.parse_page import render_page
 from workflows.timeline import timeline_png
 
 VIDEO_EXT = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".ts", ".3gp")
 RAY_THRESHOLD = 8
+PARSED = "parsed"  # the per-video files' folder
 # TrainConfig.features -> (teachers, paper backbones) it is computed from, and the HAN input each column feeds
 NEEDS = {"clip_clap": (("clip", "clap"), ()),
          "vggish_resnet_r2p1d": ((), ("vggish", "res152", "r2plus1d")),
@@ -383,8 +385,9 @@ def _page_src(out: str, vid: str, source: str, copy: bool, opts: Optional[dict])
     """The player's src relative to index.html: the file itself, or a copy in DIR/videos/ (s3:// or --copy-videos)."""
     if objstore.is_s3(source) or copy:
         ext = os.path.splitext(source)[1] or ".mp4"
-        os.makedirs(os.path.join(out, "videos"), exist_ok=True)
         dest = os.path.join(out, "videos", vid + ext)
+        reserve(dest)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
         if objstore.is_s3(source):
             with open(dest, "wb") as f:
                 f.write(objstore.read_bytes(source, opts))
@@ -411,7 +414,7 @@ def run_parse(inputs: list[str], checkpoint: str, out: str, *, clip: Optional[st
                      precision=precision)
     claim(out, "parse")
     with lock(out, f"valor parse -> {out}"):
-        clear_owned(out)
+        clear_owned(out, log=log)
         ray_used = bool(use_ray) if use_ray is not None else len(videos) > RAY_THRESHOLD
         log(f"parse: {len(videos)} video(s), checkpoint {checkpoint}, "
             f"{'Ray Data' if ray_used else 'in-process'} -> {out}")
@@ -427,10 +430,8 @@ def run_parse(inputs: list[str], checkpoint: str, out: str, *, clip: Optional[st
                 log(f"parse: {o['video']}: failed ({o['failure']['kind']}: {o['failure']['reason']})")
                 continue
             r = o["result"]
-            with open(os.path.join(out, f"{r['video']}.json"), "w") as f:
-                json.dump(r, f)
-            with open(os.path.join(out, f"{r['video']}.png"), "wb") as f:
-                f.write(o["png"])
+            write_file(os.path.join(out, PARSED, f"{r['video']}.json"), json.dumps(r).encode())
+            write_file(os.path.join(out, PARSED, f"{r['video']}.png"), o["png"])
             results.append(r)
             srcs.append(_page_src(out, r["video"], o["source"], copy_videos, opts))
             log(f"parse: {r['video']}: {r['duration']:.1f} s, {len(r['events'])} event(s)")
@@ -438,10 +439,8 @@ def run_parse(inputs: list[str], checkpoint: str, out: str, *, clip: Optional[st
         keep = sorted(range(len(results)), key=lambda i: order[results[i]["video"]])
         results, srcs = [results[i] for i in keep], [srcs[i] for i in keep]
         failures.sort(key=lambda f: order[f["video"]])
-        with open(os.path.join(out, "failures.json"), "w") as f:
-            json.dump(failures, f, indent=1)
-        with open(os.path.join(out, "index.html"), "w") as f:
-            f.write(render_page(results, srcs, failures, checkpoint))
+        write_file(os.path.join(out, "failures.json"), json.dumps(failures, indent=1).encode())
+        write_file(os.path.join(out, "index.html"), render_page(results, srcs, failures, checkpoint).encode())
     return {"videos": len(results), "failed": len(failures), "out": out, "seconds": round(time.time() - t0, 2),
             "ray": ray_used}
 

@@ -34,7 +34,7 @@ from valor_core.tuning_objective import LogitsError
 from workflows import objstore
 from workflows.config import StorageConfig
 from workflows.features import (beside, finish_labels, column_array, features_dataset, fixed_list, teacher_ok,
-                                usable_rows)
+                                usable_rows, write_labels_part)
 from workflows.harvest import HARVEST_META_KEY, _labels_array, _same_uri
 from workflows.outputs import LockedError, OwnershipError, claim, clear_owned, lock
 from workflows.refine import method_parsers
@@ -151,17 +151,13 @@ def refine(features: str, out: Optional[str] = None, *, clip_spec: str, clap_spe
                 "dataset_teachers": data["teachers"], "phrases": list(PHRASES), "source": str(features),
                 "code_version": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         clear_owned(out, storage_opts)
-        fs, path = objstore.fs_for(out, storage_opts)
-        fs.create_dir(path, recursive=True)
-        import pyarrow.parquet as pq
-
         n = len(data["video_ids"])
         files = 0
         for start in range(0, n, rows_per_file):
             sl = slice(start, start + rows_per_file)
             part = labels_table({k: v[sl] for k, v in data.items() if k != "teachers"},
                                 {k: v[sl] for k, v in labels.items()}, meta)
-            pq.write_table(part, posixpath.join(path, f"part-{files:05d}.parquet"), filesystem=fs)
+            write_labels_part(out, files, part, storage_opts)
             files += 1
         splits: dict[str, int] = {}
         for s in data["splits"]:
@@ -171,7 +167,7 @@ def refine(features: str, out: Optional[str] = None, *, clip_spec: str, clap_spe
                    "visual_labels": int(labels["visual"].sum()),
                    "soft_labels": int(((soft > 0) & (soft < 1)).sum()), **meta,
                    "seconds": round(time.perf_counter() - t0, 3)}
-        finish_labels(fs, path, summary)
+        finish_labels(out, summary, storage_opts)
     return summary
 
 

@@ -34,7 +34,7 @@ from valor_core.sim import parse_sim_source
 from workflows import objstore
 from workflows.checkpoints import CheckpointError, load_checkpoint_model, resolve_checkpoint
 from workflows.config import StorageConfig
-from workflows.features import beside, finish_labels
+from workflows.features import beside, finish_labels, write_labels_part
 from workflows.harvest import HARVEST_META_KEY, _labels_array, _same_uri
 from workflows.outputs import LockedError, OwnershipError, claim, clear_owned, lock
 from workflows.refine import method_parsers
@@ -141,18 +141,14 @@ def refine(checkpoint: str, features: Optional[str] = None, out: Optional[str] =
                 "source": str(features), "code_version": code_version(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         clear_owned(out, storage_opts)
-        fs, path = objstore.fs_for(out, storage_opts)
-        fs.create_dir(path, recursive=True)
-        import pyarrow.parquet as pq
-
         splits = np.full(len(arrays.video_ids), "train", object)
         table = labels_table(arrays.video_ids, splits, weak, audio, visual, info)
-        pq.write_table(table, posixpath.join(path, "part-00000.parquet"), filesystem=fs)
+        write_labels_part(out, 0, table, storage_opts)
         summary = {"videos": int(len(arrays.video_ids)), "files": 1, "splits": {"train": int(len(arrays.video_ids))},
                    "out": str(out), "weak_labels": int(weak.sum()), "audio_labels": int(audio.sum()),
                    "visual_labels": int(visual.sum()), "no_partner": int((partners < 0).sum()), **info,
                    "seconds": round(time.perf_counter() - t0, 3)}
-        finish_labels(fs, path, summary)
+        finish_labels(out, summary, storage_opts)
     return summary
 
 

@@ -10,7 +10,6 @@ new never mix - except a `resumable` stage interrupted with the same fingerprint
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import posixpath
@@ -23,8 +22,8 @@ import yaml
 
 from workflows import objstore
 from workflows.config import PipelineConfig, check_input_dir, redacted
-from workflows.outputs import claim, lock, remove_owned
-from workflows.pipeline.layout import Layout
+from workflows.outputs import check_removable, claim, lock, remove_owned, reserve, write_file
+from workflows.pipeline.layout import FILE_OUTPUTS, Layout
 from workflows.runtime import code_version
 
 PIPELINE_VERSION = 1  # bump to invalidate every marker (a change in what a stage writes)
@@ -46,7 +45,7 @@ class Store:
             return None
 
     def write_text(self, uri: str, text: str) -> None:
-        objstore.write_bytes(uri, text.encode(), self.opts)
+        write_file(uri, text.encode(), self.opts)  # recorded in the manifest of the output it lies in
 
     def write_json(self, uri: str, data: dict) -> None:
         self.write_text(uri, json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
@@ -252,13 +251,18 @@ def _run_todo(cfg: PipelineConfig, todo: list[Stage], status: dict, fps: dict, r
             fp = fps[st.name]
             started = store.read_json(layout.marker(st.name, "started"))
             if force or not st.resumable or not (started and started.get("fingerprint") == fp):
-                # a different config made what is there: remove it so old and new outputs never mix
-                with contextlib.suppress(FileNotFoundError):
-                    remove_owned(layout.marker(st.name), store.opts)
-                for key in st.outputs + st.also_clears:
-                    remove_owned(layout.uri(key), store.opts)
+                # a different config made what is there: remove what valor wrote so old and new outputs never mix
+                # (every output is checked before any is touched; files valor did not write are kept and reported)
+                uris = [layout.marker(st.name)] + [layout.uri(key) for key in st.outputs + st.also_clears]
+                for uri in uris:
+                    check_removable(uri, store.opts)
+                for uri in uris:
+                    remove_owned(uri, store.opts, log=log)
                 store.write_json(layout.marker(st.name, "started"), {"stage": st.name, "fingerprint": fp,
                                                                      "started_at": time.time()})
+            for key in st.outputs:
+                if key in FILE_OUTPUTS:  # recorded before the stage writes it: a kill mid-stage leaves it valor's
+                    reserve(layout.uri(key), store.opts)
             log(f"[valor run] {st.name}: running ({status[st.name]['reason']}) ...")
             ctx = Context(cfg=cfg, layout=layout, store=store, results=results, resolved=resolved, env=env, log=log)
             t0 = time.time()

@@ -32,6 +32,7 @@ from workflows.features import beside, failures_uri, labels_uri
 MARKER_DIR = "_pipeline"
 OUTPUTS = ("features", "failures", "thresholds", "labels", "labeler", "ma_labels", "lsld_labels", "train", "eval",
            "config", "ave")
+FILE_OUTPUTS = ("thresholds", "eval", "config")  # the outputs that are one file (the rest are folders with a marker)
 REFINED_NAMES = {"ma": refine_ma.OUT_NAME, "lsld": refine_lsld.OUT_NAME}  # where `valor refine METHOD` writes
 
 
