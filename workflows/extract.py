@@ -53,7 +53,7 @@ from workflows.config import (ConfigError, ExtractConfig, StorageConfig, check_i
 from workflows.features import (RUNS, SCHEMA_VERSION, STAGING, clean_staging, failure_schema, failures_uri, fixed_list,
                                 read_failures, read_features, weights_changed)
 from workflows.manifest import Entry, ManifestError, read_manifest
-from workflows.outputs import LockedError, OwnershipError, claim, lock
+from workflows.outputs import LockedError, OwnershipError, claim, lock, record_run
 from workflows.runtime import code_version, start_ray
 
 # --- stages (run inside Ray tasks/actors) ----------------------------------------------------------------------------
@@ -583,7 +583,7 @@ def run_extract(manifest: str, videos: str, clip: Optional[str], clap: Optional[
                              "--out")
     if not cfg.mixed_teachers:
         same_teachers(out, marker.get("teachers", made_with), made_with)
-    claim(failures, "failures", opts=opts, write=False)
+    claim(failures, "failures", opts=opts)
     with lock(out, f"valor extract -> {out}", opts):
         return _extract_locked(entries, clip, clap, out, failures, cfg, teachers, media, storage, manifest, videos,
                                split, address, num_cpus, object_store_memory, include_dashboard, loaders, log, t0,
@@ -660,6 +660,8 @@ def _extract_locked(entries, clip, clap, out, failures, cfg, teachers, media, st
         log(f"removed {cleaned} staged file(s) left by an interrupted run")
     p = plan(entries, out, failures, opts, cfg.retry_failed)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    for uri in (out, failures):  # the names this run's workers write are valor's (the manifest's run patterns)
+        record_run(uri, run_id, opts)
     log(f"extract: {len(entries)} videos in manifest, {p.skipped} already done/failed, {len(p.todo)} to do -> {out}")
     summary = Summary(done=0, failed=0, skipped=p.skipped, seconds=0.0, out=out, failures=failures, run_id=run_id)
     precision = None  # what the teacher and backbone actors ran in (recorded only when they ran)

@@ -65,7 +65,7 @@ from valor_core.llp import load_split
 from valor_core.sim import parse_sim_source, simulate
 from valor_core.tuning_objective import LogitsError, validate_logits
 from workflows import objstore
-from workflows.outputs import read_marker
+from workflows.outputs import owned_parts, owns, read_marker, reserve, write_file
 
 SCHEMA_VERSION = 1
 STAGING = "_staging"
@@ -108,17 +108,19 @@ def labels_uri(features: str) -> str:
 
 def clean_staging(out: str, opts: Optional[dict] = None) -> int:
     """Delete what killed runs left in <out>/_staging (never data: staged files are published by a move)."""
-    fs, _ = objstore.fs_for(out, opts)
-    staged = objstore.list_files(objstore.join(out, STAGING), opts, recursive=True)
+    fs, path = objstore.fs_for(out, opts)
+    marker = read_marker(out, opts) or {}
+    staged = [p for p in objstore.list_files(objstore.join(out, STAGING), opts, recursive=True)
+              if owns(marker, posixpath.relpath(p, path))]  # what valor staged, never a file someone put there
     for p in staged:
         fs.delete_file(p)
     return len(staged)
 
 
 def published_parts(uri: str, opts: Optional[dict] = None) -> list[str]:
-    """Paths of the published Parquet parts directly under `uri` (staged and `_`/`.`-prefixed files excluded)."""
-    return [p for p in objstore.list_files(uri, opts, suffix=".parquet")
-            if not posixpath.basename(p).startswith(("_", "."))]
+    """Paths of the published Parquet parts directly under `uri` that valor wrote (its manifest: a stray file there
+    is never read; staged and `_`/`.`-prefixed files excluded)."""
+    return [p for p in owned_parts(uri, opts) if not posixpath.basename(p).startswith(("_", "."))]
 
 
 # --- Arrow <-> NumPy ---------------------------------------------------------------------------------------------------
@@ -227,11 +229,11 @@ def features_dataset(uri: str, storage_opts: Optional[dict] = None):
     """The features Parquet dataset under URI (pyarrow.dataset; `_`/`.`-prefixed entries, e.g. _staging, ignored)."""
     import pyarrow.dataset as ds
 
-    fs, path = objstore.fs_for(uri, storage_opts)
-    try:
-        return ds.dataset(path, filesystem=fs, format="parquet")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no features dataset at {uri}") from None
+    fs, _ = objstore.fs_for(uri, storage_opts)
+    files = published_parts(uri, storage_opts)
+    if not files:
+        raise FileNotFoundError(f"no features dataset at {uri}")
+    return ds.dataset(files, filesystem=fs, format="parquet")
 
 
 # --- readers --------------------------------------------------------------------------------------------------------
@@ -376,9 +378,19 @@ def recorded_precision(uri: str, opts: Optional[dict] = None) -> Optional[str]:
     return None
 
 
-def finish_labels(fs, path: str, summary: dict) -> None:
+def write_labels_part(out: str, index: int, table, opts: Optional[dict] = None) -> None:
+    """Part `index` of the labels output `out` (claimed, cleared): recorded in its manifest, then written."""
+    import pyarrow.parquet as pq
+
+    uri = objstore.join(out, f"part-{index:05d}.parquet")
+    reserve(uri, opts)
+    fs, path = objstore.fs_for(uri, opts)
+    pq.write_table(table, path, filesystem=fs)
+
+
+def finish_labels(out: str, summary: dict, opts: Optional[dict] = None) -> None:
     """Mark a labels output complete: its LABELS_SIDECAR (the run's summary), written last and atomically."""
-    objstore.put_atomic(fs, posixpath.join(path, LABELS_SIDECAR), (json.dumps(summary, indent=1) + "\n").encode())
+    write_file(objstore.join(out, LABELS_SIDECAR), (json.dumps(summary, indent=1) + "\n").encode(), opts)
 
 
 def labels_complete(uri: str, storage_opts: Optional[dict] = None) -> bool:
@@ -393,9 +405,9 @@ def read_labels(uri: str, storage_opts: Optional[dict] = None) -> tuple[dict, An
     """(metadata dict, pyarrow Table) of a harvest output; FileNotFoundError when incomplete (no sidecar)."""
     import pyarrow.dataset as ds
 
-    fs, path = objstore.fs_for(uri, storage_opts)
+    fs, _ = objstore.fs_for(uri, storage_opts)
     meta = json.loads(objstore.read_bytes(objstore.join(uri, LABELS_SIDECAR), storage_opts))
-    table = ds.dataset(path, filesystem=fs, format="parquet").to_table()
+    table = ds.dataset(published_parts(uri, storage_opts), filesystem=fs, format="parquet").to_table()
     return meta, table
 
 

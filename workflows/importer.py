@@ -46,7 +46,7 @@ from workflows.extract import plan, publish
 from workflows.features import (RELEASED_LABELS, RUNS, SCHEMA_VERSION, STAGING, clean_staging, failure_schema,
                                 failures_uri, fixed_list)
 from workflows.manifest import Entry
-from workflows.outputs import LockedError, OwnershipError, claim, lock
+from workflows.outputs import LockedError, OwnershipError, claim, lock, record_run
 from workflows.released import (ImportInputError, ImportProblem, load_released, npy_name, released_folders,
                                 released_uri)
 from workflows.runtime import code_version, start_ray
@@ -200,7 +200,7 @@ def run_import(feats: Optional[str], out: str, *, clip: Optional[str] = None, cl
     if sorted(marker["imported"]) != sorted(folders):
         raise OwnershipError(f"{out} holds the imported columns {', '.join(marker['imported'])}; this run has "
                              f"{', '.join(folders)}: use a new --out (one dataset, one set of columns)")
-    claim(failures, "failures", opts=opts, write=False)
+    claim(failures, "failures", opts=opts)
     with lock(out, f"valor import llp -> {out}", opts):
         return _import_locked(entries, folders, roots, annotations, out, failures, opts, storage, rows_per_file,
                               retry_failed, address, num_cpus, log, t0)
@@ -213,6 +213,8 @@ def _import_locked(entries, folders, roots, annotations, out, failures, opts, st
         log(f"removed {cleaned} staged file(s) left by an interrupted run")
     p = plan(entries, out, failures, opts, retry_failed)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    for uri in (out, failures):  # the names this run's workers write are valor's (the manifest's run patterns)
+        record_run(uri, run_id, opts)
     log(f"import: {len(entries)} LLP videos, {p.skipped} already done/failed, {len(p.todo)} to do; columns "
         f"{', '.join(folders)} -> {out}")
     summary = ImportSummary(videos=0, failed=0, skipped=p.skipped, seconds=0.0, out=out, failures=failures,
