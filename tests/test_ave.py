@@ -261,7 +261,9 @@ def test_ave_fit_takes_the_graphed_step(sim, monkeypatch):
     graphed = ave_fit.fit_ave(train, val, replace(cfg, compile="cuda-graph"))
     (step,) = made
     assert step.seen == 2 * (len(train.audio) // 16) and step.replays == step.seen - step.warmup
-    assert [r["loss"] for r in graphed.history] == pytest.approx([r["loss"] for r in eager.history], rel=1e-5)
+    # the capturable fused Adam rounds differently from the plain fused one: epoch 2's loss differs by 1.4e-4
+    # (relative, the same on every run) on this project's 2-core Xeon machines, by < 1e-5 on the earlier ones
+    assert [r["loss"] for r in graphed.history] == pytest.approx([r["loss"] for r in eager.history], rel=5e-4)
 
 
 def test_cli_ave_train(capsys, tmp_path):
