@@ -161,6 +161,53 @@ def test_corrupt_features_name_the_video(extracted, tmp_path, column, value):
     assert str(copy) in msg and victim in msg and column in msg and "corrupt" in msg and "\n" not in msg
 
 
+class _Overflowing:
+    """A teacher whose output overflows for the videos whose first frame value is in `corrupt` (value -> what it gives);
+    the stage under test is real."""
+
+    name, checkpoint, dim = "overflowing", "none", 4
+
+    def __init__(self, corrupt: dict):
+        self.corrupt = corrupt
+
+    def segment_logits(self, batch):
+        items = [np.asarray(v, np.float32) for v in batch]
+        emb = np.full((len(items), items[0].shape[0], self.dim), 0.5, np.float32)
+        for i, v in enumerate(items):
+            emb[i, 3, 1] = self.corrupt.get(int(v.reshape(-1)[0]), 0.5)
+        return np.zeros((len(items), items[0].shape[0], 25), np.float32), emb
+
+
+def test_extraction_turns_corrupt_model_outputs_into_failure_rows(tmp_path):
+    """A teacher output with NaN or 2.5e38 (an fp16 overflow, a broken kernel) is a `nonfinite` failure of that stage
+    for that video, its row "partial" without that teacher; the other videos keep theirs."""
+    from valor_core.config import TeacherConfig
+    from workflows.extract import ClapStage, ClipStage, Write, WriteSpec
+    from workflows.features import read_failures, read_features
+
+    n, T = 3, 10
+    frames = np.zeros((n, T, 8, 8, 3), np.uint8)
+    frames[:, 0, 0, 0, 0] = [0, 1, 2]  # which video is which, for the teacher
+    batch = {"video_id": np.array(["a_0_10", "b_0_10", "c_0_10"], object), "source": np.array(["x"] * n, object),
+             "split": np.array(["train"] * n, object), "labels": np.array(["Dog"] * n, object),
+             "weak": np.zeros((n, 25), np.uint8), "ok": np.ones(n, bool), "frames": frames,
+             "audio": np.array([np.zeros((T, 16), np.float32).tobytes()] * n, object),
+             "audio_len": np.full(n, 16), "audio_ok": np.ones(n, bool),
+             **{k: np.full(n, "", dtype=object) for k in ("fail_stage", "fail_kind", "fail_reason", "issues",
+                                                          "notes")}, "duration": np.full(n, 10.0, np.float32)}
+    clip = ClipStage("s", TeacherConfig(), 1, loader=lambda spec, cfg: _Overflowing({1: np.nan, 2: 2.5e38}))
+    clap = ClapStage("s", TeacherConfig(), 1, segments=T, loader=lambda spec, cfg: _Overflowing({}))
+    out = str(tmp_path / "features")
+    Write(WriteSpec(out=out, failures=out + "_failures", opts=None, run_id="r1", segments=T, dense=False))(
+        clap(clip(batch)))
+    rows = {r["video_id"]: r for r in read_features(out, columns=["video_id", "status", "clip_ok"]).to_pylist()}
+    assert {v: (r["status"], r["clip_ok"]) for v, r in rows.items()} == {
+        "a_0_10": ("ok", True), "b_0_10": ("partial", False), "c_0_10": ("partial", False)}
+    fails = {(r["video_id"], r["stage"], r["kind"], r["fatal"])
+             for r in read_failures(out, failures=out + "_failures").to_pylist()}
+    assert fails == {("b_0_10", "clip", "nonfinite", False), ("c_0_10", "clip", "nonfinite", False)}
+
+
 def test_corrupt_rows_bound():
     from workflows.features import VALUE_BOUND, corrupt_rows
 

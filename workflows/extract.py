@@ -50,8 +50,8 @@ from valor_core.teachers.precision import resolve_precision
 from workflows import objstore
 from workflows.config import (ConfigError, ExtractConfig, StorageConfig, check_input_dir, check_output_uri,
                               redacted)
-from workflows.features import (RUNS, SCHEMA_VERSION, STAGING, clean_staging, failure_schema, failures_uri, fixed_list,
-                                read_failures, read_features, weights_changed)
+from workflows.features import (RUNS, SCHEMA_VERSION, STAGING, VALUE_BOUND, clean_staging, corrupt_rows, failure_schema,
+                                failures_uri, fixed_list, read_failures, read_features, weights_changed)
 from workflows.manifest import Entry, ManifestError, read_manifest
 from workflows.outputs import LockedError, OwnershipError, claim, lock, record_run
 from workflows.runtime import code_version, start_ray
@@ -63,6 +63,16 @@ def _row_fail(stage: str, err: BaseException) -> tuple[str, str, str]:
     kind = getattr(err, "kind", None) or type(err).__name__
     reason = getattr(err, "reason", None) or str(err) or type(err).__name__
     return stage, kind, reason
+
+
+def _refuse_corrupt(batch: dict, stage: str, done: np.ndarray, *outputs: np.ndarray) -> None:
+    """A model output that is corrupt (NaN/inf or beyond workflows.features.VALUE_BOUND: e.g. an fp16 overflow) is a
+    failure of that stage for its video (kind "nonfinite"), never a features value: `done` is cleared in place."""
+    bad = done & np.logical_or.reduce([corrupt_rows(x) for x in outputs])
+    for i in np.flatnonzero(bad):
+        done[i] = False
+        batch["fail_stage"][i], batch["fail_kind"][i] = stage, "nonfinite"
+        batch["fail_reason"][i] = f"{stage} gave NaN/inf or |x| > {VALUE_BOUND:g} values"
 
 
 class Decode:
@@ -194,6 +204,7 @@ class _TeacherStage:
                         stage, kind, reason = _row_fail(self.kind, err)
                         batch["fail_stage"][i], batch["fail_kind"][i] = stage, kind
                         batch["fail_reason"][i] = reason
+        _refuse_corrupt(batch, self.kind, done, logits, emb)
         batch[f"{self.kind}_logits"], batch[f"{self.kind}_emb"], batch[f"{self.kind}_ok"] = logits, emb, done
         batch[f"{self.kind}_teacher"] = np.full(n, str(getattr(self.teacher, "name", "")), dtype=object)
         batch[f"{self.kind}_checkpoint"] = np.full(n, str(getattr(self.teacher, "checkpoint", "")), dtype=object)
@@ -289,6 +300,7 @@ class BackboneStage:
                     except Exception as err:  # noqa: BLE001
                         batch["fail_stage"][i], batch["fail_kind"][i], batch["fail_reason"][i] = _row_fail(
                             self.name, err)
+        _refuse_corrupt(batch, self.name, done, out)
         batch[self.entry.column], batch[f"{self.name}_ok"] = out, done
         for col in self.drop:
             batch.pop(col, None)
