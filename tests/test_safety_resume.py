@@ -1,10 +1,13 @@
 """A `valor train` whose driver is SIGKILLed mid-training: its MLflow run is closed as KILLED by the next command, and
 the same command again resumes from the last checkpoint in the same MLflow run (workflows/train_ray, tracking).
 
-Real parts: `valor train` subprocesses (each its own local Ray on 127.0.0.1, 2 CPU workers, gloo DDP), a sqlite
-MLflow store, LLP-sim data as tests/test_train_ray.py (1,024 train videos, a narrow `valor` preset), 4 epochs.
+The quick test needs no Ray: a process killed while its MLflow run is open, then `valor compare`. The integration test:
+real `valor train` subprocesses (each its own local Ray on 127.0.0.1, 2 CPU workers, gloo DDP), a sqlite
+MLflow store, LLP-sim data as tests/test_train_ray.py (512 train videos, a narrow `valor` preset), 3 epochs.
 The killed attempt's whole session (driver, its Ray, the workers) gets SIGKILL once its first checkpoint is
-registered; the epoch it resumes from is read from Ray Train's checkpoint_manager_snapshot.json after the kill.
+registered; the epoch it resumes from is read from Ray Train's checkpoint_manager_snapshot.json after the kill. The
+undisturbed run to compare with is the same command once more: the first run completed, so it trains a new run from
+epoch 1 in the next directory (`<name>-2`).
 """
 from __future__ import annotations
 
@@ -22,12 +25,41 @@ import pytest
 from tests.conftest import LLP_DIR, REPO
 from tests.loopback import kill_session, loopback_env
 
-pytestmark = pytest.mark.integration  # real Ray, MLflow and CPU training
 
-EPOCHS = 4
+EPOCHS = 3
 OVERRIDES = ("model.hidden=64", "model.heads=4", "model.ff=128", "optim.warmup_epochs=1", "optim.lr_max=0.001",
              "optim.lr_min=0.0001")
 TOLERANCE = 1e-6  # seeded, one thread per worker: the resumed run computes what the undisturbed one does
+
+
+DIES_HOLDING_A_RUN = """
+import os, signal, sys
+from workflows import tracking
+print(tracking.start_run(sys.argv[1], "valor", "dies", {}), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_compare_closes_the_run_of_a_killed_process_only(tmp_path, capsys):
+    """No Ray: a process SIGKILLs itself while its MLflow run is open; `valor compare` shows that run KILLED (tag
+    naming the process) and leaves the run of a live process (this one) RUNNING."""
+    from workflows import tracking
+    from workflows.cli import main
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    dead = subprocess.run([sys.executable, "-c", DIES_HOLDING_A_RUN, uri], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert dead.returncode == -signal.SIGKILL, dead.stderr[-2000:]
+    dead_id = dead.stdout.strip().splitlines()[-1]
+    live_id = tracking.start_run(uri, "valor", "alive", {})
+    try:
+        assert main(["compare", "--tracking-uri", uri, "--json"]) == 0
+        runs = {r["run_id"]: r["status"] for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])}
+        assert runs == {dead_id: "KILLED", live_id: "RUNNING"}
+        tag = tracking.client(uri).get_run(dead_id).data.tags["valor.killed"]
+        assert tag.startswith("valor process ") and "ended without closing the run" in tag
+    finally:
+        tracking.end_run(uri, live_id, "FINISHED")
 
 
 def _store(root: Path) -> dict:
@@ -38,7 +70,7 @@ def _store(root: Path) -> dict:
 def _cmd(store: dict) -> list[str]:
     cmd = [sys.executable, "-m", "workflows.cli", "train", "--preset", "valor", "--features",
            "sim:0:frame_dim=128,clip_dim=64", "--workers", "2", "--epochs", str(EPOCHS), "--tracking-uri",
-           store["uri"], "--storage", store["storage"], "--annotations", str(LLP_DIR), "--max-train-videos", "1024",
+           store["uri"], "--storage", store["storage"], "--annotations", str(LLP_DIR), "--max-train-videos", "512",
            "--run-name", "resume", "--no-figures", "--json"]
     for o in OVERRIDES:
         cmd += ["--set", o]
@@ -80,11 +112,12 @@ def _history(c, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in c.get_metric_history(run_id, key))
 
 
+@pytest.mark.integration  # real Ray, MLflow and CPU training
 def test_killed_train_is_closed_and_resumes_from_its_last_checkpoint(tmp_path, capsys):
     from workflows import tracking
     from workflows.cli import main
 
-    killed, undisturbed = _store(tmp_path / "killed"), _store(tmp_path / "undisturbed")
+    killed = _store(tmp_path / "store")
     env = loopback_env()
     _kill_after_first_checkpoint(killed, env)
     trial, last = _checkpoints(killed["storage"])
@@ -113,9 +146,11 @@ def test_killed_train_is_closed_and_resumes_from_its_last_checkpoint(tmp_path, c
     assert [s for s, _ in _history(c, killed_id, "val.segment.type")] == list(range(1, EPOCHS + 1))
     assert json.loads((trial / "valor_completed.json").read_text())["outcome"]["run_id"] == killed_id
 
-    # the same numbers as a run that was never interrupted
-    ref = _train(undisturbed, env)
-    ref_loss = _history(tracking.client(undisturbed["uri"]), ref["run_id"], "train_loss")
+    # the same numbers as a run that was never interrupted: the same command once more, now a new run from epoch 1
+    ref = _train(killed, env)
+    assert ref["run_id"] != killed_id and Path(ref["checkpoint"]).parent.name == f"{trial.name}-2"
+    assert _history(c, ref["run_id"], "resumed_from_epoch") == []
+    ref_loss = _history(c, ref["run_id"], "train_loss")
     assert [v for _, v in loss] == pytest.approx([v for _, v in ref_loss], abs=TOLERANCE)
     assert out["best_epoch"] == ref["best_epoch"]
     for split in ("val", "test"):
