@@ -293,6 +293,77 @@ def test_page_in_a_headless_browser(parsed, tmp_path):
         shutil.copyfile(shot, target)
 
 
+# names that broke the page when it was filled by chained str.replace: the first injected an <img> whose onerror ran
+# (the placeholder __DATA__ was replaced inside the heading too), the second left the script unterminated
+HOSTILE = {"__DATA__<img src=x onerror=alert(1)>": Content(audio=[(B, 1.0, 4.0)]),
+           "<!--<script>": Content(visual=[(A, 2.0, 7.0)], audio=[(A, 3.0, 6.0), (B, 6.0, 9.0)])}
+HOSTILE_BROKEN = "<img src=y onerror=window.__pwned=1>"
+
+
+@pytest.fixture(scope="module")
+def hostile(trained, tmp_path_factory):
+    """`valor parse` (in-process) of real mp4 files named with markup and script, and a broken one likewise."""
+    from workflows.cli import main
+
+    vids = tmp_path_factory.mktemp("hostile-videos")
+    for i, (name, content) in enumerate(HOSTILE.items()):
+        write_video(vids / f"{name}.mp4", duration=10.0, fps=8, size=(160, 96), content=content, seed=102 + i)
+    write_broken(vids / f"{HOSTILE_BROKEN}.mp4", "not_video")
+    out = tmp_path_factory.mktemp("hostile-out") / "run"
+    rc = main(["parse", str(vids), "--checkpoint", trained["checkpoint"], "--clip", trained["clip"], "--clap",
+               trained["clap"], "--out", str(out), "--no-ray", "--device", "cpu", "--json"])
+    return {"rc": rc, "out": out}
+
+
+@pytest.mark.integration  # trains a tiny HAN on real mp4 files through the tiny teachers (CPU minutes)
+def test_page_with_hostile_video_names_runs_no_script(hostile, tmp_path):
+    """Video names are data: in real headless Chromium no script of theirs runs (no dialog, no injected element,
+    window.__pwned unset), each name shows literally, every timeline draws its event bars in their colours, and
+    every player finds its file."""
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    assert hostile["rc"] == 0
+    out = hostile["out"]
+    names = sorted(HOSTILE)  # the page's order (list_videos sorts the directory)
+    results = [json.loads((out / "parsed" / f"{n}.json").read_text()) for n in names]
+    assert [r["video"] for r in results] == names and all(r["events"] for r in results)
+    errors: list[str] = []
+    dialogs: list[str] = []
+    shot = tmp_path / "page.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, viewport={"width": 1000, "height": 900},
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.goto((out / "index.html").as_uri())
+            page.wait_for_function("document.querySelectorAll('rect.event').length > 0", timeout=10000)
+            for i, r in enumerate(results):
+                bars = sum(2 if e["modality"] == "audio-visual" else 1 for e in r["events"])
+                assert page.locator(f"#timeline-{i} rect.event").count() == bars, (i, r["video"])
+                assert page.locator(f"#timeline-{i} rect.lane").count() == 2 * len({e["class"] for e in r["events"]})
+                page.wait_for_function(f"document.getElementById('video-{i}').readyState >= 1", timeout=10000)
+            assert page.locator("section h2").all_text_contents() == names
+            assert page.locator("td").first.text_content() == HOSTILE_BROKEN
+            assert page.locator("img").count() == 0 and page.locator("body script").count() == 2
+            assert page.evaluate("window.__pwned") is None
+            page.screenshot(path=str(shot), full_page=True)
+            img = np.asarray(Image.open(shot).convert("RGB"))
+            want = {"audio": (31, 119, 180), "visual": (255, 127, 14), "audio-visual": (44, 160, 44)}
+            for i, r in enumerate(results):
+                box = page.locator(f"#timeline-{i} rect.event").first.bounding_box()
+                px = tuple(int(x) for x in img[int(box["y"] + box["height"] / 2), int(box["x"] + box["width"] / 2)])
+                assert px == want[r["events"][0]["modality"]], (i, px, r["events"][0])
+        finally:
+            browser.close()
+    assert dialogs == [] and errors == []
+
+
 @pytest.mark.integration  # real local Ray (Ray Data actor pool), started and stopped by the command
 def test_many_videos_through_ray_data_give_the_same_parse(parsed, tmp_path, capsys):
     import ray

@@ -2,15 +2,22 @@
 no network). Per video: its player (a relative path to the file, or a copy beside the page) and its timeline, one row
 per class with an audio and a visual lane, coloured as workflows.timeline; a red cursor follows playback, and a click
 on an event seeks the video to its start. Failed videos are listed with their media error.
+
+No data value (video name, path, reason, checkpoint) reaches markup or script unescaped: the page is one
+`string.Template` substitution (a single pass: a value is never scanned for placeholders), text goes in HTML-escaped,
+the player's src percent-encoded, and the timelines' data travels as one JSON payload in a
+`<script type="application/json">` element, with `<`, `>` and `&` written as \\u escapes, read with `JSON.parse`.
 """
 from __future__ import annotations
 
 import html
 import json
+from string import Template
+from urllib.parse import quote
 
 from workflows.timeline import AUDIO, AV, VISUAL, event_classes
 
-PAGE = """<!DOCTYPE html>
+PAGE = Template("""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>valor parse</title>
 <style>
 body{font-family:sans-serif;margin:16px;background:#fff;color:#222}
@@ -20,14 +27,15 @@ svg{display:block;margin-top:6px} .event{cursor:pointer} .lane{fill:#f0f0f0}
 table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}
 </style></head><body>
 <h1>valor parse</h1>
-<p class="key">checkpoint <code>__CHECKPOINT__</code><span style="background:__A__"></span>audio
-<span style="background:__V__"></span>visual<span style="background:__AV__"></span>audio-visual</p>
-__SECTIONS__
-__FAILURES__
+<p class="key">checkpoint <code>$checkpoint</code><span style="background:$audio"></span>audio
+<span style="background:$visual"></span>visual<span style="background:$av"></span>audio-visual</p>
+$sections
+$failures
+<script type="application/json" id="valor-data">$data</script>
 <script>
-const DATA = __DATA__;
+const PAGE = JSON.parse(document.getElementById("valor-data").textContent);
+const DATA = PAGE.videos, COLOUR = PAGE.colours;
 const NS = "http://www.w3.org/2000/svg", LEFT = 170, WIDTH = 900, ROW = 34, TOP = 8;
-const COLOUR = {"audio": "__A__", "visual": "__V__", "audio-visual": "__AV__"};
 function el(name, attrs, parent) {
   const e = document.createElementNS(NS, name);
   for (const k in attrs) e.setAttribute(k, attrs[k]);
@@ -72,7 +80,13 @@ DATA.forEach(function (v, i) {
   }
 });
 </script></body></html>
-"""
+""")
+
+
+def script_json(value) -> str:
+    """`value` as JSON that can sit inside a <script> element: `<`, `>` and `&` as \\u escapes (JSON.parse reads them
+    back), so no string can end the element, open a comment or start a tag there."""
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def render_page(results: list[dict], videos: list[str], failures: list[dict], checkpoint: str) -> str:
@@ -82,7 +96,7 @@ def render_page(results: list[dict], videos: list[str], failures: list[dict], ch
         n = len(r["events"])
         sections.append(f'<section id="v{i}"><h2>{html.escape(r["video"])}</h2>'
                         f'<p>{r["duration"]:.2f} s, {r["segments"]} segments, {n} event(s)</p>'
-                        f'<video id="video-{i}" controls preload="metadata" src="{html.escape(src, quote=True)}">'
+                        f'<video id="video-{i}" controls preload="metadata" src="{html.escape(quote(src, safe="/"))}">'
                         f'</video><svg id="timeline-{i}" xmlns="http://www.w3.org/2000/svg"></svg></section>')
         data.append({"video": r["video"], "duration": r["duration"], "classes": event_classes(r["events"]),
                      "events": [{k: e[k] for k in ("class", "modality", "start", "end", "confidence")}
@@ -92,7 +106,7 @@ def render_page(results: list[dict], videos: list[str], failures: list[dict], ch
         rows = "".join(f"<tr><td>{html.escape(f['video'])}</td><td>{html.escape(f['kind'])}</td>"
                        f"<td>{html.escape(f['reason'])}</td></tr>" for f in failures)
         fail = f"<h2>failed</h2><table><tr><th>video</th><th>kind</th><th>reason</th></tr>{rows}</table>"
-    data_js = json.dumps(data).replace("</", "<\\/")  # no "</script>" inside the script
-    return (PAGE.replace("__SECTIONS__", "\n".join(sections)).replace("__FAILURES__", fail)
-            .replace("__CHECKPOINT__", html.escape(checkpoint)).replace("__DATA__", data_js)
-            .replace("__AV__", AV).replace("__A__", AUDIO).replace("__V__", VISUAL))
+    colours = {"audio": AUDIO, "visual": VISUAL, "audio-visual": AV}
+    return PAGE.substitute(checkpoint=html.escape(checkpoint), audio=AUDIO, visual=VISUAL, av=AV,
+                           sections="\n".join(sections), failures=fail,
+                           data=script_json({"videos": data, "colours": colours}))
