@@ -116,6 +116,7 @@ def _history(c, run_id: str, key: str) -> list[tuple[int, float]]:
 def test_killed_train_is_closed_and_resumes_from_its_last_checkpoint(tmp_path, capsys):
     from workflows import tracking
     from workflows.cli import main
+    from workflows.outputs import read_marker
 
     killed = _store(tmp_path / "store")
     env = loopback_env()
@@ -145,6 +146,9 @@ def test_killed_train_is_closed_and_resumes_from_its_last_checkpoint(tmp_path, c
     assert [s for s, _ in loss] == list(range(1, EPOCHS + 1))  # one value per epoch, none duplicated
     assert [s for s, _ in _history(c, killed_id, "val.segment.type")] == list(range(1, EPOCHS + 1))
     assert json.loads((trial / "valor_completed.json").read_text())["outcome"]["run_id"] == killed_id
+    wrote = read_marker(killed["storage"])["wrote"]  # the storage's manifest: the completed run's files, listed
+    assert f"{trial.name}/" not in wrote and f"{trial.name}/valor_completed.json" in wrote
+    assert f"{trial.name}/epoch_{EPOCHS:03d}/best_model.pt" in wrote
 
     # the same numbers as a run that was never interrupted: the same command once more, now a new run from epoch 1
     ref = _train(killed, env)

@@ -52,6 +52,7 @@ from valor_core.han import count_trainable
 from valor_core.schedule import lr_at_epoch
 from workflows import tracking
 from workflows.checkpoints import save_checkpoint_dir
+from workflows.outputs import record, record_listing
 from workflows.runtime import start_ray
 from workflows.train_ray import (DEFAULT_STORAGE, claim_storage, mean_over_ranks, per_worker_batch, rank_batches,
                                  shard_of)
@@ -238,6 +239,7 @@ def train_ave_ray(cfg: TrainConfig, data: dict[str, AVEArrays], *, data_meta: di
         loop_config = {"cfg": cfg, "data_ref": ray.put({"train": arrays, "val": data["val"]}), "threads": threads,
                        "tracking_uri": uri, "run_id": run_id, "data_meta": data_meta}
         name = f"{run_name or cfg.preset}-{run_id[:8] if run_id else os.getpid()}"
+        record(storage_uri, [f"{name}/"])  # Ray Train names the files in it: the whole directory is valor's
         trainer = TorchTrainer(
             ave_train_loop, train_loop_config=loop_config,
             scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
@@ -263,6 +265,7 @@ def train_ave_ray(cfg: TrainConfig, data: dict[str, AVEArrays], *, data_meta: di
             test = accuracy(model, data["test"])
             background = background_accuracy(data["test"])
             checkpoint = result.checkpoint.path if storage_fs is None else f"s3://{result.checkpoint.path}"
+            record_listing(storage_uri, name)  # completed: from now on only the files it holds are valor's
             if run_id:
                 log_final(uri, run_id, best_epoch=int(state["best_epoch"]), epochs=int(state["epoch"]),
                           val_accuracy=float(state["best_value"]), test_accuracy=test, background=background,

@@ -298,10 +298,10 @@ def trial_dir(storage_uri: str, base: str, opts: Optional[dict] = None) -> tuple
     done = None
     for k in range(1, 10_000):
         name = base if k == 1 else f"{base}-{k}"
-        record = objstore.join(storage_uri, name, COMPLETED)
-        if not objstore.exists(record, opts):
+        completed = objstore.join(storage_uri, name, COMPLETED)
+        if not objstore.exists(completed, opts):
             return name, done
-        done = json.loads(objstore.read_bytes(record, opts))
+        done = json.loads(objstore.read_bytes(completed, opts))
     raise RuntimeError(f"{storage_uri}: 10,000 completed runs named {base}")
 
 
