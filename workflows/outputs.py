@@ -231,14 +231,13 @@ def _delete_owned(uri: str, marker: dict, opts: Optional[dict]) -> list[str]:
 
     fs, path = objstore.fs_for(uri, opts)
     files, dirs = _tree(uri, opts)
-    nested = sorted({d for d in dirs if posixpath.join(d, MARKER) in files}, key=len)
+    markers = {d: read_marker(objstore.join(uri, d), opts) for d in dirs if posixpath.join(d, MARKER) in files}
+    nested = sorted((d for d, m in markers.items() if m is not None), key=len)  # outputs of their own inside
     kept: list[str] = []
     for sub in nested:
         if any(sub.startswith(n + "/") for n in nested if n != sub):
             continue  # inside another nested output: that one handles it
-        sub_marker = read_marker(objstore.join(uri, sub), opts)
-        if sub_marker is not None:
-            kept += [posixpath.join(sub, k) for k in _delete_owned(objstore.join(uri, sub), sub_marker, opts)]
+        kept += [posixpath.join(sub, k) for k in _delete_owned(objstore.join(uri, sub), markers[sub], opts)]
     inside = lambda f: any(f.startswith(n + "/") for n in nested)  # noqa: E731
     for f in files:
         if inside(f) or f in (MARKER, LOCK):
