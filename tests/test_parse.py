@@ -139,7 +139,7 @@ def test_json_schema_events_and_windows(parsed, capsys):
     assert parsed["rc"] == 0
     out = parsed["out"]
     for vid, (content, seconds) in parsed["truth"].items():
-        r = json.loads((out / f"{vid}.json").read_text())
+        r = json.loads((out / "parsed" / f"{vid}.json").read_text())
         jsonschema.validate(r, SCHEMA)
         assert r["segments"] == seconds and r["windows"] == (3 if vid == "long" else 1)
         assert r["duration"] == pytest.approx(seconds, abs=0.05)
@@ -161,7 +161,7 @@ def test_json_schema_events_and_windows(parsed, capsys):
         heard = (on_a[:, [A, B]] == (truth[:, [A, B]] & 1).astype(bool)).mean()
         assert heard >= 0.9, (vid, heard)  # the tones are the easy part for the random tiny CLAP
         assert not got[:, [c for c in range(25) if c not in (A, B)]].any()
-    long = json.loads((out / "long.json").read_text())
+    long = json.loads((out / "parsed" / "long.json").read_text())
     # A is heard 8..12 s (and seen 6..14 s), across the first window border at 10 s: found as runs that do not stop
     # at the border (one event per modality part, the parts of one class abutting)
     parts = sorted((e["start"], e["end"]) for e in long["events"] if e["class"] == CLASSES[A])
@@ -175,7 +175,7 @@ def test_png_failures_and_json_line(parsed, capsys):
 
     out = parsed["out"]
     for vid in ("long", "short"):
-        img = Image.open(out / f"{vid}.png").convert("RGB")
+        img = Image.open(out / "parsed" / f"{vid}.png").convert("RGB")
         assert img.size[0] >= 600
         colours = {tuple(int(x) for x in p) for p in np.asarray(img).reshape(-1, 3)[::7]}
         assert (31, 119, 180) in colours  # audio bars (both videos have audio-only parts of B)
@@ -248,8 +248,8 @@ def test_page_in_a_headless_browser(parsed, tmp_path):
     from playwright.sync_api import sync_playwright
 
     out = parsed["out"]
-    long = json.loads((out / "long.json").read_text())
-    short = json.loads((out / "short.json").read_text())
+    long = json.loads((out / "parsed" / "long.json").read_text())
+    short = json.loads((out / "parsed" / "short.json").read_text())
     bars = sum(2 if e["modality"] == "audio-visual" else 1 for r in (long, short) for e in r["events"])
     errors: list[str] = []
     shot = tmp_path / "page.png"
@@ -377,7 +377,7 @@ def test_many_videos_through_ray_data_give_the_same_parse(parsed, tmp_path, caps
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"videos": 2, "failed": 4, "out": str(out)}
     assert not ray.is_initialized()  # the command stopped the Ray it started
     for vid in ("long", "short"):
-        a, b = (json.loads((d / f"{vid}.json").read_text()) for d in (out, parsed["out"]))
+        a, b = (json.loads((d / "parsed" / f"{vid}.json").read_text()) for d in (out, parsed["out"]))
         assert a["events"] == b["events"] and a["segment_prob"] == b["segment_prob"]
     assert json.loads((out / "failures.json").read_text()) == json.loads((parsed["out"] / "failures.json").read_text())
 
@@ -406,3 +406,35 @@ def test_spec_of_a_checkpoint_trained_on_mixed_sources(tmp_path, monkeypatch):
     assert spec.weights == {"vggish": "random", "res152": "random", "r2plus1d": "random"}
     assert spec.media == MEDIA and spec.clip is None and spec.clap is None
     assert parse.recorded_teachers("sim:0") == {} and parse.recorded_teachers([str(imported)]) == {}
+
+
+@pytest.mark.integration  # uses the module's trained tiny HAN (CPU minutes)
+def test_reserved_names_and_foreign_files_survive_a_rerun(trained, tmp_path, capsys):
+    """Safety items 2-3: videos named `_valor` and `failures` cannot overwrite valor's marker or failures file (their
+    files go into parsed/), and a re-run into the same --out deletes exactly what valor wrote there: the user's
+    notes, holiday video and a file inside parsed/ stay byte-identical and are reported as kept."""
+    from workflows.cli import main
+    from workflows.outputs import read_marker
+
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    for i, name in enumerate(("_valor", "failures", "index")):
+        write_video(vids / f"{name}.mp4", duration=10.0, fps=8, size=(160, 96), content=Content(audio=[(B, 1.0, 4.0)]),
+                    seed=200 + i)
+    out = tmp_path / "out"
+    argv = ["parse", str(vids), "--checkpoint", trained["checkpoint"], "--clip", trained["clip"], "--clap",
+            trained["clap"], "--out", str(out), "--no-ray", "--device", "cpu", "--json"]
+    assert main(argv) == 0
+    assert read_marker(str(out))["kind"] == "parse" and json.loads((out / "failures.json").read_text()) == []
+    assert {json.loads((out / "parsed" / f"{n}.json").read_text())["video"] for n in ("_valor", "failures", "index")} \
+        == {"_valor", "failures", "index"}
+    planted = {out / "my_notes.txt": b"notes", out / "my_holiday.mp4": (vids / "index.mp4").read_bytes(),
+               out / "parsed" / "mine.json": b"{}"}
+    for path, data in planted.items():
+        path.write_bytes(data)
+    capsys.readouterr()
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "kept 3 files valor did not write" in err and "my_holiday.mp4" in err
+    assert all(path.read_bytes() == data for path, data in planted.items())
+    assert read_marker(str(out))["kind"] == "parse" and (out / "index.html").read_text().startswith("<!")
