@@ -7,9 +7,9 @@
     code_version()                         git commit of the code ('+dirty'), else the package version
 
 A local Ray is bound to 127.0.0.1 (GCS, raylet, object manager, dashboard, agents, workers: `_loopback_only`, before
-Ray is imported) and never serves a dashboard unless asked (then on 127.0.0.1 too). Its node processes are recorded under ~/.cache/valor/ray (pid + start time): a driver
-killed with SIGKILL cannot stop them, so the next start_ray stops the ones whose driver is gone (by pid and start time,
-never by name).
+Ray is imported) and never serves a dashboard unless asked (then on 127.0.0.1 too). Its node processes are recorded
+under ~/.cache/valor/ray (pid + start time): a driver killed with SIGKILL cannot stop them, so the next start_ray stops
+the ones whose driver is gone (by pid and start time, never by name).
 
 The environment a worker needs (offline HF caches of the tiny teachers, quiet-library switches, Ray Train's health-check
 interval) travels in the driver's runtime_env `env_vars`: the variables whose names start with FORWARD_ENV_PREFIXES,
