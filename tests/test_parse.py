@@ -2,6 +2,7 @@
 -> JSON (schema), PNG, index.html opened by a real headless Chromium; broken files become typed failures."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -240,12 +241,28 @@ def test_paper_feature_sets_need_the_backbones(monkeypatch):
         parse._paper_backbones("vggish_resnet_r2p1d", parse.NEEDS["vggish_resnet_r2p1d"][1])
 
 
+@contextlib.contextmanager
+def _chromium(tmp_path, height: int):
+    """Debian's Chromium, headless, through playwright (a fresh profile; no background network), closed after."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+            viewport={"width": 1000, "height": height},
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 @pytest.mark.integration  # trains a tiny HAN on real mp4 files through the tiny teachers (CPU minutes)
 def test_page_in_a_headless_browser(parsed, tmp_path):
     """index.html opens in real headless Chromium with no console error; the timeline's event bars are drawn (pixel
     colours), a click on an event seeks the video, and the cursor follows."""
     from PIL import Image
-    from playwright.sync_api import sync_playwright
 
     out = parsed["out"]
     long = json.loads((out / "parsed" / "long.json").read_text())
@@ -253,40 +270,33 @@ def test_page_in_a_headless_browser(parsed, tmp_path):
     bars = sum(2 if e["modality"] == "audio-visual" else 1 for r in (long, short) for e in r["events"])
     errors: list[str] = []
     shot = tmp_path / "page.png"
-    with sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, viewport={"width": 1000, "height": 1100},
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"])
-        try:
-            page = browser.new_page()
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            requests: list[str] = []
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto((out / "index.html").as_uri())
-            page.wait_for_function("document.querySelectorAll('rect.event').length > 0")
-            assert page.locator("rect.event").count() == bars
-            assert all(u.startswith("file://") for u in requests), requests  # nothing from the network
-            first = long["events"][0]
-            bar = page.locator("#timeline-0 rect.event").first
-            box = bar.bounding_box()
-            page.screenshot(path=str(shot), full_page=True)
-            img = np.asarray(Image.open(shot).convert("RGB"))
-            px = tuple(int(x) for x in img[int(box["y"] + box["height"] / 2), int(box["x"] + box["width"] / 2)])
-            want = {"audio": (31, 119, 180), "visual": (255, 127, 14), "audio-visual": (44, 160, 44)}[first["modality"]]
-            assert px == want, (px, first)
-            # click the last event of the long video: the player seeks to its start, and the cursor moves there
-            page.wait_for_function("document.getElementById('video-0').readyState >= 1", timeout=10000)
-            last = long["events"][-1]
-            page.locator("#timeline-0 rect.event").last.click()
-            page.wait_for_function(f"Math.abs(document.getElementById('video-0').currentTime - {last['start']}) < 0.2",
-                                   timeout=10000)
-            page.wait_for_function("Number(document.querySelector('#timeline-0 line.cursor').getAttribute('x1')) > "
-                                   "Number(document.querySelector('#timeline-0 rect.lane').getAttribute('x'))",
-                                   timeout=10000)
-        finally:
-            browser.close()
+    with _chromium(tmp_path, 1100) as browser:
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto((out / "index.html").as_uri())
+        page.wait_for_function("document.querySelectorAll('rect.event').length > 0")
+        assert page.locator("rect.event").count() == bars
+        assert all(u.startswith("file://") for u in requests), requests  # nothing from the network
+        first = long["events"][0]
+        bar = page.locator("#timeline-0 rect.event").first
+        box = bar.bounding_box()
+        page.screenshot(path=str(shot), full_page=True)
+        img = np.asarray(Image.open(shot).convert("RGB"))
+        px = tuple(int(x) for x in img[int(box["y"] + box["height"] / 2), int(box["x"] + box["width"] / 2)])
+        want = {"audio": (31, 119, 180), "visual": (255, 127, 14), "audio-visual": (44, 160, 44)}[first["modality"]]
+        assert px == want, (px, first)
+        # click the last event of the long video: the player seeks to its start, and the cursor moves there
+        page.wait_for_function("document.getElementById('video-0').readyState >= 1", timeout=10000)
+        last = long["events"][-1]
+        page.locator("#timeline-0 rect.event").last.click()
+        page.wait_for_function(f"Math.abs(document.getElementById('video-0').currentTime - {last['start']}) < 0.2",
+                               timeout=10000)
+        page.wait_for_function("Number(document.querySelector('#timeline-0 line.cursor').getAttribute('x1')) > "
+                               "Number(document.querySelector('#timeline-0 rect.lane').getAttribute('x'))",
+                               timeout=10000)
     assert errors == []
     target = os.environ.get("VALOR_PARSE_SCREENSHOT")  # docs/parse.png is made this way (README)
     if target:
@@ -321,7 +331,6 @@ def test_page_with_hostile_video_names_runs_no_script(hostile, tmp_path):
     window.__pwned unset), each name shows literally, every timeline draws its event bars in their colours, and
     every player finds its file."""
     from PIL import Image
-    from playwright.sync_api import sync_playwright
 
     assert hostile["rc"] == 0
     out = hostile["out"]
@@ -331,36 +340,29 @@ def test_page_with_hostile_video_names_runs_no_script(hostile, tmp_path):
     errors: list[str] = []
     dialogs: list[str] = []
     shot = tmp_path / "page.png"
-    with sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, viewport={"width": 1000, "height": 900},
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"])
-        try:
-            page = browser.new_page()
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.goto((out / "index.html").as_uri())
-            page.wait_for_function("document.querySelectorAll('rect.event').length > 0", timeout=10000)
-            for i, r in enumerate(results):
-                bars = sum(2 if e["modality"] == "audio-visual" else 1 for e in r["events"])
-                assert page.locator(f"#timeline-{i} rect.event").count() == bars, (i, r["video"])
-                assert page.locator(f"#timeline-{i} rect.lane").count() == 2 * len({e["class"] for e in r["events"]})
-                page.wait_for_function(f"document.getElementById('video-{i}').readyState >= 1", timeout=10000)
-            assert page.locator("section h2").all_text_contents() == names
-            assert page.locator("td").first.text_content() == HOSTILE_BROKEN
-            assert page.locator("img").count() == 0 and page.locator("body script").count() == 2
-            assert page.evaluate("window.__pwned") is None
-            page.screenshot(path=str(shot), full_page=True)
-            img = np.asarray(Image.open(shot).convert("RGB"))
-            want = {"audio": (31, 119, 180), "visual": (255, 127, 14), "audio-visual": (44, 160, 44)}
-            for i, r in enumerate(results):
-                box = page.locator(f"#timeline-{i} rect.event").first.bounding_box()
-                px = tuple(int(x) for x in img[int(box["y"] + box["height"] / 2), int(box["x"] + box["width"] / 2)])
-                assert px == want[r["events"][0]["modality"]], (i, px, r["events"][0])
-        finally:
-            browser.close()
+    with _chromium(tmp_path, 900) as browser:
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto((out / "index.html").as_uri())
+        page.wait_for_function("document.querySelectorAll('rect.event').length > 0", timeout=10000)
+        for i, r in enumerate(results):
+            bars = sum(2 if e["modality"] == "audio-visual" else 1 for e in r["events"])
+            assert page.locator(f"#timeline-{i} rect.event").count() == bars, (i, r["video"])
+            assert page.locator(f"#timeline-{i} rect.lane").count() == 2 * len({e["class"] for e in r["events"]})
+            page.wait_for_function(f"document.getElementById('video-{i}').readyState >= 1", timeout=10000)
+        assert page.locator("section h2").all_text_contents() == names
+        assert page.locator("td").first.text_content() == HOSTILE_BROKEN
+        assert page.locator("img").count() == 0 and page.locator("body script").count() == 2
+        assert page.evaluate("window.__pwned") is None
+        page.screenshot(path=str(shot), full_page=True)
+        img = np.asarray(Image.open(shot).convert("RGB"))
+        want = {"audio": (31, 119, 180), "visual": (255, 127, 14), "audio-visual": (44, 160, 44)}
+        for i, r in enumerate(results):
+            box = page.locator(f"#timeline-{i} rect.event").first.bounding_box()
+            px = tuple(int(x) for x in img[int(box["y"] + box["height"] / 2), int(box["x"] + box["width"] / 2)])
+            assert px == want[r["events"][0]["modality"]], (i, px, r["events"][0])
     assert dialogs == [] and errors == []
 
 
