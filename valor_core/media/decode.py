@@ -301,21 +301,58 @@ def try_decode(source: Source, video_id: str = "", cfg: MediaConfig = MediaConfi
         return None, E.DecodeFailed(video_id, f"{type(err).__name__}: {err}")
 
 
+@dataclass
+class _VideoPart:
+    """The video half of `_decode`: sampled frames, their indices and the clip's timing and geometry."""
+
+    frames: np.ndarray
+    idx: np.ndarray
+    starts: np.ndarray
+    dense: Optional[np.ndarray]
+    didx: Optional[np.ndarray]
+    duration: float
+    fps: float
+    size: tuple[int, int]
+
+
+@dataclass
+class _AudioPart:
+    """The audio half of `_decode`: (T, L) segments or the reason they are missing."""
+
+    audio: Optional[np.ndarray] = None
+    missing: bool = False
+    reason: str = ""
+    duration: float = 0.0
+
+
 def _decode(source: Source, video_id: str, cfg: MediaConfig) -> DecodedVideo:
     is_bytes = isinstance(source, (bytes, bytearray, memoryview))
     if is_bytes:
         source = bytes(source)
     probe = _probe(source, video_id)
-    decord = _quiet_decord()
-    T = int(cfg.segments)
-    nominal = T * cfg.segment_seconds
-    issues: list[E.MediaIssue] = []
-    notes: list[str] = []
 
     def reader_src():
         return io.BytesIO(source) if is_bytes else os.fspath(source)
 
-    # --- video ---
+    issues: list[E.MediaIssue] = []
+    notes: list[str] = []
+    v = _decode_video(reader_src, probe, video_id, cfg, issues, notes)
+    a = _decode_audio(reader_src, probe, video_id, cfg, v.duration, issues, notes)
+    return DecodedVideo(
+        video_id=video_id, frames=np.ascontiguousarray(v.frames), frame_indices=v.idx.astype(np.int64),
+        frame_times=v.starts[v.idx], audio=a.audio, sample_rate=int(cfg.sample_rate), duration=v.duration,
+        fps=v.fps, size=v.size, audio_missing=a.missing, audio_reason=a.reason,
+        dense_frames=None if v.dense is None else np.ascontiguousarray(v.dense),
+        dense_indices=None if v.didx is None else v.didx.astype(np.int64), audio_duration=a.duration,
+        issues=tuple(issues), notes=tuple(notes))
+
+
+def _decode_video(reader_src, probe: _Probe, video_id: str, cfg: MediaConfig, issues: list, notes: list
+                  ) -> _VideoPart:
+    """Open the video with decord, check its length and frame rate, and take the sampled frames."""
+    decord = _quiet_decord()
+    T = int(cfg.segments)
+    nominal = T * cfg.segment_seconds
     size = int(cfg.frame_size)
     kw = {"width": size, "height": size} if size > 0 else {}
     try:
@@ -376,14 +413,20 @@ def _decode(source: Source, video_id: str, cfg: MediaConfig) -> DecodedVideo:
             how = f"pad_trim: first {nominal:g} s used"
         issues.append(cls(video_id, f"{duration:.2f} s vs {nominal:g} s nominal; {how}"))
         notes.append(how)
+    return _VideoPart(frames=frames, idx=idx, starts=starts, dense=dense, didx=didx, duration=duration, fps=fps,
+                      size=(src_w, src_h))
 
-    # --- audio ---
-    audio = None
-    audio_missing, audio_reason, audio_duration = False, "", 0.0
+
+def _decode_audio(reader_src, probe: _Probe, video_id: str, cfg: MediaConfig, duration: float, issues: list,
+                  notes: list) -> _AudioPart:
+    """Read the audio with decord (mono, cfg.sample_rate), trim the AAC tail and cut it into T segments."""
+    decord = _quiet_decord()
+    T = int(cfg.segments)
+    out = _AudioPart()
     sr = int(cfg.sample_rate)
     if not probe.has_audio:
-        audio_missing, audio_reason = True, "no audio stream"
-        issues.append(E.NoAudioTrack(video_id, audio_reason))
+        out.missing, out.reason = True, "no audio stream"
+        issues.append(E.NoAudioTrack(video_id, out.reason))
     else:
         try:
             ar = decord.AudioReader(reader_src(), ctx=decord.cpu(0), sample_rate=sr, mono=True)
@@ -392,13 +435,13 @@ def _decode(source: Source, video_id: str, cfg: MediaConfig) -> DecodedVideo:
         except Exception as err:  # noqa: BLE001
             msg = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
             wave = None
-            audio_missing = True
+            out.missing = True
             if "Can't find audio stream" in msg:
-                audio_reason = "no audio stream"
-                issues.append(E.NoAudioTrack(video_id, audio_reason))
+                out.reason = "no audio stream"
+                issues.append(E.NoAudioTrack(video_id, out.reason))
             else:
-                audio_reason = f"audio decode failed: {msg}"
-                issues.append(E.AudioDecodeFailed(video_id, audio_reason))
+                out.reason = f"audio decode failed: {msg}"
+                issues.append(E.AudioDecodeFailed(video_id, out.reason))
         if wave is not None:
             if probe.audio_channels == 2:
                 wave *= np.float32(1 / math.sqrt(2))  # decord's (L+R)/sqrt(2) -> (L+R)/2
@@ -406,22 +449,16 @@ def _decode(source: Source, video_id: str, cfg: MediaConfig) -> DecodedVideo:
             cap = int(round(duration * sr))
             if cap < len(wave) <= cap + int(AAC_TAIL_TOLERANCE_S * sr):
                 wave = wave[:cap]
-            audio_duration = len(wave) / sr
+            out.duration = len(wave) / sr
             if len(wave) < T:
-                audio_missing, audio_reason = True, f"{len(wave)} audio samples < {T} segments"
-                issues.append(E.AudioDecodeFailed(video_id, audio_reason))
+                out.missing, out.reason = True, f"{len(wave)} audio samples < {T} segments"
+                issues.append(E.AudioDecodeFailed(video_id, out.reason))
             else:
-                audio = segment_audio(wave, T, cfg.length_policy, sr, cfg.segment_seconds)
+                out.audio = segment_audio(wave, T, cfg.length_policy, sr, cfg.segment_seconds)
                 if cfg.length_policy == "uniform" and len(wave) % T:
                     notes.append(f"last {len(wave) % T} audio samples dropped (len % {T})")
                 peak = float(np.abs(wave).max()) if len(wave) else 0.0
                 if peak < cfg.silence_threshold:
                     issues.append(E.SilentAudio(video_id, f"peak amplitude {peak:.2e} < {cfg.silence_threshold:g}"))
                     notes.append("silent audio kept as is")
-    return DecodedVideo(
-        video_id=video_id, frames=np.ascontiguousarray(frames), frame_indices=idx.astype(np.int64),
-        frame_times=starts[idx], audio=audio, sample_rate=sr, duration=duration, fps=fps, size=(src_w, src_h),
-        audio_missing=audio_missing, audio_reason=audio_reason,
-        dense_frames=None if dense is None else np.ascontiguousarray(dense),
-        dense_indices=None if didx is None else didx.astype(np.int64), audio_duration=audio_duration,
-        issues=tuple(issues), notes=tuple(notes))
+    return out
