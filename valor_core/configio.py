@@ -5,12 +5,15 @@
                                    outside `Cls.LIMITS` are a ConfigError naming the dotted key
     apply_overrides(data, ["a.b=v"])  dotted `key=value` overrides with YAML-typed values
     read_yaml(path)                a YAML file's top-level mapping (ConfigError when missing or malformed)
+    load_yaml(text)                one YAML value as valor reads it: YAML 1.1 (PyYAML) plus the numbers a Python or
+                                   YAML 1.2 user writes that 1.1 leaves as strings (`2e-4`, `1E-3`, `-.5`)
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import math
+import re
 import types
 import typing
 from typing import Any, Literal, Optional
@@ -19,6 +22,23 @@ import yaml
 
 from valor_core.config import TrainConfig
 from valor_core.presets import get_preset
+
+
+class NumberLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (YAML 1.1) that also reads `2e-4`, `1E-3`, `1e3` and `-.5` as floats (1.1 wants a dot and
+    a signed exponent); `.5` and `1_000` are 1.1 numbers already."""
+
+
+NumberLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(stream: Any) -> Any:
+    """One YAML document (text or an open file) with NumberLoader's numbers; yaml.YAMLError when malformed."""
+    return yaml.load(stream, Loader=NumberLoader)
 
 
 class ConfigError(ValueError):
@@ -174,13 +194,14 @@ def check_limits(cls: type, values: dict[str, Any], where: str = "") -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """`a.b.c=value` -> ("a.b.c", YAML-typed value): `x=3` is an int, `x=[0.1, 0.2]` a list, `x=null` / `x=` None."""
+    """`a.b.c=value` -> ("a.b.c", YAML-typed value): `x=3` is an int, `x=2e-4` a float, `x=[0.1, 0.2]` a list,
+    `x=null` / `x=` None."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r}: expected key=value with a dotted key, e.g. train.optim.epochs=2")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as err:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from None
     return key, value
@@ -210,7 +231,7 @@ def read_yaml(path: Optional[str]) -> dict[str, Any]:
         return {}
     try:
         with open(path) as fh:
-            data = yaml.safe_load(fh) or {}
+            data = load_yaml(fh) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path!r} not found") from None
     except UnicodeDecodeError:

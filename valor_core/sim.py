@@ -71,10 +71,10 @@ from dataclasses import dataclass
 from typing import Literal, Optional, Sequence, Union
 
 import numpy as np
-import yaml
 
 from valor_core.arrays import AVVPArrays
 from valor_core.classes import CLAP_THRESHOLDS, CLASS_INDEX, CLIP_THRESHOLDS, NUM_CLASSES, NUM_SEGMENTS
+from valor_core.configio import load_yaml
 from valor_core.llp import LLPSplit, default_annotations, load_split
 
 __all__ = ["SimConfig", "PROFILES", "sim_config", "simulate", "sample_train_activity", "parse_sim_source",
@@ -443,7 +443,7 @@ def parse_sim_source(text: str) -> Optional[tuple[int, dict]]:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"features {s!r}: override {item!r} is not key=value")
-        overrides[key.strip()] = yaml.safe_load(value)
+        overrides[key.strip()] = load_yaml(value)
     return seed, overrides
 
 
