@@ -5,6 +5,10 @@ A checkpoint is a directory (a Ray Train checkpoint `epoch_NNN/`, or the `checkp
     model.pt        the weights after that epoch (state_dict)          best_model.pt  the best-val weights so far
     optimizer.pt    the optimiser state (resuming)                     state.json     epoch, best epoch, history
     config.json     {"train": TrainConfig as a dict, "data": what it was trained on, "run_id": MLflow run}
+    rng.pt          the random streams to continue (a Ray Train checkpoint of `valor ave train --ray`)
+
+Written by `save_checkpoint_dir`, read back to resume a training by `read_resume`, loaded as a model by
+`load_checkpoint_model`; nothing else opens these files.
 
 Found by `resolve_checkpoint(REF)`: a checkpoint dir, a .pt file in one, a Ray Train run dir (its newest epoch), an
 s3:// prefix (downloaded), or an MLflow run id (its artifact). `official:PRESET:PATH` is an official checkpoint
@@ -15,17 +19,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from dataclasses import dataclass
 from typing import Optional
-
-import numpy as np
 
 from valor_core.checkpoint_io import load_weights
 from valor_core.config import TrainConfig, to_dict
 from valor_core.configio import build
-from valor_core.llp import align_predictions
 from workflows import objstore, tracking
-from workflows.trainset import load_eval_split
 
 
 OFFICIAL = "official:"
@@ -50,7 +52,7 @@ def parse_official(ref: str) -> Optional[tuple[str, str]]:
 
 
 def save_checkpoint_dir(path: str, *, model_state: dict, best_state: dict, optimizer_state: Optional[dict],
-                        state: dict, config: dict) -> str:
+                        state: dict, config: dict, rng: Optional[dict] = None) -> str:
     import torch
 
     os.makedirs(path, exist_ok=True)
@@ -58,11 +60,56 @@ def save_checkpoint_dir(path: str, *, model_state: dict, best_state: dict, optim
     torch.save(best_state, os.path.join(path, "best_model.pt"))
     if optimizer_state is not None:
         torch.save(optimizer_state, os.path.join(path, "optimizer.pt"))
+    if rng is not None:
+        torch.save(rng, os.path.join(path, "rng.pt"))
     with open(os.path.join(path, "state.json"), "w") as f:
         json.dump(state, f, indent=1, default=float)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
     return path
+
+
+@dataclass
+class Resumed:
+    """What a training checkpoint hands back to the training it continues (the weights go into the model and
+    optimiser passed to `read_resume`)."""
+
+    state: dict  # state.json: epoch, best_value, best_epoch, history, ...
+    best_state: dict  # best_model.pt
+    rng: Optional[dict]  # rng.pt, None when the checkpoint has none
+
+
+def read_resume(path: str, model, optimizer, device) -> Resumed:
+    """Load checkpoint dir `path`'s model.pt and optimizer.pt into `model` and `optimizer` (on `device`) and return
+    the rest of what resuming needs."""
+    model.load_state_dict(load_weights(os.path.join(path, "model.pt"), map_location=device))
+    optimizer.load_state_dict(load_weights(os.path.join(path, "optimizer.pt"), map_location=device))
+    rng = os.path.join(path, "rng.pt")
+    with open(os.path.join(path, "state.json")) as f:
+        state = json.load(f)
+    return Resumed(state=state, best_state=load_weights(os.path.join(path, "best_model.pt")),
+                   rng=load_weights(rng, map_location=None) if os.path.exists(rng) else None)
+
+
+RESULT_FILES = ("best_model.pt", "config.json", "state.json")  # what a finished training's scoring reads
+
+
+def copy_result(src: str, dst: str) -> str:
+    """Copy checkpoint dir `src`'s RESULT_FILES into `dst` (a local dir that outlives Ray Train's view of `src`)."""
+    for name in RESULT_FILES:
+        shutil.copy(os.path.join(src, name), os.path.join(dst, name))
+    return dst
+
+
+def read_state(path: str) -> dict:
+    """Checkpoint dir `path`'s state.json (epoch, best_value, best_epoch, history)."""
+    with open(os.path.join(path, "state.json")) as f:
+        return json.load(f)
+
+
+def read_best_weights(path: str) -> dict:
+    """Checkpoint dir `path`'s best-val weights (best_model.pt, on the CPU)."""
+    return load_weights(os.path.join(path, "best_model.pt"), error=CheckpointError)
 
 
 def config_from_dict(data: dict):
@@ -149,40 +196,3 @@ def resolve_checkpoint(ref: str, tracking_uri: Optional[str] = None) -> str:
     except Exception as err:
         raise FileNotFoundError(f"{ref!r} is neither a checkpoint path nor a run id with a checkpoint in {uri} "
                                 f"({type(err).__name__}: {err})") from None
-
-
-def checkpoint_split(checkpoint: str, split: str, *, features: Optional[str] = None,
-                     annotations: Optional[str] = None, tracking_uri: Optional[str] = None):
-    """(model in eval mode, its TrainConfig, the split's AVVPArrays, the features source used) for a checkpoint REF
-    (path, run id or official spec). Features: `features`, else the source recorded with the checkpoint."""
-    model, cfg, meta = load_checkpoint_model(resolve_checkpoint(checkpoint, tracking_uri))
-    features = features or meta.get("data", {}).get("features")
-    if not features:
-        kind = "an official checkpoint" if "official" in meta else "the checkpoint"
-        raise CheckpointError(f"{checkpoint}: {kind} records no features source; pass --features")
-    arrays = load_eval_split(features, split, cfg, annotations=annotations)
-    m = cfg.model
-    for name, dim in (("audio", m.audio_dim), ("frames", m.frame_dim), ("clips", m.clip_dim)):
-        have = getattr(arrays, name)
-        if dim > 0 and (have is None or have.shape[-1] != dim):
-            got = "none" if have is None else f"shape {tuple(have.shape)}"
-            raise CheckpointError(f"{checkpoint}: its HAN takes {name} of width {dim}; features {features} give {got}")
-    return model, cfg, arrays, features
-
-
-def predict_split(checkpoint: str, split, *, features: str | None = None, annotations: str | None = None,
-                  tracking_uri: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(audio, visual) 0/1 predictions of a trained HAN (a checkpoint path, an MLflow run id or an official spec) for
-    the LLP split `split` (official rule), aligned to its ids. Features: `features`, else the source recorded with the
-    checkpoint. CheckpointError when the checkpoint, its features or the alignment fail."""
-    from valor_core.fit import predict  # torch-bound
-
-    try:
-        model, _, arrays, features = checkpoint_split(checkpoint, split.name, features=features,
-                                                      annotations=annotations, tracking_uri=tracking_uri)
-        pa, pv = predict(model, arrays)
-        audio, visual, _ = align_predictions(split.video_ids, arrays.video_ids, pa, pv,
-                                             source=f"checkpoint {checkpoint} on {features}")
-    except (FileNotFoundError, ValueError) as err:
-        raise CheckpointError(str(err)) from None
-    return audio.astype(np.uint8), visual.astype(np.uint8)

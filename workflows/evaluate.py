@@ -25,7 +25,8 @@ import numpy as np
 from valor_core.llp import AnnotationError, PredictionError, align_predictions, default_annotations, load_split
 from valor_core.metrics import score_split
 from workflows import tracking
-from workflows.checkpoints import CheckpointError, predict_split, resolve_checkpoint
+from workflows.checkpoints import CheckpointError, resolve_checkpoint
+from workflows.predict import predict_split
 
 SPLITS = ("val", "test")
 

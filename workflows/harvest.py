@@ -56,7 +56,8 @@ from valor_core.llp import default_annotations
 from valor_core.sim import parse_sim_source, simulate
 from valor_core.tuning_objective import LogitsError, validate_logits
 from workflows import objstore
-from workflows.checkpoints import CheckpointError, checkpoint_split, load_checkpoint_model, resolve_checkpoint
+from workflows.checkpoints import CheckpointError, load_checkpoint_model, resolve_checkpoint
+from workflows.predict import checkpoint_split
 from workflows.config import HarvestConfig, StorageConfig
 from workflows.features import (LOGIT_COLUMNS, finish_labels, OK_FLAGS, column_array, features_dataset, labels_uri,
                                 teacher_logits, usable_rows, write_labels_part)

@@ -21,11 +21,13 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
-from workflows.checkpoints import CheckpointError, checkpoint_split
+from valor_core.llp import align_predictions
+from workflows.checkpoints import CheckpointError, load_checkpoint_model, resolve_checkpoint
+from workflows.trainset import load_eval_split
 
 SPLITS = ("train", "val", "test")
 
@@ -46,6 +48,43 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tracking-uri", metavar="URI", help="with --checkpoint RUN: the MLflow store")
     p.add_argument("--json", action="store_true", help="print one JSON object (last line)")
     p.set_defaults(func=run)
+
+
+def checkpoint_split(checkpoint: str, split: str, *, features: Optional[str] = None,
+                     annotations: Optional[str] = None, tracking_uri: Optional[str] = None):
+    """(model in eval mode, its TrainConfig, the split's AVVPArrays, the features source used) for a checkpoint REF
+    (path, run id or official spec). Features: `features`, else the source recorded with the checkpoint."""
+    model, cfg, meta = load_checkpoint_model(resolve_checkpoint(checkpoint, tracking_uri))
+    features = features or meta.get("data", {}).get("features")
+    if not features:
+        kind = "an official checkpoint" if "official" in meta else "the checkpoint"
+        raise CheckpointError(f"{checkpoint}: {kind} records no features source; pass --features")
+    arrays = load_eval_split(features, split, cfg, annotations=annotations)
+    m = cfg.model
+    for name, dim in (("audio", m.audio_dim), ("frames", m.frame_dim), ("clips", m.clip_dim)):
+        have = getattr(arrays, name)
+        if dim > 0 and (have is None or have.shape[-1] != dim):
+            got = "none" if have is None else f"shape {tuple(have.shape)}"
+            raise CheckpointError(f"{checkpoint}: its HAN takes {name} of width {dim}; features {features} give {got}")
+    return model, cfg, arrays, features
+
+
+def predict_split(checkpoint: str, split, *, features: str | None = None, annotations: str | None = None,
+                  tracking_uri: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(audio, visual) 0/1 predictions of a trained HAN (a checkpoint path, an MLflow run id or an official spec) for
+    the LLP split `split` (official rule), aligned to its ids. Features: `features`, else the source recorded with the
+    checkpoint. CheckpointError when the checkpoint, its features or the alignment fail."""
+    from valor_core.fit import predict  # torch-bound
+
+    try:
+        model, _, arrays, features = checkpoint_split(checkpoint, split.name, features=features,
+                                                      annotations=annotations, tracking_uri=tracking_uri)
+        pa, pv = predict(model, arrays)
+        audio, visual, _ = align_predictions(split.video_ids, arrays.video_ids, pa, pv,
+                                             source=f"checkpoint {checkpoint} on {features}")
+    except (FileNotFoundError, ValueError) as err:
+        raise CheckpointError(str(err)) from None
+    return audio.astype(np.uint8), visual.astype(np.uint8)
 
 
 def predict_arrays(checkpoint: str, split: str, *, features: str | list[str] | None = None,
