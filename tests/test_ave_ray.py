@@ -51,7 +51,7 @@ def test_bad_ray_flags_are_one_line_errors(tmp_path, capsys):
     (foreign / "notes.txt").write_text("not valor's\n")
     cases = [(["--ray", "--workers", "0"], "--workers must be >= 1, got 0"),
              (["--workers", "2"], "--workers needs --ray"),
-             (["--use-gpu", "--storage", str(tmp_path)], "--use-gpu, --storage need --ray"),
+             (["--use-gpu", "--storage", str(tmp_path)], "--gpu, --storage need --ray"),
              (["--ray", "--storage", str(foreign)], f"--storage {foreign}:")]
     for extra, message in cases:
         capsys.readouterr()

@@ -46,3 +46,61 @@ def test_run_override_reads_scientific_notation(tmp_path):
     assert cfg["train"]["optim"]["lr_max"] == pytest.approx(2e-4)
     assert cfg["train"]["optim"]["epochs"] == 10
 
+
+
+# --- 7. one flag name per concept ---------------------------------------------------------------------------------------
+
+OLD_NAMES = {"--address": "--ray-address", "--mlflow": "--tracking-uri", "--use-gpu": "--gpu"}
+
+
+def _parsers(parser, path=()):
+    """(command words, parser) of every (sub-)command."""
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+def test_one_flag_name_per_concept_old_names_hidden():
+    import argparse
+
+    from workflows.cli import build_parser
+
+    seen = {}
+    for path, parser in _parsers(build_parser()):
+        for action in parser._actions:
+            shown = [o for o in action.option_strings if action.help is not argparse.SUPPRESS]
+            old = [o for o in shown if o in OLD_NAMES]
+            assert not old, f"valor {' '.join(path)} shows {old[0]}; the CLI's name is {OLD_NAMES[old[0]]}"
+            for o in action.option_strings:
+                if o in OLD_NAMES:
+                    seen.setdefault(o, []).append(" ".join(path))
+    assert set(seen) == set(OLD_NAMES)  # the old names still parse (hidden), e.g. in scripts
+    for cmd in ("tune thresholds", "extract", "import llp", "parse"):
+        assert cmd in seen["--address"]
+
+
+def test_old_flag_names_parse_to_the_new_ones():
+    from workflows.cli import build_parser
+
+    p = build_parser()
+    base = ["tune", "thresholds", "--logits", "sim:0"]
+    new = p.parse_args([*base, "--ray-address", "auto", "--tracking-uri", "sqlite:///x.db"])
+    old = p.parse_args([*base, "--address", "auto", "--mlflow", "sqlite:///x.db"])
+    assert (new.address, new.mlflow) == (old.address, old.mlflow) == ("auto", "sqlite:///x.db")
+    assert p.parse_args(["ave", "train", "--use-gpu"]).use_gpu is p.parse_args(["ave", "train", "--gpu"]).use_gpu is True
+
+
+def test_parse_names_its_own_weights_flag(tmp_path, synth_clips):
+    state = tmp_path / "han.pt"
+    state.write_bytes(b"not read before the weights are checked")
+    video = next(iter(synth_clips.values()))
+    home = tmp_path / "home"  # an empty torch hub cache: no paper backbone weights
+    out = valor("parse", str(video), "--checkpoint", f"official:han:{state}", "--out", str(tmp_path / "out"),
+                env={"TORCH_HOME": str(home), "XDG_CACHE_HOME": str(home)})
+    assert out.returncode == 2, out.stderr
+    assert "--weights vggish=PATH" in out.stderr and "`--weights vggish=random`" in out.stderr
+    assert "--vggish-weights" not in out.stderr

@@ -59,7 +59,8 @@ def register(subparsers: Any) -> None:
     g = t.add_argument_group("Ray Train and MLflow")
     g.add_argument("--ray", action="store_true", help="run as a Ray Train job (DDP), tracked in MLflow")
     g.add_argument("--workers", type=int, default=None, metavar="N", help="Ray Train DDP workers (default 1)")
-    g.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL); default CPU (gloo)")
+    g.add_argument("--gpu", dest="use_gpu", action="store_true", help="one GPU per worker (NCCL); default CPU (gloo)")
+    g.add_argument("--use-gpu", dest="use_gpu", action="store_true", help=argparse.SUPPRESS, default=argparse.SUPPRESS)  # the old name
     g.add_argument("--storage", default=None, metavar="DIR_OR_S3",
                    help="Ray Train checkpoint storage: dir or s3://bucket/prefix (default: runs/ray)")
     g.add_argument("--tracking-uri", default=None, metavar="URI",
@@ -105,7 +106,7 @@ def _check(args: argparse.Namespace) -> Optional[str]:
     if problem:
         return problem
     if not args.ray:
-        given = [f for f, v in (("--workers", args.workers), ("--use-gpu", args.use_gpu or None),
+        given = [f for f, v in (("--workers", args.workers), ("--gpu", args.use_gpu or None),
                                 ("--storage", args.storage)) if v is not None]
         if given:
             return f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --ray"

@@ -736,7 +736,9 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="last line: {done, failed, skipped, seconds, out}")
     p.add_argument("--failures", default=None, help="failures table URI (default: beside --out, see docs)")
     p.add_argument("--split", default=None, help="split name for every row (default: manifest column / file name)")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
+    p.add_argument("--ray-address", dest="address", default=None, metavar="ADDR",
+                   help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
+    p.add_argument("--address", dest="address", help=argparse.SUPPRESS, default=argparse.SUPPRESS)  # the old name
     p.add_argument("--num-cpus", type=int, default=None, help="local Ray only: CPUs to use")
     p.add_argument("--object-store-mb", type=int, default=None, help="local Ray only: object store size")
     p.add_argument("--dashboard", action="store_true", help="local Ray only: start the dashboard (on 127.0.0.1)")

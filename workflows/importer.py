@@ -275,7 +275,9 @@ def register(sub) -> None:
     llp.add_argument("--failures", default=None, help="failures table URI (default: beside --out)")
     llp.add_argument("--rows-per-file", type=int, default=ROWS_PER_FILE, help="videos per Parquet part")
     llp.add_argument("--retry-failed", action="store_true", help="re-check videos listed in the failures table")
-    llp.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
+    llp.add_argument("--ray-address", dest="address", default=None, metavar="ADDR",
+                     help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
+    llp.add_argument("--address", dest="address", help=argparse.SUPPRESS, default=argparse.SUPPRESS)  # the old name
     llp.add_argument("--num-cpus", type=int, default=None, help="local Ray only: CPUs to use")
     llp.add_argument("--endpoint", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
     llp.add_argument("--access-key", default=None, help="default: AWS_ACCESS_KEY_ID")

@@ -204,7 +204,8 @@ def make_spec(checkpoint: str, *, clip: Optional[str] = None, clap: Optional[str
         bb = _paper_backbones(kind, backbones)
         try:
             for name in backbones:
-                bb.weights_path(name, clap if name == "clap_maps" else (weights or {}).get(name))
+                bb.weights_path(name, clap if name == "clap_maps" else (weights or {}).get(name),
+                                f"--weights {name}=")
         except Exception as err:  # noqa: BLE001 - BackboneError / MissingWeights: one line naming the file
             raise ParseError(str(err)) from None
     precision = precision or recorded_source_precision(data.get("features")) or "auto"
@@ -478,7 +479,9 @@ def register(sub: Any) -> None:
     g.add_argument("--ray", action="store_true", default=None, help="use Ray Data whatever the number of videos")
     g.add_argument("--no-ray", action="store_false", dest="ray", help="parse in this process whatever the number")
     p.add_argument("--actors", type=int, default=1, help="with Ray: parser actors (each loads the model once)")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
+    p.add_argument("--ray-address", dest="address", default=None, metavar="ADDR",
+                   help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
+    p.add_argument("--address", dest="address", help=argparse.SUPPRESS, default=argparse.SUPPRESS)  # the old name
     p.add_argument("--num-cpus", type=int, default=None, help="local Ray only: CPUs to use")
     p.add_argument("--copy-videos", action="store_true", help="copy local videos next to index.html "
                    "(s3:// videos always are)")

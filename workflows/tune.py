@@ -178,10 +178,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-sweeps", type=int, default=None)
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of an in-process Ray (default: all)")
     p.add_argument("--max-concurrent", type=int, default=None, help="concurrent trials (default: Ray's CPUs)")
-    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or in-process)")
+    p.add_argument("--ray-address", dest="address", default=None, metavar="ADDR",
+                   help="Ray address (default: RAY_ADDRESS or in-process)")
+    p.add_argument("--address", dest="address", help=argparse.SUPPRESS, default=argparse.SUPPRESS)  # the old name
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", default=None, help="thresholds JSON (default runs/thresholds.json)")
-    p.add_argument("--mlflow", default=None, metavar="URI", help="tracking URI (default sqlite:///<cwd>/runs/mlflow.db)")
+    p.add_argument("--tracking-uri", dest="mlflow", default=None, metavar="URI",
+                   help="MLflow tracking URI (default sqlite:///<cwd>/runs/mlflow.db)")
+    p.add_argument("--mlflow", dest="mlflow", help=argparse.SUPPRESS, default=argparse.SUPPRESS)  # the old name
     p.add_argument("--experiment", default="valor-tune", help="MLflow experiment (default %(default)s)")
     p.add_argument("--no-mlflow", action="store_true")
     p.add_argument("--storage-dir", default=None, help="Ray Tune storage (default <tmp>/valor-tune)")

@@ -26,15 +26,17 @@ def hub_checkpoints_dir() -> str:
 
 
 def resolve(name: str, spec: Optional[str], filename: str, url: str, flag: str) -> Optional[str]:
-    """spec -> a local file path, or None for random init. "" / None = `filename` in the torch hub cache."""
+    """spec -> a local file path, or None for random init. "" / None = `filename` in the torch hub cache. `flag`: the
+    option that names the file (`--vggish-weights`, or `--weights vggish=` whose value follows without a space)."""
     spec = (spec or "").strip()
+    sep = "" if flag.endswith("=") else " "
     if spec in ("random", "none"):
         return None
     path = spec or os.path.join(hub_checkpoints_dir(), filename)
     if not os.path.isfile(path):
         raise MissingWeights(f"{name} weights {path!r} not found: download {url} on a machine with network access and "
-                             f"copy it to {os.path.join(hub_checkpoints_dir(), filename)} (or pass {flag} PATH; "
-                             f"`{flag} random` for random weights)")
+                             f"copy it to {os.path.join(hub_checkpoints_dir(), filename)} (or pass {flag}{sep}PATH; "
+                             f"`{flag}{sep}random` for random weights)")
     return path
 
 
