@@ -104,3 +104,34 @@ def test_parse_names_its_own_weights_flag(tmp_path, synth_clips):
     assert out.returncode == 2, out.stderr
     assert "--weights vggish=PATH" in out.stderr and "`--weights vggish=random`" in out.stderr
     assert "--vggish-weights" not in out.stderr
+
+
+# --- 3. a bare command that would start an hour of work asks first ------------------------------------------------------
+
+
+def test_bare_train_asks_for_features_and_starts_nothing(tmp_path):
+    out = valor("train", cwd=tmp_path, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.startswith("usage: valor train")
+    assert "--features sim" in out.stderr.splitlines()[-1]
+    assert not (tmp_path / "runs").exists()  # no MLflow store, no checkpoints: nothing started
+
+
+# --- 8. discoverability -----------------------------------------------------------------------------------------------
+
+
+def test_presets_lists_every_preset_with_paper_inputs_loss_schedule():
+    from valor_core.presets import PRESETS
+
+    out = valor("presets")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:4] == ["preset", "paper", "inputs", "loss"]
+    assert [ln.split()[0] for ln in lines[1:]] == list(PRESETS)
+    assert max(map(len, lines)) <= 120
+    row = {ln.split()[0]: ln for ln in lines[1:]}
+    assert "HAN (Tian 2020)" in row["han"] and "StepLR(10, 0.1), b16, 40 ep" in row["han"]
+    assert "CLAP maps+CLIP+R(2+1)D" in row["valor++"] and "3e-4->3e-6 cosine, 10 warm-up, b64, 60 ep" in row["valor++"]
+    listed = last_json(valor("train", "--list", "--json").stdout)
+    assert listed["lsld"] == {"paper": "LSLD (Fan 2023)", "inputs": "CLIP/CLAP embeddings", "features": "clip_clap",
+                              "loss": "lsld", "schedule": "adam 2e-4 StepLR(6, 0.25), b32, 20 ep"}

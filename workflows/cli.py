@@ -25,7 +25,7 @@ COMMANDS = (
     predict,  # valor predict
     llp_stats,  # valor data stats
     demo,  # valor demo
-    train,  # valor train
+    train,  # valor train, valor presets
     compare,  # valor compare
     media,  # valor media synth, valor teachers tiny, valor teach
     s3server,  # valor storage up|down|status

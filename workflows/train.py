@@ -4,11 +4,10 @@
     valor train --preset valor+ --set optim.epochs=30 --set model.dropout=0.2 --dry-run
     valor train --preset valor --features sim --workers 2       Ray Train (DDP) run, MLflow tracking (workflows/train_ray)
     valor train --preset han --features runs/llp/features --features runs/mine/features    two datasets as one
+    valor presets                                               every preset: paper, inputs, loss, schedule
 
-Flow: register() adds the parser -> main(args) -> resolve_config(args) (preset + dotted --set overrides + --epochs,
-type- and range-checked by valor_core.configio.build) -> --dry-run: print config + trainable_params | otherwise: load the
-data (workflows.trainset) -> start Ray (workflows.runtime) -> workflows.train_ray.train -> the summary (or with --json one
-JSON line, last).
+--features is required for training (`--features sim` for LLP-sim: 10,000 simulated videos, about an hour on a CPU).
+The preset and every --set / --epochs value are type- and range-checked before anything loads; --dry-run stops there.
 
 Resume: the same command after a kill (same config, data, workers, tracking URI, experiment and --run-name) continues
 the interrupted run from its last checkpoint, in the same MLflow run; --fresh starts it over (workflows/train_ray).
@@ -42,7 +41,7 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output (one JSON object, last line)")
     g = p.add_argument_group("data, Ray Train and MLflow")
     g.add_argument("--features", action="append", default=None, metavar="SOURCE",
-                   help="sim[:SEED[:k=v,...]] (LLP-sim) or a features dataset URI (dir or s3://) of `valor extract` / "
+                   help="required to train: sim[:SEED[:k=v,...]] (LLP-sim) or a features dataset URI (dir or s3://) of `valor extract` / "
                         "`valor import llp`; repeat it to train on several datasets as one (concatenated by video id; "
                         "no video in two of them, the same column shapes/dtypes and recorded teachers/media)")
     g.add_argument("--labels", default=None, metavar="SOURCE",
@@ -57,7 +56,7 @@ def register(subparsers) -> None:
     g.add_argument("--tracking-uri", default=None, metavar="URI",
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")
     g.add_argument("--experiment", default="valor", metavar="E", help="MLflow experiment (default: %(default)s)")
-    g.add_argument("--run-name", default=None, metavar="NAME")
+    g.add_argument("--run-name", default=None, metavar="NAME", help="MLflow run name (default: PRESET-time)")
     g.add_argument("--storage", default=None, metavar="URI",
                    help="Ray Train storage for checkpoints: dir or s3://bucket/prefix (default: runs/ray)")
     g.add_argument("--max-failures", type=int, default=3, metavar="K",
@@ -70,7 +69,55 @@ def register(subparsers) -> None:
                    help="train on a seeded random subset of N train videos (quick runs)")
     g.add_argument("--ray-address", default=None, metavar="ADDR", help="existing Ray cluster (default: in-process)")
     g.add_argument("--no-figures", action="store_true", help="skip the PNG artifacts")
-    p.set_defaults(func=main)
+    p.add_argument("--list", action="store_true", help="list the presets (as `valor presets`) and exit")
+    p.set_defaults(func=main, parser=p)
+    q = subparsers.add_parser("presets", help="every training preset: paper, inputs, loss, optimiser and schedule",
+                              description="The presets of `valor train --preset` (valor_core/presets.py); any field "
+                                          "can be changed with `valor train --set KEY=VALUE`.")
+    q.add_argument("--json", action="store_true", help="one JSON object: {preset: {paper, inputs, loss, schedule}}")
+    q.set_defaults(func=list_presets)
+
+
+# the paper each preset reproduces (valor_core/presets.py has the details)
+PAPERS = {"han": "HAN (Tian 2020)", "han-valor": "VALOR HAN (Lai 2023)", "valor": "VALOR (Lai 2023)",
+          "valor+": "VALOR+ (Lai 2023)", "valor++": "VALOR++ (Lai 2023)", "kd": "VALOR Table 4: KD",
+          "valor-global": "VALOR Table 4", "valor-visual": "VALOR Table 4", "valor-audio": "VALOR Table 4",
+          "ma": "MA stage 1 (Wu 2021)", "ma-retrain": "MA stage 3 (Wu 2021)", "lsld": "LSLD (Fan 2023)"}
+INPUT_NAMES = {"vggish_resnet_r2p1d": "VGGish+ResNet-152+R(2+1)D", "clip_clap_maps": "CLAP maps+CLIP+R(2+1)D",
+               "clip_clap": "CLIP/CLAP embeddings"}
+
+
+def _lr(x: float) -> str:
+    return f"{x:.0e}".replace("e-0", "e-") if 0 < x < 1e-2 else f"{x:g}"
+
+
+def schedule_text(cfg: TrainConfig) -> str:
+    """The optimiser and schedule in a few words: `adamw 1e-4->1e-6 cosine, 10 warm-up, b64, 60 ep`."""
+    o = cfg.optim
+    if o.schedule == "step":
+        lr = f"{_lr(o.lr_max)} StepLR({o.step_size}, {o.gamma:g})"
+    elif o.schedule == "warmup_cosine":
+        lr = f"{_lr(o.lr_max)}->{_lr(o.lr_min)} cosine, {o.warmup_epochs} warm-up"
+    else:
+        lr = f"{_lr(o.lr_max)} constant"
+    return f"{o.optimizer} {lr}, b{o.batch_size}, {o.epochs} ep"
+
+
+def preset_rows() -> dict[str, dict[str, str]]:
+    return {name: {"paper": PAPERS.get(name, "-"), "inputs": INPUT_NAMES.get(cfg.features, cfg.features),
+                   "features": cfg.features, "loss": cfg.loss, "schedule": schedule_text(cfg)}
+            for name, cfg in PRESETS.items()}
+
+
+def list_presets(args) -> int:
+    rows = preset_rows()
+    if getattr(args, "json", False):
+        print(json.dumps(rows))
+        return 0
+    print(f"{'preset':<13}{'paper':<21}{'inputs':<26}{'loss':<13}optimiser and schedule")
+    for name, r in rows.items():
+        print(f"{name:<13}{r['paper']:<21}{r['inputs']:<26}{r['loss']:<13}{r['schedule']}")
+    return 0
 
 
 def resolve_config(args) -> TrainConfig:
@@ -108,6 +155,14 @@ def dry_run(cfg: TrainConfig, as_json: bool) -> int:
 
 
 def main(args) -> int:
+    if args.list:
+        return list_presets(args)
+    if not args.features and not args.dry_run:
+        args.parser.print_usage(sys.stderr)
+        print("valor train: error: --features is required: a features dataset (`valor extract` / `valor import llp`), "
+              "or `--features sim` for LLP-sim (10,000 simulated videos, about an hour on a CPU); --dry-run only "
+              "resolves the config", file=sys.stderr)
+        return 2
     try:
         cfg = resolve_config(args)
         if args.workers < 1:
@@ -123,7 +178,7 @@ def main(args) -> int:
 def run(args, cfg: TrainConfig) -> int:
     """Train `cfg` as the parsed `args` say; prints the summary (or with --json one JSON line, last)."""
     try:
-        data, cfg, meta = load_training_data(args.features or ["sim"], cfg, labels=args.labels,
+        data, cfg, meta = load_training_data(args.features, cfg, labels=args.labels,
                                              annotations=args.annotations, max_train=args.max_train_videos)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"valor train: error: {err}", file=sys.stderr)
