@@ -135,3 +135,26 @@ def test_presets_lists_every_preset_with_paper_inputs_loss_schedule():
     listed = last_json(valor("train", "--list", "--json").stdout)
     assert listed["lsld"] == {"paper": "LSLD (Fan 2023)", "inputs": "CLIP/CLAP embeddings", "features": "clip_clap",
                               "loss": "lsld", "schedule": "adam 2e-4 StepLR(6, 0.25), b32, 20 ep"}
+
+
+# --- 6 and 8. valor compare: a typo names the experiments; the text fits 120 columns --------------------------------------
+
+
+def test_compare_typo_names_experiments_and_text_fits_120_columns(tmp_path):
+    from tests.test_compare import _fake_run
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    a = _fake_run(uri, "han-run", "han", "runs/local/labels-with-a-long-name", 40.0)
+    out = valor("compare", "--tracking-uri", uri, "--experiment", "valr", cwd=tmp_path)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip() == f"valor compare: error: --experiment 'valr': no such experiment in {uri} (it has: " \
+                                 "Default, valor)"
+    table = valor("compare", "--tracking-uri", uri, cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert max(map(len, lines)) <= 120
+    rows = [ln for ln in lines if ln.startswith(a[:8])]
+    assert len(rows) == 2  # val, then test
+    assert rows[0].split()[-10:] == ["40.00", "41.00", "42.00", "43.00", "44.00", "30.00", "31.00", "32.00", "33.00",
+                                     "34.00"]
+    assert rows[1].split()[-1] == "35.00"  # test event-level Event@AV

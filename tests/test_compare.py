@@ -70,8 +70,10 @@ def test_compare_lists_runs_with_metrics(uri, capsys):
 def test_compare_unknown_experiment(uri, capsys):
     from workflows.cli import main
 
-    assert main(["compare", "--tracking-uri", uri, "--experiment", "nope", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == []
+    _fake_run(uri, "a-run", "han", "on the fly", 40.0)
+    assert main(["compare", "--tracking-uri", uri, "--experiment", "nope", "--json"]) == 2  # a typo is no empty list
+    err = capsys.readouterr().err.strip()
+    assert "'nope'" in err and "it has: " in err and "valor" in err.split("it has: ")[1] and "\n" not in err
 
 
 def test_classwise_f_and_figures(tmp_path):

@@ -1,6 +1,7 @@
 """`valor compare`: training runs side by side, from MLflow (the same store `mlflow ui` shows).
 
     valor compare [--tracking-uri URI] [--experiment E] [--runs ID ...] [--split val|test|both] [--json]
+                                                         text: one block per split within 120 columns
     valor compare --experiment E --table [--out DIR]     every finished run in VALOR's Table 1 layout, printed and
                                                          written as DIR/<E>.md and DIR/<E>.png (default runs/compare)
 
@@ -21,6 +22,10 @@ from workflows import tracking
 from workflows.tracking import DEFAULT_EXPERIMENT, KEYS, LEVELS
 
 
+class CompareError(ValueError):
+    """What the user asked to compare does not exist; the message names what does."""
+
+
 def _scores(metrics: dict, prefix: str) -> Optional[dict]:
     out = {lvl: {k: metrics.get(f"{prefix}.{lvl}.{k}") for k in KEYS} for lvl in LEVELS}
     if all(v is None for lvl in out.values() for v in lvl.values()):
@@ -30,7 +35,8 @@ def _scores(metrics: dict, prefix: str) -> Optional[dict]:
 
 def list_runs(tracking_uri: Optional[str] = None, experiment: str = DEFAULT_EXPERIMENT,
               run_ids: Optional[list[str]] = None) -> list[dict[str, Any]]:
-    """The runs of `experiment` (or the given ids) as plain dicts, newest first."""
+    """The runs of `experiment` (or the given ids) as plain dicts, newest first; CompareError naming the experiments
+    of the store when `experiment` is not one of them."""
     uri = tracking.resolve_tracking_uri(tracking_uri)
     if not tracking.store_exists(uri):
         if run_ids:
@@ -43,7 +49,9 @@ def list_runs(tracking_uri: Optional[str] = None, experiment: str = DEFAULT_EXPE
     else:
         exp = c.get_experiment_by_name(experiment)
         if exp is None:
-            return []
+            names = sorted(e.name for e in c.search_experiments())
+            raise CompareError(f"--experiment {experiment!r}: no such experiment in {uri} (it has: "
+                               f"{', '.join(names) or 'none'})")
         runs = list(c.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1000))
     out = []
     for r in runs:
@@ -68,21 +76,23 @@ def list_runs(tracking_uri: Optional[str] = None, experiment: str = DEFAULT_EXPE
 
 
 def format_table(runs: list[dict[str, Any]], splits=("val", "test")) -> str:
+    """One block per split, each within 120 columns: run id, preset, features, labels, best epoch, then segment- and
+    event-level A, V, AV, Type@AV, Event@AV (full names and values: --json, --table's Markdown)."""
     if not runs:
         return "no runs"
     heads = ("A", "V", "AV", "Type", "Event")
-    cols = [f"{s}.{lvl[:3]}.{h}" for s in splits for lvl in LEVELS for h in heads]
-    lines = ["run       preset   features        labels          ep  " + " ".join(f"{c:>14s}" for c in cols)]
-    for r in runs:
-        vals = []
-        for s in splits:
-            for lvl in LEVELS:
-                for k in KEYS:
-                    v = (r.get(s) or {}).get(lvl, {}).get(k)
-                    vals.append(f"{v:14.2f}" if v is not None else f"{'-':>14s}")
-        lines.append(f"{r['run_id'][:8]:9s} {str(r['preset'])[:8]:8s} {str(r['features'])[:15]:15s} "
-                     f"{str(r['labels'])[:15]:15s} {str(r['best_epoch'] or '-'):>3s} " + " ".join(vals))
-    return "\n".join(lines)
+    blocks = []
+    for s in splits:
+        lines = [f"{s:<50s}" + "".join(f"{lvl + '-level':^30s}" for lvl in LEVELS).rstrip(),
+                 f"{'run':9s}{'preset':9s}{'features':14s} {'labels':14s} {'ep':>2s}"
+                 + "".join(f"{h:>6s}" for _ in LEVELS for h in heads)]
+        for r in runs:
+            vals = [(r.get(s) or {}).get(lvl, {}).get(k) for lvl in LEVELS for k in KEYS]
+            lines.append(f"{r['run_id'][:8]:9s}{str(r['preset'])[:8]:9s}{str(r['features'])[:14]:14s} "
+                         f"{str(r['labels'])[:14]:14s} {str(r['best_epoch'] or '-'):>2s}"
+                         + "".join(f"{v:6.2f}" if v is not None else f"{'-':>6s}" for v in vals))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def paper_table(scores: dict[str, dict], split: str = "test") -> str:
@@ -160,7 +170,8 @@ def register(subparsers: Any) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tracking-uri", default=None, metavar="URI",
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")
-    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, metavar="E")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, metavar="E",
+                   help="MLflow experiment (default: %(default)s; a name the store does not have lists those it has)")
     p.add_argument("--runs", nargs="+", default=None, metavar="ID", help="only these run ids")
     p.add_argument("--split", choices=("val", "test", "both"), default="both", help="table columns (text output)")
     p.add_argument("--json", action="store_true", help="print a JSON list of runs")
@@ -173,6 +184,9 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         runs = list_runs(args.tracking_uri, args.experiment, args.runs)
+    except CompareError as err:
+        print(f"valor compare: error: {err}", file=sys.stderr)
+        return 2
     except Exception as err:  # unreachable server, unknown run id, ...
         print(f"valor compare: error: {err}", file=sys.stderr)
         return 1
