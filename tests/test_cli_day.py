@@ -158,3 +158,44 @@ def test_compare_typo_names_experiments_and_text_fits_120_columns(tmp_path):
     assert rows[0].split()[-10:] == ["40.00", "41.00", "42.00", "43.00", "44.00", "30.00", "31.00", "32.00", "33.00",
                                      "34.00"]
     assert rows[1].split()[-1] == "35.00"  # test event-level Event@AV
+
+
+# --- 6 and 8. valor run lists what this config's stages wrote and ends with its scores ------------------------------------
+
+
+def _scored(base: float) -> dict:
+    keys = ("audio", "visual", "av", "type", "event")
+    return {split: {"segment": {k: base + i for i, k in enumerate(keys)},
+                    "event": {k: base - 10 + i for i, k in enumerate(keys)}} for split in ("val", "test")}
+
+
+def test_run_lists_only_its_outputs_and_ends_with_the_scores(tmp_path, monkeypatch, capsys):
+    from tests.test_pipeline import FakeStages
+    from workflows.cli import main
+    from workflows.pipeline import stages
+
+    runners = FakeStages().runners()
+    fake_evaluate = runners["evaluate"]
+
+    def evaluate(ctx):  # writes eval.json as the stage does; its result is the scores
+        fake_evaluate(ctx)
+        return {"runs": {"valor-paper-han": _scored(40.0), "valor-paper-valor": _scored(50.0)}}
+
+    runners["evaluate"] = evaluate
+    monkeypatch.setattr(stages, "RUNNERS", runners)
+    monkeypatch.setattr(stages, "prepare_inputs", lambda c, log, create=True: (c, {}))
+    monkeypatch.setattr(stages, "start_pipeline_ray", lambda c, env: (lambda: None))
+    released = {k: tmp_path / k for k in ("feats", "clip", "clap")}
+    for d in released.values():
+        d.mkdir()
+    assert main(["run", "--config", "configs/paper.yaml", f"paths.output={tmp_path / 'out'}",
+                 *[f"released.{k}={d}" for k, d in released.items()]]) == 0
+    out = capsys.readouterr().out
+    listed = out.split("valor run: outputs")[1]
+    assert "harvested labels" not in listed and "thresholds" not in listed  # the paper pipeline writes neither
+    assert f"checkpoints       {tmp_path / 'out' / 'train'}" in listed and "evaluation" in listed
+    tail = out.strip().splitlines()[-3:]  # the Table 1 rows, last
+    assert tail[0].split()[:2] == ["run", "A"]
+    assert tail[1].split() == ["valor-paper-han", "40.00", "41.00", "42.00", "43.00", "44.00", "30.00", "31.00",
+                               "32.00", "33.00", "34.00"]
+    assert tail[2].split()[0] == "valor-paper-valor" and tail[2].split()[-1] == "44.00"

@@ -45,12 +45,13 @@ from workflows.outputs import LockedError, OwnershipError
 from workflows.pipeline.engine import PipelineError, StageReport, to_yaml
 from workflows.pipeline.layout import Layout, resolve
 from workflows.pipeline.methods import labelers, refinements
-from workflows.pipeline.stages import STAGE_NAMES, run_pipeline
+from workflows.pipeline.stages import STAGE_NAMES, STAGES, run_pipeline
 
 
 def summary(cfg: PipelineConfig, reports: list[StageReport]) -> dict:
     layout = Layout(cfg.paths.output)
     return {
+        "enabled": [st.name for st in STAGES if st.enabled(cfg)],
         "stages": {r.name: {"status": r.status, "seconds": round(r.seconds, 3), "fingerprint": r.fingerprint[:16],
                             "reason": r.reason} for r in reports},
         "ran": [r.name for r in reports if r.status == "ran"],
@@ -117,27 +118,38 @@ def main(args: argparse.Namespace) -> int:
     elif not ran:
         print("valor run: nothing to do (all stages up to date for this config)")
     s = summary(cfg, reports)
-    evaluated = s["results"].get("evaluate") or {}
-    if not args.plan and "runs" in evaluated:
-        print(paper_table(evaluated["runs"], "test"))
     if not args.plan:
         print(where_things_are(s))
+        scores = table_rows(cfg, s["results"].get("evaluate") or {})
+        if scores:
+            print(f"valor run: scores (LLP test, F-score %; val in {s['eval']})")
+            print(paper_table(scores, "test"))
     if args.json:
         print(json.dumps(s, default=str))
     return 0
 
 
+def table_rows(cfg: PipelineConfig, evaluated: dict) -> dict:
+    """{row name: {split: scores}} of the evaluate stage's result: one row per run of `runs:`, else the train run."""
+    if "runs" in evaluated:
+        return evaluated["runs"]
+    return {f"{cfg.name}-{cfg.train.preset}": evaluated} if evaluated.get("test") else {}
+
+
 def where_things_are(s: dict) -> str:
-    lines = ["valor run: outputs",
-             f"  Parquet features  {s['features']}  (failures: {s['output']}/failures)",
-             f"  harvested labels  {s['labels']}",
-             *[f"  {m} labels{' ' * max(1, 12 - len(m))}{uri}" for m, uri in s["refined"].items()],
-             *[f"  {n} labeler{' ' * max(1, 11 - len(n))}{uri}" for n, uri in s["labelers"].items()],
-             f"  thresholds        {s['thresholds']}",
-             f"  checkpoints       {s['checkpoints']}",
-             f"  evaluation        {s['eval']}",
-             f"  resolved config   {s['config']}",
-             f"  MLflow runs       {s['tracking_uri']}   (mlflow ui --backend-store-uri {s['tracking_uri']})"]
+    """The outputs this config's stages write (a stage the config turns off is not listed)."""
+    on = set(s["enabled"])
+    rows = [("extract" in on or "import" in on, f"  Parquet features  {s['features']}  (failures: {s['output']}/failures)"),
+            ("harvest" in on, f"  harvested labels  {s['labels']}"),
+            *[(True, f"  {m} labels{' ' * max(1, 12 - len(m))}{uri}") for m, uri in s["refined"].items()],
+            *[(True, f"  {n} labeler{' ' * max(1, 11 - len(n))}{uri}") for n, uri in s["labelers"].items()],
+            ("tune" in on, f"  thresholds        {s['thresholds']}"),
+            ("train" in on, f"  checkpoints       {s['checkpoints']}  (--checkpoint takes it, or a run id with "
+                            f"--tracking-uri {s['tracking_uri']})"),
+            ("evaluate" in on, f"  evaluation        {s['eval']}"),
+            (True, f"  resolved config   {s['config']}"),
+            (True, f"  MLflow runs       {s['tracking_uri']}   (mlflow ui --backend-store-uri {s['tracking_uri']})")]
+    lines = ["valor run: outputs", *[line for keep, line in rows if keep]]
     if s.get("ave"):
         lines.append(f"  AVE accuracies    {s['ave']}  (checkpoints: one folder per loss beside it)")
     if s.get("pictures"):
