@@ -199,3 +199,67 @@ def test_run_lists_only_its_outputs_and_ends_with_the_scores(tmp_path, monkeypat
     assert tail[1].split() == ["valor-paper-han", "40.00", "41.00", "42.00", "43.00", "44.00", "30.00", "31.00",
                                "32.00", "33.00", "34.00"]
     assert tail[2].split()[0] == "valor-paper-valor" and tail[2].split()[-1] == "44.00"
+
+
+# --- 5. what `valor run` prints is accepted by every command that takes a checkpoint -------------------------------------
+
+
+def _pipeline_like_output(root: Path) -> tuple[Path, str]:
+    """runs/local as `valor run` leaves it: train/<trial>/epoch_00N/ checkpoints and mlflow.db holding the run with its
+    `checkpoint/` artifact (a HAN for LLP-sim features, untrained: the resolution is what is checked)."""
+    from valor_core.config import to_dict
+    from valor_core.fit import build_model
+    from valor_core.presets import get_preset
+    from workflows import tracking
+    from workflows.checkpoints import save_checkpoint_dir
+    from workflows.trainset import adapt_model, load_eval_split
+
+    out = root / "runs" / "local"
+    cfg = get_preset("valor")
+    cfg, _ = adapt_model(cfg, load_eval_split("sim:0", "val", cfg))
+    state = build_model(cfg).state_dict()
+    meta = {"train": to_dict(cfg), "data": {"features": "sim:0"}}
+    trial = out / "train" / "valor-local-valor"
+    for epoch in (1, 2):
+        save_checkpoint_dir(str(trial / f"epoch_{epoch:03d}"), model_state=state, best_state=state,
+                            optimizer_state=None, state={"epoch": epoch}, config=meta)
+    uri = f"sqlite:///{out}/mlflow.db"
+    run_id = tracking.start_run(uri, "valor-local", "valor-local-valor", {"preset": "valor"}, {})
+    tracking.log_dir(uri, run_id, str(trial / "epoch_002"), "checkpoint")
+    tracking.end_run(uri, run_id)
+    return out, run_id
+
+
+def test_checkpoint_refs_that_valor_run_prints_are_accepted(tmp_path):
+    out, run_id = _pipeline_like_output(tmp_path)
+    base = ("evaluate", "--split", "val", "--json", "--checkpoint")
+    by_dir = valor(*base, "runs/local/train", cwd=tmp_path)  # the path of the outputs list
+    assert by_dir.returncode == 0, by_dir.stderr
+    scores = last_json(by_dir.stdout)
+    assert scores["videos"] == 649 and set(scores["segment"]) == {"audio", "visual", "av", "type", "event"}
+    for ref in (run_id, run_id[:8]):  # the run id of eval.json, or as `valor compare` shows it
+        by_id = valor(*base, ref, cwd=tmp_path)  # no --tracking-uri: found in runs/local/mlflow.db
+        assert by_id.returncode == 0, by_id.stderr
+        assert last_json(by_id.stdout) == scores
+    explicit = valor(*base, run_id, "--tracking-uri", f"sqlite:///{out}/mlflow.db")  # from anywhere
+    assert explicit.returncode == 0 and last_json(explicit.stdout) == scores
+
+
+def test_ambiguous_checkpoint_refs_list_the_candidates(tmp_path):
+    out, run_id = _pipeline_like_output(tmp_path)
+    (out / "train" / "valor-local-valor").rename(out / "train" / "a")
+    import shutil
+
+    shutil.copytree(out / "train" / "a", out / "train" / "b")
+    two = valor("evaluate", "--split", "val", "--checkpoint", "runs/local/train", cwd=tmp_path, timeout=120)
+    assert two.returncode == 1
+    assert "2 training runs there; pass one of: runs/local/train/a, runs/local/train/b" in two.stderr
+    shutil.copytree(out, tmp_path / "runs" / "copy")  # the same run id in two pipeline stores
+    both = valor("evaluate", "--split", "val", "--checkpoint", run_id[:8], cwd=tmp_path, timeout=120)
+    assert both.returncode == 1
+    assert f"matches 2 runs" in both.stderr
+    assert f"{run_id} in sqlite:///{tmp_path}/runs/copy/mlflow.db" in both.stderr
+    assert f"{run_id} in sqlite:///{tmp_path}/runs/local/mlflow.db" in both.stderr
+    none = valor("evaluate", "--split", "val", "--checkpoint", "0123456789abcdef", cwd=tmp_path, timeout=120)
+    assert none.returncode == 1 and "pass --tracking-uri sqlite:///OUTPUT/mlflow.db, or --checkpoint OUTPUT/train" \
+        in none.stderr

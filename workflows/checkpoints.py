@@ -10,16 +10,21 @@ A checkpoint is a directory (a Ray Train checkpoint `epoch_NNN/`, or the `checkp
 Written by `save_checkpoint_dir`, read back to resume a training by `read_resume`, loaded as a model by
 `load_checkpoint_model`; nothing else opens these files.
 
-Found by `resolve_checkpoint(REF)`: a checkpoint dir, a .pt file in one, a Ray Train run dir (its newest epoch), an
-s3:// prefix (downloaded), or an MLflow run id (its artifact). `official:PRESET:PATH` is an official checkpoint
-(PRESET one of han, valor, valor+, valor++; PATH a state dict as the official scripts save it, local or s3://): its
-config is the preset's, its weights are mapped by valor_core.official, and it records no features source.
+Found by `resolve_checkpoint(REF)`: a checkpoint dir, a .pt file in one, a Ray Train run dir (its newest epoch), a
+folder holding one such run (`valor run`'s `<output>/train`; several are listed), an s3:// prefix (downloaded), or an
+MLflow run id or its first 8+ characters (as `valor compare` shows them) - looked up in the tracking store given, else
+in the default one and the `mlflow.db` of each `valor run` output under `runs/` (`find_run`).
+`official:PRESET:PATH` is an official checkpoint (PRESET one of han, valor, valor+, valor++; PATH a state dict as the
+official scripts save it, local or s3://): its config is the preset's, its weights are mapped by valor_core.official,
+and it records no features source.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
+import sqlite3
 import tempfile
 from dataclasses import dataclass
 from typing import Optional
@@ -31,6 +36,7 @@ from workflows import objstore, tracking
 
 
 OFFICIAL = "official:"
+PIPELINE_STORES = "runs/*/mlflow.db"  # where `valor run` outputs keep their runs (paths.output under runs/)
 # checkpoints written before these HANConfig fields existed used what valor then had (VALOR's sequential update)
 LEGACY_MODEL = {"update": "sequential", "audio_steps": 0}
 
@@ -158,10 +164,60 @@ def _download(uri: str, single: bool = False) -> str:
     return local
 
 
+def _training_runs(d: str) -> list[str]:
+    """The Ray Train run dirs (holding epoch_*/config.json) one or two levels under `d` (`<output>/train/<trial>`,
+    `<output>/train/<run>/<trial>`)."""
+    def has_epochs(x: str) -> bool:
+        return any(e.startswith("epoch_") and os.path.exists(os.path.join(x, e, "config.json")) for e in os.listdir(x))
+
+    found = []
+    for pattern in ("*", os.path.join("*", "*")):
+        found += [x for x in sorted(glob.glob(os.path.join(d, pattern))) if os.path.isdir(x) and has_epochs(x)]
+    return found
+
+
+def _sqlite_runs(uri: str, ref: str) -> list[str]:
+    """Active run ids of the sqlite store `uri` equal to `ref` or (8+ characters) starting with it; read without
+    MLflow, so looking in several stores costs milliseconds."""
+    path = uri[len("sqlite:///"):]
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            rows = db.execute("SELECT run_uuid FROM runs WHERE lifecycle_stage = 'active' AND (run_uuid = ? OR "
+                              "(length(?) >= 8 AND run_uuid LIKE ?))", (ref, ref, ref + "%")).fetchall()
+    except sqlite3.Error:
+        return []
+    return sorted({r[0] for r in rows})
+
+
+def find_run(ref: str, tracking_uri: Optional[str] = None) -> tuple[str, str]:
+    """(run id, tracking URI) of an MLflow run id or prefix: in `tracking_uri` when given, else in the default store
+    and the stores of `valor run` outputs (PIPELINE_STORES). CheckpointError when no store has it or several runs match
+    (the message lists them); a server store is asked as it is (exact ids)."""
+    if tracking_uri:
+        uri = tracking.resolve_tracking_uri(tracking_uri)
+        if not uri.startswith("sqlite:///"):
+            return ref, uri  # an MLflow server answers for its runs
+        stores = [uri]
+    else:
+        stores = [tracking.resolve_tracking_uri(None)]
+        stores += [u for u in ("sqlite:///" + os.path.abspath(p) for p in sorted(glob.glob(PIPELINE_STORES)))
+                   if u not in stores]
+    found = [(run, uri) for uri in stores if tracking.store_exists(uri) for run in _sqlite_runs(uri, ref)]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise CheckpointError(f"{ref!r} matches {len(found)} runs; pass one (with --tracking-uri): "
+                              + "; ".join(f"{run} in {uri}" for run, uri in found))
+    raise CheckpointError(f"{ref!r} is neither a checkpoint path nor a run id in {', '.join(stores)} (a `valor run` "
+                          "output's runs are in its mlflow.db: pass --tracking-uri sqlite:///OUTPUT/mlflow.db, or "
+                          "--checkpoint OUTPUT/train)")
+
+
 def resolve_checkpoint(ref: str, tracking_uri: Optional[str] = None) -> str:
     """A local checkpoint directory (best_model.pt + config.json) for RUN_OR_PATH:
     a checkpoint dir; a best_model.pt / model.pt file; a Ray Train run dir (its newest epoch_* checkpoint);
-    an s3:// checkpoint prefix (downloaded); or an MLflow run id (its `checkpoint/` artifact).
+    a folder with one such run one or two levels down (several: CheckpointError listing them); an s3:// checkpoint
+    prefix (downloaded); or an MLflow run id or 8+ character prefix (its `checkpoint/` artifact; find_run).
     `official:PRESET:PATH` resolves to the same spec with a local absolute PATH (an s3:// PATH downloaded)."""
     def ray_run_dir(d: str) -> Optional[str]:
         epochs = sorted(x for x in os.listdir(d) if x.startswith("epoch_") and
@@ -185,12 +241,16 @@ def resolve_checkpoint(ref: str, tracking_uri: Optional[str] = None) -> str:
         found = ray_run_dir(ref)
         if found:
             return found
-        raise FileNotFoundError(f"{ref}: no valor checkpoint (config.json + best_model.pt) there")
+        runs = _training_runs(ref)
+        if len(runs) == 1:
+            return ray_run_dir(runs[0])
+        if runs:
+            raise CheckpointError(f"{ref}: {len(runs)} training runs there; pass one of: {', '.join(runs)}")
+        raise FileNotFoundError(f"{ref}: no valor checkpoint (config.json + best_model.pt) there, nor a training run "
+                                "(epoch_*/) one or two folders down")
     import mlflow
 
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    if not tracking.store_exists(uri):
-        raise FileNotFoundError(f"{ref!r} is neither a checkpoint path nor a run id: no MLflow store at {uri}")
+    ref, uri = find_run(ref, tracking_uri)
     try:
         return mlflow.artifacts.download_artifacts(run_id=ref, artifact_path="checkpoint", tracking_uri=uri)
     except Exception as err:
