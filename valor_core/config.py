@@ -189,7 +189,7 @@ class MediaConfig:
 
     segments: int = 10
     segment_seconds: float = 1.0
-    frame_size: int = 224  # decoder-side resize to S x S without crop; 0 = source size
+    frame_size: int = 224  # S of the S x S frames (frame_geometry); 0 = source size
     sample_rate: int = 48000
     frame_sampling: Literal["linspace8fps", "per_segment"] = "linspace8fps"
     grid_fps: float = 8.0  # the frame grid the paper extracts (8 fps)
@@ -198,6 +198,12 @@ class MediaConfig:
     min_duration: float = 1.0  # shorter clips are a TooShort error
     silence_threshold: float = 1e-4  # audio peak below this = SilentAudio issue
     decode_threads: int = 1  # decord decoder threads (0 = auto); 1 suits one Ray worker per core
+    # which source frames make the 8-fps grid: "ffmpeg" = those `ffmpeg -i V -r 8` writes (the official scripts'),
+    # "pts" = the frame on screen at k/8 s (valor before issue 22)
+    frame_grid: Literal["ffmpeg", "pts"] = "ffmpeg"
+    # "official" = decode at source size, then each official script's resize/crop (valor_core.media.geometry);
+    # "squash" = decoder resize to frame_size x frame_size without crop (valor before issue 22)
+    frame_geometry: Literal["official", "squash"] = "official"
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------

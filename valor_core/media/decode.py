@@ -6,17 +6,18 @@ Sampling (METHOD-NOTES, "VALOR teachers, as run for the paper"):
   round(linspace(0, N8 - 1, T)) (`frame_sampling="linspace8fps"`, the paper's) or one per segment at its middle
   (`"per_segment"`). Resized by the decoder to frame_size x frame_size *without cropping*. Optional dense stack:
   8 grid frames per segment (80 for T = 10).
-- Audio: decord AudioReader, mono, resampled to 48 kHz, cut into T segments of len // T samples.
+- Audio: as VALOR's clap_preprocess.py reads it with librosa.load(sr=48000): the whole stream at its own rate
+  (FFmpeg's int16 samples, channel mean), soxr HQ to 48 kHz, T segments of len // T samples starting at
+  round(linspace(0, len, T + 1)) (valor_core.media.audio). `wave` keeps the native-rate clip for the audio backbones.
 
 Length policies (`MediaConfig.length_policy`):
 - "uniform" (default, the paper's): whatever the clip's length, its frames and audio are split into T equal parts:
   a 9.5-s clip gives 76 grid frames and 0.95-s segments, a 12-s clip 96 grid frames and 1.2-s segments. The last
-  len % T audio samples are dropped. A `ShortClip`/`LongClip` issue records it.
+  audio cuts leave out len % T samples. A `ShortClip`/`LongClip` issue records it.
 - "pad_trim": the first T x segment_seconds are used: longer clips are truncated; shorter ones repeat their last frame
   and zero-pad their audio to exactly T x segment_seconds x 48000 samples.
-Audio beyond the video's end by less than 50 ms is AAC encoder padding (decoders emit whole 1024-sample frames) and is
-dropped first. Stereo sources: decord's mono downmix is (L+R)/sqrt(2); it is rescaled to the mean (L+R)/2, the
-librosa/ffmpeg convention, so a stereo file does not come out 3 dB louder (and clip at +-1 in CLAP's int16 step).
+The AAC tail (decoders emit whole 1024-sample frames) is kept, as librosa keeps it. Stereo sources: the mean
+(L+R)/2 of the int16 channels, librosa's to_mono.
 
 Errors: see `valor_core.media.errors`. `decode` raises only `MediaError` subclasses (fatal kinds), never anything else;
 recoverable kinds are listed in `DecodedVideo.issues`. `try_decode` never raises.
@@ -33,11 +34,12 @@ from typing import Optional, Union
 import numpy as np
 
 from valor_core.config import MediaConfig
+from valor_core.media import audio as official_audio
 from valor_core.media import errors as E
+from valor_core.media import frame_sync, geometry
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
-AAC_TAIL_TOLERANCE_S = 0.05
 SHORT_LONG_TOLERANCE_S = 0.05
 VFR_SPREAD = 0.1  # frame durations varying by more than 10 % of the median mark a variable frame rate
 
@@ -47,7 +49,9 @@ class DecodedVideo:
     """What `decode` returns. Arrays are NumPy; `audio` is None when the audio is missing."""
 
     video_id: str
-    frames: np.ndarray  # (T, S, S, 3) uint8, S = MediaConfig.frame_size (source size when frame_size = 0)
+    # (T, S, S, 3), S = MediaConfig.frame_size (source size when 0): frame_geometry "official": float32 in [0, 1],
+    # VALOR's CLIP resize; "squash": uint8 resized by the decoder
+    frames: np.ndarray
     frame_indices: np.ndarray  # (T,) source frame index of each frame
     frame_times: np.ndarray  # (T,) presentation time (s) of each frame
     audio: Optional[np.ndarray]  # (T, L) float32 mono segments at sample_rate, L = len // T; None if missing
@@ -57,9 +61,12 @@ class DecodedVideo:
     size: tuple[int, int]  # source (width, height)
     audio_missing: bool = False
     audio_reason: str = ""
-    dense_frames: Optional[np.ndarray] = None  # (8T, S, S, 3) uint8 when MediaConfig.dense_frames
+    dense_frames: Optional[np.ndarray] = None  # (8T, S, S, 3) uint8 when dense_frames ("official": ResNet's crop)
     dense_indices: Optional[np.ndarray] = None
-    audio_duration: float = 0.0  # seconds of audio used (after AAC-tail trimming, before segmenting)
+    dense_small: Optional[np.ndarray] = None  # (8T, S/2, S/2, 3) uint8: R(2+1)D's stack (frame_geometry "official")
+    audio_duration: float = 0.0  # seconds of audio decoded (before segmenting)
+    wave: Optional[np.ndarray] = None  # (n,) float32 the whole clip at wave_rate (the file's own rate), as
+    wave_rate: int = 0  # FFmpeg gives it (int16 samples, channel mean): the audio backbones' input
     issues: tuple[E.MediaIssue, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -245,14 +252,16 @@ def frames_at(times: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 def segment_audio(wave: np.ndarray, segments: int, policy: str = "uniform", sample_rate: int = 48000,
                   segment_seconds: float = 1.0) -> np.ndarray:
-    """(n,) -> (T, L): uniform: L = n // T (tail dropped); pad_trim: exactly T x segment_seconds, zero-padded."""
+    """(n,) -> (T, L): uniform: VALOR's CLAP cuts (L = n // T, starts round(linspace(0, n, T + 1))); pad_trim: the
+    first T x segment_seconds, zero-padded, in T consecutive parts."""
     if policy == "pad_trim":
         target = int(round(segments * segment_seconds * sample_rate))
         if len(wave) < target:
             wave = np.concatenate([wave, np.zeros(target - len(wave), wave.dtype)])
         wave = wave[:target]
-    seg = len(wave) // segments
-    return np.ascontiguousarray(wave[: seg * segments].reshape(segments, seg))
+        seg = len(wave) // segments
+        return np.ascontiguousarray(wave[: seg * segments].reshape(segments, seg))
+    return official_audio.clap_cuts(wave, segments)
 
 
 # --- decode --------------------------------------------------------------------------------------------------------
@@ -313,6 +322,7 @@ class _VideoPart:
     duration: float
     fps: float
     size: tuple[int, int]
+    dense_small: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -323,6 +333,8 @@ class _AudioPart:
     missing: bool = False
     reason: str = ""
     duration: float = 0.0
+    wave: Optional[np.ndarray] = None
+    wave_rate: int = 0
 
 
 def _decode(source: Source, video_id: str, cfg: MediaConfig) -> DecodedVideo:
@@ -344,7 +356,8 @@ def _decode(source: Source, video_id: str, cfg: MediaConfig) -> DecodedVideo:
         fps=v.fps, size=v.size, audio_missing=a.missing, audio_reason=a.reason,
         dense_frames=None if v.dense is None else np.ascontiguousarray(v.dense),
         dense_indices=None if v.didx is None else v.didx.astype(np.int64), audio_duration=a.duration,
-        issues=tuple(issues), notes=tuple(notes))
+        dense_small=v.dense_small,
+        wave=a.wave, wave_rate=a.wave_rate, issues=tuple(issues), notes=tuple(notes))
 
 
 def _decode_video(reader_src, probe: _Probe, video_id: str, cfg: MediaConfig, issues: list, notes: list
@@ -354,7 +367,8 @@ def _decode_video(reader_src, probe: _Probe, video_id: str, cfg: MediaConfig, is
     T = int(cfg.segments)
     nominal = T * cfg.segment_seconds
     size = int(cfg.frame_size)
-    kw = {"width": size, "height": size} if size > 0 else {}
+    official = cfg.frame_geometry == "official"
+    kw = {"width": size, "height": size} if size > 0 and not official else {}  # official: source size, then geometry
     try:
         vr = decord.VideoReader(reader_src(), ctx=decord.cpu(0), num_threads=int(cfg.decode_threads), **kw)
     except Exception as err:  # noqa: BLE001
@@ -382,13 +396,7 @@ def _decode_video(reader_src, probe: _Probe, video_id: str, cfg: MediaConfig, is
                 issues.append(E.VariableFrameRate(
                     video_id, f"frame durations {d.min() * 1e3:.1f}-{d.max() * 1e3:.1f} ms (median {med * 1e3:.1f})"))
                 notes.append("variable frame rate: frames picked by presentation time")
-        times = sample_grid(duration, T, cfg.grid_fps, cfg.frame_sampling, cfg.length_policy, cfg.segment_seconds)
-        idx = frames_at(times, starts)
-        if cfg.dense_frames:
-            dtimes = dense_grid(duration, T, cfg.grid_fps, cfg.length_policy, cfg.segment_seconds)
-            didx = frames_at(dtimes, starts)
-        else:
-            didx = None
+        idx, didx = _pick_frames(reader_src, starts, duration, fps, cfg)
         unique = np.unique(idx if didx is None else np.concatenate([idx, didx]))
         try:
             batch = vr.get_batch(unique.tolist()).asnumpy()
@@ -399,10 +407,14 @@ def _decode_video(reader_src, probe: _Probe, video_id: str, cfg: MediaConfig, is
         dense = batch[[pos[int(i)] for i in didx]] if didx is not None else None
     finally:
         del vr
+    small = None
+    if official and size > 0:
+        frames, dense, small = _official_geometry(frames, dense, size)
     if src_w < src_h or src_w % 2 or src_h % 2 or min(src_w, src_h) < 64:
         issues.append(E.UnusualGeometry(video_id, f"{src_w}x{src_h} source"))
         if size > 0:
-            notes.append(f"{src_w}x{src_h} resized to {size}x{size} without cropping")
+            notes.append(f"{src_w}x{src_h} source: each official script's resize/crop" if official else
+                         f"{src_w}x{src_h} resized to {size}x{size} without cropping")
     if duration < nominal - SHORT_LONG_TOLERANCE_S or duration > nominal + SHORT_LONG_TOLERANCE_S:
         cls = E.ShortClip if duration < nominal else E.LongClip
         if cfg.length_policy == "uniform":
@@ -414,51 +426,103 @@ def _decode_video(reader_src, probe: _Probe, video_id: str, cfg: MediaConfig, is
         issues.append(cls(video_id, f"{duration:.2f} s vs {nominal:g} s nominal; {how}"))
         notes.append(how)
     return _VideoPart(frames=frames, idx=idx, starts=starts, dense=dense, didx=didx, duration=duration, fps=fps,
-                      size=(src_w, src_h))
+                      size=(src_w, src_h), dense_small=small)
+
+
+def _pick_frames(reader_src, starts: np.ndarray, duration: float, avg_fps: float, cfg: MediaConfig
+                 ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Source frame indices of the T frames and (cfg.dense_frames) of the 8T-frame stack.
+
+    frame_grid "ffmpeg" (linspace8fps): the grid is the frames `ffmpeg -r grid_fps` writes (valor_core.media.frame_sync);
+    the T frames are grid[round(linspace(0, N - 1, T))] and the stack grid[round(linspace(0, N - 1, 8T))], as the
+    official scripts index the JPEGs (pad_trim: positions on the first T x segment_seconds of grid, the last frame
+    repeated past the end). Otherwise the frame on screen at each grid time."""
+    T = int(cfg.segments)
+    if cfg.frame_grid == "ffmpeg" and cfg.frame_sampling == "linspace8fps":
+        grid = _ffmpeg_grid(reader_src, starts, cfg.grid_fps, avg_fps)
+        n = len(grid) if cfg.length_policy == "uniform" else grid_count(T * cfg.segment_seconds, cfg.grid_fps)
+        per = int(round(cfg.grid_fps * cfg.segment_seconds))
+        idx = grid[np.minimum(linspace_positions(n, T), len(grid) - 1)]
+        didx = grid[np.minimum(linspace_positions(n, per * T), len(grid) - 1)] if cfg.dense_frames else None
+        return idx, didx
+    times = sample_grid(duration, T, cfg.grid_fps, cfg.frame_sampling, cfg.length_policy, cfg.segment_seconds)
+    didx = None
+    if cfg.dense_frames:
+        didx = frames_at(dense_grid(duration, T, cfg.grid_fps, cfg.length_policy, cfg.segment_seconds), starts)
+    return frames_at(times, starts), didx
+
+
+def linspace_positions(n: int, k: int) -> np.ndarray:
+    """np.round(np.linspace(0, n - 1, k)): which of n JPEGs the official scripts read (round half to even)."""
+    return np.round(np.linspace(0, n - 1, k)).astype(np.int64)
+
+
+def _ffmpeg_grid(reader_src, starts: np.ndarray, fps: float, avg_fps: float) -> np.ndarray:
+    """The decord frame index of every frame `ffmpeg -r fps` writes; matched by position when the demuxed frame count
+    equals decord's, else by time from the first frame."""
+    try:
+        timing = frame_sync.read_timing(reader_src())
+    except ImportError:  # no PyAV: decord's timestamps (relative to the first frame, no packet durations)
+        timing = frame_sync.timing_from_starts(starts - starts[0], avg_fps)
+    chosen = frame_sync.ffmpeg_cfr_frames(timing, fps)
+    if len(timing.pts) == len(starts):
+        return chosen
+    rel = np.asarray([float(t - timing.pts[0]) for t in timing.pts])
+    return frames_at(rel[chosen], starts - starts[0])
+
+
+def _official_geometry(frames: np.ndarray, dense: Optional[np.ndarray], size: int):
+    """Source-size frames -> (CLIP's float input, ResNet-152's crop of the stack, R(2+1)D's 112-px stack)."""
+    clip = geometry.clip_pixels(frames, size)
+    if dense is None:
+        return clip, None, None
+    return clip, geometry.resnet_frames(dense, size), geometry.r2plus1d_frames(dense, size // 2)
 
 
 def _decode_audio(reader_src, probe: _Probe, video_id: str, cfg: MediaConfig, duration: float, issues: list,
                   notes: list) -> _AudioPart:
-    """Read the audio with decord (mono, cfg.sample_rate), trim the AAC tail and cut it into T segments."""
-    decord = _quiet_decord()
+    """Read the whole audio stream at its own rate (valor_core.media.audio.read_native), resample it to
+    cfg.sample_rate as librosa.load does and cut it into T segments (uniform: VALOR's CLAP cuts)."""
     T = int(cfg.segments)
     out = _AudioPart()
     sr = int(cfg.sample_rate)
     if not probe.has_audio:
         out.missing, out.reason = True, "no audio stream"
         issues.append(E.NoAudioTrack(video_id, out.reason))
-    else:
-        try:
-            ar = decord.AudioReader(reader_src(), ctx=decord.cpu(0), sample_rate=sr, mono=True)
-            wave = np.array(ar._array[0], dtype=np.float32, copy=True)
-            del ar
-        except Exception as err:  # noqa: BLE001
-            msg = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
-            wave = None
-            out.missing = True
-            if "Can't find audio stream" in msg:
-                out.reason = "no audio stream"
-                issues.append(E.NoAudioTrack(video_id, out.reason))
-            else:
-                out.reason = f"audio decode failed: {msg}"
-                issues.append(E.AudioDecodeFailed(video_id, out.reason))
-        if wave is not None:
-            if probe.audio_channels == 2:
-                wave *= np.float32(1 / math.sqrt(2))  # decord's (L+R)/sqrt(2) -> (L+R)/2
-                notes.append("stereo downmixed to the mean (L+R)/2")
-            cap = int(round(duration * sr))
-            if cap < len(wave) <= cap + int(AAC_TAIL_TOLERANCE_S * sr):
-                wave = wave[:cap]
-            out.duration = len(wave) / sr
-            if len(wave) < T:
-                out.missing, out.reason = True, f"{len(wave)} audio samples < {T} segments"
-                issues.append(E.AudioDecodeFailed(video_id, out.reason))
-            else:
-                out.audio = segment_audio(wave, T, cfg.length_policy, sr, cfg.segment_seconds)
-                if cfg.length_policy == "uniform" and len(wave) % T:
-                    notes.append(f"last {len(wave) % T} audio samples dropped (len % {T})")
-                peak = float(np.abs(wave).max()) if len(wave) else 0.0
-                if peak < cfg.silence_threshold:
-                    issues.append(E.SilentAudio(video_id, f"peak amplitude {peak:.2e} < {cfg.silence_threshold:g}"))
-                    notes.append("silent audio kept as is")
+        return out
+    try:
+        if probe.error:  # no PyAV: decord decodes (and resamples) the audio
+            native, rate = official_audio.read_decord(reader_src(), sr, probe.audio_channels)
+            notes.append("audio resampled by decord (PyAV not importable)")
+        else:
+            native, rate = official_audio.read_native(reader_src())
+    except official_audio.NoAudio:
+        out.missing, out.reason = True, "no audio stream"
+        issues.append(E.NoAudioTrack(video_id, out.reason))
+        return out
+    except Exception as err:  # noqa: BLE001 - any decoder error is this video's audio failure
+        msg = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        if "Can't find audio stream" in msg:
+            out.missing, out.reason = True, "no audio stream"
+            issues.append(E.NoAudioTrack(video_id, out.reason))
+            return out
+        out.missing, out.reason = True, f"audio decode failed: {msg}"
+        issues.append(E.AudioDecodeFailed(video_id, out.reason))
+        return out
+    if probe.audio_channels == 2:
+        notes.append("stereo downmixed to the mean (L+R)/2")
+    wave = official_audio.librosa_resample(native, rate, sr)
+    out.wave, out.wave_rate, out.duration = native, rate, len(wave) / sr
+    if len(wave) < T:
+        out.missing, out.reason = True, f"{len(wave)} audio samples < {T} segments"
+        issues.append(E.AudioDecodeFailed(video_id, out.reason))
+        return out
+    out.audio = segment_audio(wave, T, cfg.length_policy, sr, cfg.segment_seconds)
+    if cfg.length_policy == "uniform" and len(wave) % T:
+        notes.append(f"audio segments of {len(wave) // T} samples at round(linspace(0, {len(wave)}, {T + 1})) "
+                     "(VALOR clap_preprocess)")
+    peak = float(np.abs(wave).max()) if len(wave) else 0.0
+    if peak < cfg.silence_threshold:
+        issues.append(E.SilentAudio(video_id, f"peak amplitude {peak:.2e} < {cfg.silence_threshold:g}"))
+        notes.append("silent audio kept as is")
     return out

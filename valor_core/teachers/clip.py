@@ -11,10 +11,12 @@ Spec syntax (`--clip`, `TeacherConfig.clip`):
                        `valor teachers tiny` writes one.
 - `local-dir:/path` or `hf-hub:org/repo`: passed to open_clip as is.
 
-Pre-processing, on the teacher's device: uint8 frames (B, H, W, 3) are copied up once per batch (pinned,
-non_blocking on CUDA), turned to float, resized to the model's input size *without cropping* (bicubic, antialiased; a
-no-op for decoded 224x224 frames and 224-px models), normalised with the model's mean/std (CLIP's) in fp32, then cast
-to the tower's dtype. Logits = logit_scale.exp() x cosine with the Table-6 "A photo of ..." captions.
+Pre-processing, on the teacher's device, as VALOR's `utils/clip_preprocess.py`: frames (B, H, W, 3) are copied up
+once per batch (pinned, non_blocking on CUDA); uint8 frames are scaled to [0, 1] and resized to the model's input
+size *without cropping* (bilinear, no antialias: torchvision 0.13's tensor Resize; valor_core.media.geometry); float
+frames from the decoder (MediaConfig.frame_geometry "official") already are; then normalised with the model's
+mean/std (CLIP's) in fp32 and cast to the tower's dtype.
+Activation: OpenAI weights (any `openai` tag, an OpenAI-format checkpoint file) get QuickGELU (`create_clip_model`). Logits = logit_scale.exp() x cosine with the Table-6 "A photo of ..." captions.
 
 Precision: the image tower (`model.visual`) holds its weights in the teacher's precision (bf16 on CUDA by default; its
 LayerNorms keep fp32 parameters and statistics), the text tower stays fp32 (valor_core.teachers.precision).
@@ -34,6 +36,7 @@ import numpy as np
 
 from valor_core.classes import CLIP_CAPTIONS
 from valor_core.config import TeacherConfig
+from valor_core.media import geometry
 from valor_core.teachers import precision as prec
 from valor_core.teachers.base import MissingCheckpoint, Teacher, TeacherError
 from valor_core.teachers.hf import offline_hub
@@ -84,6 +87,46 @@ def clip_files(spec: str) -> list[str]:
     return [f for f in (config_json, pretrained if check_clip_files(spec) else None) if f]
 
 
+def is_openai_file(path: str) -> bool:
+    """Whether a checkpoint file is in OpenAI's format (the TorchScript archive that `clip.load` reads: a zip holding
+    `constants.pkl` / `code/`), told from its member names only (no weights are read)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def needs_quick_gelu(model_name: str, pretrained: Optional[str]) -> bool:
+    """Whether the weights were trained with QuickGELU: any `openai` tag (and every tag open_clip marks so), or an
+    OpenAI-format checkpoint file. Decided from the spec, never from loaded weights."""
+    import open_clip
+
+    if pretrained is None:
+        return False
+    if os.path.isfile(pretrained):
+        return is_openai_file(pretrained)
+    return "openai" in pretrained.lower() or bool(open_clip.get_pretrained_cfg(model_name, pretrained).get("quick_gelu"))
+
+
+def create_clip_model(model_name: str, pretrained: Optional[str], load_weights: bool = True):
+    """The open_clip model for a parsed spec (load_weights=False: random init, the same architecture), with the activation its weights were trained with: QuickGELU for
+    OpenAI weights (open_clip's own `ViT-L-14` config has nn.GELU and only warns). A model config that says QuickGELU
+    for weights trained without it is refused (TeacherError), not warned."""
+    import open_clip
+
+    quick = needs_quick_gelu(model_name, pretrained)
+    config = open_clip.get_model_config(model_name) or {}
+    if config.get("quick_gelu") and pretrained is not None and not quick:
+        raise TeacherError(f"CLIP model {model_name!r} uses QuickGELU but its weights {pretrained!r} were trained "
+                           f"with GELU: use the model name without -quickgelu")
+    with offline_hub():
+        return open_clip.create_model(model_name, pretrained=pretrained if load_weights else None, device="cpu",
+                                      force_quick_gelu=quick)
+
+
 class CLIPTeacher(Teacher):
     name = "clip"
     modality = "visual"
@@ -105,8 +148,7 @@ class CLIPTeacher(Teacher):
                                    f"(known: {', '.join(tags) or 'none'}); or give a checkpoint path")
         super().__init__(spec, pretrained or "random", cfg, captions)
         try:
-            with offline_hub():
-                model = open_clip.create_model(model_name, pretrained=pretrained, device="cpu")
+            model = create_clip_model(model_name, pretrained)
         except RuntimeError as err:
             if "Unknown model" in str(err) or "Model config" in str(err):
                 raise TeacherError(f"unknown open_clip model {model_name!r} (spec {spec!r}): {err}") from None
@@ -140,18 +182,21 @@ class CLIPTeacher(Teacher):
         return TeacherError(f"could not build CLIP {model_name!r} with weights {pretrained!r}: {err}")
 
     def preprocess(self, frames) -> "torch.Tensor":  # noqa: F821
-        """uint8 (B, H, W, 3) frames (host array or device tensor) -> normalised fp32 (B, 3, S, S) on the teacher's
-        device, resized without crop."""
-        import torch.nn.functional as F
+        """(B, H, W, 3) frames (host array or device tensor) -> normalised fp32 (B, 3, S, S) on the teacher's device:
+        uint8 frames of any size get VALOR's resize (valor_core.media.geometry.clip_pixels); float32 frames in [0, 1]
+        (the decoder's frame_geometry "official") already had it."""
+        import torch
 
         if getattr(frames, "ndim", 0) != 4 or frames.shape[-1] != 3:
             raise ValueError(f"frames must be (B, H, W, 3) uint8, got {tuple(getattr(frames, 'shape', ()))}")
         x = prec.upload(frames, self.device) if not hasattr(frames, "device") or frames.device != self.device \
             else frames
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        if x.dtype == torch.uint8:  # source-size (or squashed) frames: VALOR's ToTensor + Resize
+            x = geometry.clip_pixels(x, self.image_size[0])
+        x = x.permute(0, 3, 1, 2).float()
         if tuple(x.shape[-2:]) != self.image_size:
-            x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False, antialias=True)
-            x = x.clamp_(0.0, 1.0)
+            raise ValueError(f"float frames must already be {self.image_size} (media.frame_size), got "
+                             f"{tuple(x.shape[-2:])}")
         return (x - self.mean) / self.std
 
     def _embed(self, frames):
