@@ -38,12 +38,13 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from valor_core import backbones as backbone_lib
-from valor_core.backbones import vggish
+from valor_core.backbones import clap_maps, vggish
 from valor_core import teachers as teacher_lib
 from valor_core.classes import NUM_CLASSES
 from valor_core.config import MediaConfig, TeacherConfig, to_dict
 from valor_core.media import decode
 from valor_core import provenance
+from valor_core.teachers import clap as clap_teacher
 from valor_core.teachers.clap import check_clap_files
 from valor_core.teachers.clip import check_clip_files
 from valor_core.teachers.precision import resolve_precision
@@ -80,7 +81,8 @@ class Decode:
 
     Output columns (numpy batch): the manifest columns, `ok` (decoded), `frames` (n,T,S,S,3) uint8 (zeros when not ok),
     `audio` (n,) bytes of float32 (T, L_i) (b"" when missing: L differs across videos under the uniform policy),
-    `audio_len` (n,) L_i, `audio_ok`, optional `dense` (n,8T,S,S,3), `fail_stage`/`fail_kind`/`fail_reason`,
+    `audio_len` (n,) L_i, `audio_ok`, `wave` (n,) bytes of the whole clip's float32 wave at `wave_rate` (n,) Hz (the
+    file's own rate: the audio backbones' input), optional `dense` (n,8T,S,S,3), `fail_stage`/`fail_kind`/`fail_reason`,
     `issues`, `notes`, `duration`."""
 
     def __init__(self, media: MediaConfig, opts: Optional[dict]):
@@ -89,10 +91,13 @@ class Decode:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         m = self.media
         n, T, S = len(batch["video_id"]), m.segments, m.frame_size
-        frames = np.zeros((n, T, S, S, 3), np.uint8)
+        frames = np.zeros((n, T, S, S, 3), np.float32 if m.frame_geometry == "official" else np.uint8)
         dense = np.zeros((n, 8 * T, S, S, 3), np.uint8) if m.dense_frames else None
+        small = np.zeros((n, 8 * T, S // 2, S // 2, 3), np.uint8) if dense is not None and m.frame_geometry == \
+            "official" else None  # R(2+1)D's own resize of the source frames (valor_core.media.geometry)
         audio = np.empty(n, dtype=object)
         audio_len = np.zeros(n, np.int64)
+        wave, wave_rate = np.full(n, b"", dtype=object), np.zeros(n, np.int64)
         ok = np.zeros(n, bool)
         audio_ok = np.zeros(n, bool)
         fail = {k: np.full(n, "", dtype=object) for k in ("fail_stage", "fail_kind", "fail_reason")}
@@ -124,9 +129,12 @@ class Decode:
             frames[i] = d.frames
             if dense is not None and d.dense_frames is not None:
                 dense[i] = d.dense_frames
+            if small is not None and d.dense_small is not None:
+                small[i] = d.dense_small
             if d.audio is not None and not d.audio_missing:
                 a = np.ascontiguousarray(d.audio, np.float32)
                 audio[i], audio_len[i], audio_ok[i] = a.tobytes(), a.shape[1], True
+                wave[i], wave_rate[i] = np.ascontiguousarray(d.wave, np.float32).tobytes(), d.wave_rate
             else:
                 fail["fail_stage"][i] = "clap"  # the visual teacher still runs; the row will be "partial"
                 fail["fail_kind"][i] = next((e.kind for e in d.issues if e.kind in ("no_audio", "audio_failed")),
@@ -136,10 +144,13 @@ class Decode:
             notes[i] = "; ".join(d.notes)
             duration[i] = d.duration
         out = dict(batch)
-        out.update(ok=ok, frames=frames, audio=audio, audio_len=audio_len, audio_ok=audio_ok, issues=issues,
+        out.update(ok=ok, frames=frames, audio=audio, audio_len=audio_len, audio_ok=audio_ok, wave=wave,
+                   wave_rate=wave_rate, issues=issues,
                    notes=notes, duration=duration, **fail)
         if dense is not None:
             out["dense"] = dense
+        if small is not None:
+            out["dense_small"] = small
         return out
 
 
@@ -220,6 +231,7 @@ class ClipStage(_TeacherStage):
         batch = {k: (v.copy() if k.startswith("fail_") else v) for k, v in batch.items()}
         frames = batch.pop("frames")
         dense = batch.pop("dense", None)
+        batch.pop("dense_small", None)
         T = frames.shape[1]
         batch = self._apply(batch, lambda idx: frames[idx], batch["ok"].astype(bool), T)
         if self.dense and dense is not None:
@@ -247,7 +259,8 @@ class ClapStage(_TeacherStage):
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = {k: (v.copy() if k.startswith("fail_") else v) for k, v in batch.items()}
         audio, lens = batch.pop("audio"), batch.pop("audio_len")
-        batch.pop("frames", None), batch.pop("dense", None)  # the last model stage: nothing later needs them
+        for k in ("frames", "dense", "dense_small"):  # the last model stage: nothing later needs them
+            batch.pop(k, None)
         T = self.T
 
         def inputs(idx):
@@ -274,9 +287,9 @@ class BackboneStage:
         self.model = backbone_lib.build_backbone(name, weights, device, segments=segments, **options)
 
     def _inputs(self, batch, idx):
-        if self.entry.input == "frames":
-            return (batch["dense"][idx],)
-        return [np.frombuffer(batch["audio"][i], np.float32) for i in idx], self.sample_rate
+        if self.entry.input == "frames":  # R(2+1)D reads its own 112-px stack where the decoder made one
+            return (batch["dense_small" if self.name == "r2plus1d" and "dense_small" in batch else "dense"][idx],)
+        return [np.frombuffer(batch["wave"][i], np.float32) for i in idx], batch["wave_rate"][idx]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = {k: (v.copy() if k.startswith("fail_") else v) for k, v in batch.items()}
@@ -506,8 +519,8 @@ def build_dataset(todo: list[Entry], clip: str, clap: str, cfg: ExtractConfig, t
         weights, options = backbone_options(cfg, name)
         drop: tuple = ()
         if i == len(backbones) - 1:  # the last backbone drops what no teacher stage after it reads
-            drop = (() if "clap" in features else ("audio", "audio_len")) + (
-                () if "clip" in features or "clap" in features else ("frames", "dense"))
+            drop = ("wave", "wave_rate") + (() if "clap" in features else ("audio", "audio_len")) + (
+                () if "clip" in features or "clap" in features else ("frames", "dense", "dense_small"))
         ds = actor_pool(ds, BackboneStage, {"name": name, "weights": clap if name == "clap_maps" else weights,
                                             "options": dict(options, precision=teachers.precision),
                                             "num_cpus": threads, "device": teachers.device,
@@ -589,6 +602,7 @@ def run_extract(manifest: str, videos: str, clip: Optional[str], clap: Optional[
         if cfg.vggish_pca and "vggish" in features:
             made_with["features"]["vggish_pca"] = cfg.vggish_pca
     made_with["weights"] = weights_record(features, clip, clap, cfg)
+    made_with["preprocessing"] = {k: AUDIO_PREPROCESSING[k] for k in features if k in AUDIO_PREPROCESSING}
     marker = claim(out, "features", opts=opts, meta={"teachers": made_with})
     if "imported" in marker:
         raise OwnershipError(f"{out} holds released features imported by `valor import llp`: extract into another "
@@ -600,6 +614,11 @@ def run_extract(manifest: str, videos: str, clip: Optional[str], clap: Optional[
         return _extract_locked(entries, clip, clap, out, failures, cfg, teachers, media, storage, manifest, videos,
                                split, address, num_cpus, object_store_memory, include_dashboard, loaders, log, t0,
                                opts, made_with["weights"])
+
+
+# the official preprocessing each audio feature follows (script + valor's version of it), recorded in the dataset's
+# marker so that datasets made before and after a change are not mixed (workflows.features.check_mix)
+AUDIO_PREPROCESSING = {"clap": clap_teacher.OFFICIAL, "clap_maps": clap_maps.OFFICIAL, "vggish": vggish.OFFICIAL}
 
 
 def check_features(cfg: ExtractConfig, clip: Optional[str], clap: Optional[str],

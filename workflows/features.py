@@ -464,7 +464,13 @@ def made_with(uri: str, columns, opts: Optional[dict] = None) -> Optional[dict]:
         feature = next((k for k in (col, MADE_BY.get(col)) if k in digests), None)
         if feature is not None:
             out["weights"][col] = digests[feature]
+        if col in MADE_BY or col in RELEASED:  # the official preprocessing it follows (None: recorded none)
+            out[f"{col} preprocessing"] = (record.get("preprocessing") or {}).get(MADE_BY.get(col, col))
     return out
+
+
+def _what_differs(key: str) -> str:
+    return "media settings" if key == "media" else key if key.endswith(" preprocessing") else key + " weights"
 
 
 def check_mix(uris, columns, opts: Optional[dict] = None) -> None:
@@ -491,7 +497,7 @@ def check_mix(uris, columns, opts: Optional[dict] = None) -> None:
         if diff:
             k = diff[0]
             raise MixError(f"features {uris[extracted[0]]} and {uris[i]} cannot be trained together: they were "
-                           f"extracted with different {'media settings' if k == 'media' else k + ' weights'} "
+                           f"extracted with different {_what_differs(k)} "
                            f"({a.get(k)!r} vs {b.get(k)!r})")
         changed = weights_changed(a["weights"], b["weights"])
         if changed:

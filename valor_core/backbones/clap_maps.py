@@ -1,13 +1,16 @@
-"""CLAP HTSAT feature maps of the whole clip (VALOR++'s CLAP features): the laion_clap audio tower's token sequence
-after its final LayerNorm (`audio_branch.norm`), (64, width) -- the 8 x 8 Swin token grid of the 256 x 256 mel
-"image", in the tower's own token order, before the tscam head and pooling.
+"""CLAP HTSAT feature maps of the whole clip (VALOR++'s CLAP features), as VALOR's `utils/clap_preprocess.py`
+`get_audio_feature_maps` makes them: (64, width) float32 per clip.
 
-Each clip is embedded as a whole through the CLAP teacher's path (valor_core.teachers.clap: laion_clap's
-`get_audio_embedding_from_data` pre-processing -- int16 quantisation, repeat-padding to 10 s, fusion mel at 48 kHz --
-batched on the device by default, or the library's own with preprocess="library"; the audio is resampled to the
-model's rate first when media.sample_rate differs); all clips of a call go through in forwards of `batch_size` and
-the maps are read with a forward hook, kept on the device and copied back once. Precision as the teacher's (bf16
-tower weights on CUDA by default). width is the tower's: 768 for HTSAT-tiny
+Input (valor_core.media.audio): the clip at 48 kHz as librosa.load(sr=48000) reads it (soxr HQ from the native
+rate), squeezed to exactly 480,000 samples by wave[round(linspace(0, L - 1, 480000))], laion_clap's int16 round trip
+once, then laion_clap's `get_audio_features(.., 480000, 'fusion', 'repeatpad')`: the fusion mel 4 times,
+`longer` False (valor_core.teachers.clap_input, batched on the device).
+Output: the audio tower's tokens after its final LayerNorm (`audio_branch.norm`, read with a forward hook),
+regrouped as VALOR's `utils/clap_utils.py` (and HTSAT's own forward_features) does: the 8 x 8 token grid
+(freq-major) -> (4 time chunks x 2 freq halves x 8) -> (2 freq halves x 32 time steps), flattened: the order the
+VALOR++ network's resampler assumes and the released `CLAP/features` hold.
+
+Precision as the teacher's (bf16 tower weights on CUDA by default). width is the tower's: 768 for HTSAT-tiny
 (laion_clap's `630k-fusion-best.pt`, and the tiny test CLAP of `valor teachers tiny`), 1024 for HTSAT-base.
 The CLAP spec is the teacher's (`--clap`, valor_core.teachers.clap).
 """
@@ -17,11 +20,25 @@ from typing import Optional
 
 import numpy as np
 
-from valor_core.backbones.base import resample
 from valor_core.config import TeacherConfig
+from valor_core.media import audio as official_audio
+from valor_core.teachers import clap_input
 from valor_core.teachers.precision import resolve_device
 
 TOKENS = 64
+OFFICIAL = ("VALOR utils/clap_preprocess.py get_audio_feature_maps + utils/clap_utils.py token regroup "
+            "(librosa 0.10 soxr_hq 48 kHz, 480000-sample squeeze); valor 2")
+
+
+def regroup(x, freq_ratio: int):
+    """(B, N, C) tokens after `audio_branch.norm` -> (B, N, C) in VALOR clap_utils' order (its reshapes, verbatim)."""
+    B, N, C = x.shape
+    side = int(round(N ** 0.5))
+    x = x.permute(0, 2, 1).contiguous().reshape(B, C, side, side)  # (B, C, F, T)
+    c_freq_bin = side // freq_ratio
+    x = x.reshape(B, C, side // c_freq_bin, c_freq_bin, side)
+    x = x.permute(0, 1, 3, 2, 4).contiguous().reshape(B, C, c_freq_bin, -1)
+    return x.flatten(2).permute(0, 2, 1).contiguous()
 
 
 class ClapMapsBackbone:
@@ -50,19 +67,51 @@ class ClapMapsBackbone:
     def shape(self) -> tuple[int, int]:
         return TOKENS, self.width
 
-    def __call__(self, waves, sample_rate: int) -> np.ndarray:
-        """n whole-clip mono waveforms at sample_rate -> (n, 64, width) float32 (all clips through the teacher's
-        batched path: the hook sees each forward's maps in input order; one host copy at the end)."""
+    def inputs(self, waves, sample_rate) -> np.ndarray:
+        """(n, 480000) float32: each clip at 48 kHz (librosa's resampler), squeezed, int16 round trip."""
+        import torch
+
+        rates = [int(sample_rate)] * len(waves) if np.ndim(sample_rate) == 0 else [int(r) for r in sample_rate]
+        sr = self.teacher.sample_rate
+        x = np.stack([official_audio.squeeze(official_audio.librosa_resample(w, r, sr)) for w, r in zip(waves, rates)])
+        return clap_input.quantise(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+
+    def _batches(self, x: np.ndarray):
+        """The tower's input dicts: batched on the device (`preprocess="device"`), or laion_clap's own
+        get_audio_features clip by clip on the host (`"library"`)."""
+        if self.teacher.preprocess_path == "device":
+            yield from self.teacher.frontend.batches(x, self.batch_size, quantised=True)
+            return
+        import torch
+        from laion_clap.training.data import get_audio_features
+
+        for start in range(0, len(x), self.batch_size):
+            items = [get_audio_features({}, torch.from_numpy(row), clap_input.MAX_LEN,
+                                        "fusion" if self.teacher.enable_fusion else "rand_trunc", "repeatpad",
+                                        self.teacher.audio_cfg) for row in x[start:start + self.batch_size]]
+            yield {k: torch.stack([d[k] for d in items]).to(self.device) if k != "longer" else
+                   torch.stack([d[k] for d in items]) for k in items[0]}
+
+    @property
+    def _tower(self):
+        return self.teacher.audio_tower if self.teacher.preprocess_path == "device" else \
+            self.teacher.module.model.audio_branch
+
+    def __call__(self, waves, sample_rate) -> np.ndarray:
+        """n whole-clip mono waveforms at sample_rate (one rate, or one per clip) -> (n, 64, width) float32."""
         import torch
 
         if not len(waves):
             return np.zeros((0, TOKENS, self.width), np.float32)
-        sr = self.teacher.sample_rate
-        clips = [resample(w, sample_rate, sr).numpy() for w in waves]
+        x = self.inputs(waves, sample_rate)
+        tower = self.teacher.module.model.audio_branch
+        out = []
         self._maps.clear()
         with torch.no_grad():
-            self.teacher.embed(clips)
-            maps = torch.cat(self._maps) if len(self._maps) > 1 else self._maps[0]
+            for batch in self._batches(x):
+                self._tower(batch, mixup_lambda=None, device=self.device)
+                out.append(regroup(self._maps.pop(), int(tower.freq_ratio)))
+            maps = torch.cat(out) if len(out) > 1 else out[0]
         self._maps.clear()
         if tuple(maps.shape) != (len(waves), TOKENS, self.width):
             raise ValueError(f"clap_maps: the audio tower gave maps of shape {tuple(maps.shape)}")

@@ -1,7 +1,8 @@
 """VGGish (Hershey et al. 2017; AudioSet's TF reference `models/research/audioset/vggish`) in torch: 128-d per 0.96 s.
 
-Input as `vggish_input.waveform_to_examples`: mono audio resampled to 16 kHz (torchaudio's sinc resampler here; the
-reference uses resampy), |STFT| with a 25-ms periodic Hann window, 10-ms hop, 512-point FFT, no centering; 64 mel bands
+Input: the 16-kHz audio of AVVP-ECCV20's `scripts/extract_audio.py` (moviepy 1.x: the clip at 44.1 kHz, then the
+nearest 44.1-kHz sample for each 16-kHz one, no anti-alias filter; valor_core.media.audio.moviepy_16k), then as
+`vggish_input.waveform_to_examples` (already at 16 kHz: no resampy): |STFT| with a 25-ms periodic Hann window, 10-ms hop, 512-point FFT, no centering; 64 mel bands
 125-7500 Hz with the reference's own HTK-mel triangle matrix (`mel_features.spectrogram_to_mel_matrix`, DC bin zeroed);
 log(mel + 0.01); non-overlapping examples of 96 frames x 64 bands. A 10-s clip gives 10 examples (one per segment);
 another length gives T examples picked at round(linspace(0, n-1, T)).
@@ -11,7 +12,8 @@ in TF's NHWC order, fc 4096 - 4096 - 128 with ReLU after each (as both ports). W
 `vggish-10086976.pth` (keys features.* / embeddings.*) or a torchaudio-style state dict (features_network.* /
 embedding_network.*).
 Resampling, log-mel and the network run on the backbone's device (one host copy of the embeddings per call).
-Optional PCA postprocessing (torchvggish's `vggish_pca_params-970ea276.pth`: pca_eigen_vectors, pca_means): PCA,
+Optional PCA postprocessing (torchvggish's `vggish_pca_params-970ea276.pth`: pca_eigen_vectors, pca_means, as tensors
+or NumPy arrays; read weights-only with NumPy's array reconstruction allowed, valor_core.checkpoint_io): PCA,
 clip to [-2, 2], quantise to 0..255 (kept as float32), as the reference's Postprocessor.
 """
 from __future__ import annotations
@@ -20,8 +22,11 @@ from typing import Optional
 
 import numpy as np
 
-from valor_core.backbones.base import Backbone, resample
-from valor_core.backbones.weights import BackboneError, load_into, load_state
+from valor_core.backbones.base import Backbone
+from valor_core.backbones.weights import BackboneError, load_into
+from valor_core.checkpoint_io import load_weights
+from valor_core.media import audio as official_audio
+from valor_core.teachers import precision as prec
 
 SAMPLE_RATE = 16000
 WINDOW, HOP, FFT, MELS, EXAMPLE = 400, 160, 512, 64, 96  # 25 ms, 10 ms, 2^ceil(log2(400)), bands, frames/example
@@ -29,6 +34,7 @@ RELEASES = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/"
 FILENAME, URL = "vggish-10086976.pth", RELEASES + "vggish-10086976.pth"
 PCA_FILENAME = "vggish_pca_params-970ea276.pth"
 PCA_URL = RELEASES + PCA_FILENAME
+OFFICIAL = "AVVP-ECCV20 scripts/extract_audio.py (moviepy 1.x 16 kHz nearest-sample pick from 44.1 kHz); valor 2"
 
 
 def mel_matrix(num_mel_bins: int = MELS, num_spectrogram_bins: int = FFT // 2 + 1, sample_rate: int = SAMPLE_RATE,
@@ -63,10 +69,16 @@ def log_mel(wave16k) -> "np.ndarray":
 
 
 def examples(wave, sample_rate: int, segments: int, device=None):
-    """A waveform -> (segments, 1, 96, 64) float tensor of VGGish examples (computed on `device`; None = CPU)."""
+    """A waveform -> (segments, 1, 96, 64) float tensor of VGGish examples (computed on `device`; None = CPU); the
+    16-kHz wave is AVVP-ECCV20 extract_audio.py's (valor_core.media.audio.moviepy_16k)."""
     import torch
 
-    lm = log_mel(resample(wave, sample_rate, SAMPLE_RATE, device))
+    wave16k = official_audio.moviepy_16k(np.asarray(wave, np.float32), int(sample_rate))
+    if device is None or getattr(device, "type", device) == "cpu":
+        x = torch.from_numpy(wave16k)
+    else:
+        x = prec.upload(wave16k, device)
+    lm = log_mel(x)
     n = max(1, lm.shape[0] // EXAMPLE)
     if lm.shape[0] < EXAMPLE:
         lm = torch.nn.functional.pad(lm, (0, 0, 0, EXAMPLE - lm.shape[0]))
@@ -128,7 +140,9 @@ class VGGishBackbone(Backbone):
         self.segments = int(segments)
         self.pca = None
         if pca:
-            p = load_state(pca)
+            p = load_weights(pca, error=BackboneError, numpy=True)  # the published params may hold NumPy arrays
+            if not isinstance(p, dict):
+                raise BackboneError(f"{pca}: expected a dict with pca_eigen_vectors and pca_means")
             if "pca_eigen_vectors" not in p or "pca_means" not in p:
                 raise BackboneError(f"{pca}: expected pca_eigen_vectors and pca_means (torchvggish's PCA params)")
             self.pca = (np.asarray(p["pca_eigen_vectors"], np.float64), np.asarray(p["pca_means"], np.float64))
@@ -140,12 +154,14 @@ class VGGishBackbone(Backbone):
         x = np.clip(x, -2.0, 2.0)
         return np.round((x + 2.0) * (255.0 / 4.0)).astype(np.float32)
 
-    def __call__(self, waves, sample_rate: int) -> np.ndarray:
+    def __call__(self, waves, sample_rate) -> np.ndarray:
+        """n whole-clip mono waveforms at sample_rate (one rate, or one per clip) -> (n, segments, 128)."""
         import torch
 
         if not len(waves):
             return np.zeros((0, self.segments, 128), np.float32)
-        x = torch.cat([examples(w, sample_rate, self.segments, self.device) for w in waves])  # on the device
+        rates = [sample_rate] * len(waves) if np.ndim(sample_rate) == 0 else list(sample_rate)
+        x = torch.cat([examples(w, r, self.segments, self.device) for w, r in zip(waves, rates)])  # on the device
         emb = self.forward_chunks(x)
         if self.pca is not None:
             emb = self.postprocess(emb)

@@ -48,6 +48,8 @@ from valor_core.teachers import precision as prec
 from valor_core.teachers.base import MissingCheckpoint, Teacher, TeacherError
 from valor_core.teachers.hf import TOKENIZER_REPOS, hub_cache_dir, missing_hub_repos, offline_hub
 
+OFFICIAL = ("VALOR utils/clap_preprocess.py get_audio_embedding (librosa 0.10 soxr_hq 48 kHz, "
+            "round(linspace(0, L, 11)) cuts of L // 10); valor 2")  # the segments' source: valor_core.media.decode
 DEFAULT_AMODEL = "HTSAT-tiny"  # laion_clap's default, the tower of the 630k checkpoints
 KNOWN_BUFFERS = ("text_branch.embeddings.position_ids", "text_branch.embeddings.token_type_ids")
 HOW_TO_GET_HUB_FILES = (

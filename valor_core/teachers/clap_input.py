@@ -79,8 +79,9 @@ class Frontend:
             yield start, stop
             start = stop
 
-    def batches(self, segments, batch_size: int) -> Iterator[dict]:
-        """The model's input dicts for `segments` ((B, L) array or host tensor, or a list of 1-D float arrays)."""
+    def batches(self, segments, batch_size: int, quantised: bool = False) -> Iterator[dict]:
+        """The model's input dicts for `segments` ((B, L) array or host tensor, or a list of 1-D float arrays);
+        `quantised`: the int16 round trip was done already (VALOR's feature maps), not done again."""
         import torch
 
         if isinstance(segments, torch.Tensor) and segments.ndim == 2:
@@ -99,7 +100,8 @@ class Frontend:
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         for start, stop in self.runs(lengths, batch_size):
             n = lengths[start]
-            x = quantise(on_device[offsets[start]:offsets[stop]].view(stop - start, n))
+            x = on_device[offsets[start]:offsets[stop]].view(stop - start, n)
+            x = x if quantised else quantise(x)
             if n <= MAX_LEN:
                 yield self._short(x)
             else:
