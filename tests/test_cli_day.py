@@ -263,3 +263,18 @@ def test_ambiguous_checkpoint_refs_list_the_candidates(tmp_path):
     none = valor("evaluate", "--split", "val", "--checkpoint", "0123456789abcdef", cwd=tmp_path, timeout=120)
     assert none.returncode == 1 and "pass --tracking-uri sqlite:///OUTPUT/mlflow.db, or --checkpoint OUTPUT/train" \
         in none.stderr
+
+
+def test_harvest_by_run_id_records_where_the_checkpoint_lives(tmp_path):
+    import tempfile
+    from urllib.parse import urlparse
+
+    out, run_id = _pipeline_like_output(tmp_path)
+    res = valor("harvest", "--labeler", f"han:{run_id}", "--split", "val", "--out", str(tmp_path / "labels"),
+                "--json", cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr
+    meta = json.loads((tmp_path / "labels" / "_harvest.json").read_text())
+    where = urlparse(meta["checkpoint_dir"]).path if "://" in meta["checkpoint_dir"] else meta["checkpoint_dir"]
+    assert not where.startswith(tempfile.gettempdir() + "/tmp")  # not the download mlflow made and removed
+    assert (Path(where) / "best_model.pt").is_file() and (Path(where) / "config.json").is_file()
+    assert meta["checkpoint"] == run_id

@@ -213,6 +213,17 @@ def find_run(ref: str, tracking_uri: Optional[str] = None) -> tuple[str, str]:
                           "--checkpoint OUTPUT/train)")
 
 
+def checkpoint_source(ref: str, resolved: str, tracking_uri: Optional[str] = None) -> str:
+    """Where the checkpoint that REF names lives for good, for records (never a temporary download): the resolved
+    local folder, an s3:// prefix or official spec as given, an MLflow run's `checkpoint/` artifact URI."""
+    if parse_official(ref) is not None or objstore.is_s3(ref):
+        return ref
+    if os.path.exists(ref):
+        return os.path.abspath(resolved)
+    run, uri = find_run(ref, tracking_uri)
+    return f"{tracking.client(uri, create=False).get_run(run).info.artifact_uri.rstrip('/')}/checkpoint"
+
+
 def resolve_checkpoint(ref: str, tracking_uri: Optional[str] = None) -> str:
     """A local checkpoint directory (best_model.pt + config.json) for RUN_OR_PATH:
     a checkpoint dir; a best_model.pt / model.pt file; a Ray Train run dir (its newest epoch_* checkpoint);

@@ -56,7 +56,7 @@ from valor_core.llp import default_annotations
 from valor_core.sim import parse_sim_source, simulate
 from valor_core.tuning_objective import LogitsError, validate_logits
 from workflows import objstore
-from workflows.checkpoints import CheckpointError, load_checkpoint_model, resolve_checkpoint
+from workflows.checkpoints import CheckpointError, checkpoint_source, load_checkpoint_model, resolve_checkpoint
 from workflows.predict import checkpoint_split
 from workflows.config import HarvestConfig, StorageConfig
 from workflows.features import (LOGIT_COLUMNS, finish_labels, OK_FLAGS, column_array, features_dataset, labels_uri,
@@ -218,7 +218,7 @@ def harvest_labeler(labeler: str, source: Optional[str] = None, out: Optional[st
         out = labels_uri(source)
     if parse_sim_source(source) is None and _same_uri(out, source):
         raise OwnershipError(f"--out {out} is the features dataset itself: choose another path")
-    meta = {"labeler": kind, "checkpoint": str(ref), "checkpoint_dir": str(ckpt_dir),
+    meta = {"labeler": kind, "checkpoint": str(ref), "checkpoint_dir": checkpoint_source(ref, ckpt_dir, tracking_uri),
             "checkpoint_run_id": ckpt_meta.get("run_id"), "threshold": float(threshold),
             "filter_by_weak": bool(filter_by_weak), "source": str(source), "code_version": code_version(),
             "rule": f"HAN segment prob >= {threshold} AND video prob >= {threshold}" + (" AND weak" if filter_by_weak
