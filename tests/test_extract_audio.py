@@ -133,3 +133,22 @@ def test_vggish_pca_file_with_numpy_arrays(tmp_path):
     with pytest.raises(BackboneError, match=r"pca_code\.pth: refused: .*WarningMessage") as err:
         bb.build_backbone("vggish", "random", "cpu", pca=str(bad))
     assert "\n" not in str(err.value)
+
+
+def test_datasets_of_other_audio_preprocessing_are_not_mixed(tmp_path):
+    """An extraction recording the official audio preprocessing of its vggish column (as valor extract now records
+    it) and one from before (none recorded) are refused together, naming the column; two new ones mix."""
+    from tests.test_mix import _made, _write
+    from workflows.extract import AUDIO_PREPROCESSING
+    from workflows.features import MixError, check_mix
+
+    new = dict(_made(), preprocessing={"vggish": AUDIO_PREPROCESSING["vggish"]})
+    _write(tmp_path / "old", ["a_0"], made=_made())
+    _write(tmp_path / "new", ["b_0"], made=new)
+    _write(tmp_path / "new2", ["c_0"], made=new)
+    cols = [["vggish", "res152", "r2plus1d"]] * 2
+    with pytest.raises(MixError, match=r"extracted with different vggish preprocessing \(None vs 'AVVP-ECCV20 "
+                                       r"scripts/extract_audio.py .*'\)") as err:
+        check_mix([str(tmp_path / "old"), str(tmp_path / "new")], cols)
+    assert "\n" not in str(err.value)
+    check_mix([str(tmp_path / "new"), str(tmp_path / "new2")], cols)
