@@ -278,3 +278,23 @@ def test_harvest_by_run_id_records_where_the_checkpoint_lives(tmp_path):
     assert not where.startswith(tempfile.gettempdir() + "/tmp")  # not the download mlflow made and removed
     assert (Path(where) / "best_model.pt").is_file() and (Path(where) / "config.json").is_file()
     assert meta["checkpoint"] == run_id
+
+
+# --- 8. help text on every option, no internals ---------------------------------------------------------------------------
+
+INTERNALS = ("register()", "main(args)", "RAY_THRESHOLD", "TeacherConfig", "ExtractConfig")
+
+
+def test_every_option_has_help_and_no_help_names_internals():
+    import argparse
+
+    from workflows.cli import build_parser
+
+    for path, parser in _parsers(build_parser()):
+        where = "valor " + " ".join(path)
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) or action.help == argparse.SUPPRESS:
+                continue
+            assert action.help, f"{where}: {(action.option_strings or [action.dest])[0]} has no help text"
+        text = parser.format_help()
+        assert not [w for w in INTERNALS if w in text], f"{where} --help names internals"

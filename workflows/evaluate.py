@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiv
     parser.add_argument("--annotations", default=None, metavar="DIR",
                         help="directory with the LLP annotation CSVs (default: $VALOR_ANNOTATIONS, else the LLP files "
                              "shipped with valor)")
-    parser.add_argument("--split", required=True, choices=SPLITS)
+    parser.add_argument("--split", required=True, choices=SPLITS, help="LLP split to score (dense GT: val or test)")
     parser.add_argument("--audio-file", default="AVVP_eval_audio.csv", metavar="F",
                         help="dense audio annotation file, relative to DIR (default: %(default)s; the 2020 version "
                              "is orig_2020/AVVP_eval_audio.csv)")

@@ -763,12 +763,18 @@ def register(sub) -> None:
     p.add_argument("--dashboard", action="store_true", help="local Ray only: start the dashboard (on 127.0.0.1)")
     p.add_argument("--no-dashboard", action="store_false", dest="dashboard", help=argparse.SUPPRESS)  # the default
     d = ExtractConfig()
-    p.add_argument("--rows-per-file", type=int, default=d.rows_per_file)
-    p.add_argument("--decode-batch", type=int, default=d.decode_batch_size)
-    p.add_argument("--clip-batch", type=int, default=d.clip_batch_size)
-    p.add_argument("--clap-batch", type=int, default=d.clap_batch_size)
-    p.add_argument("--clip-actors", type=_pair, default=d.clip_actors, metavar="MIN,MAX")
-    p.add_argument("--clap-actors", type=_pair, default=d.clap_actors, metavar="MIN,MAX")
+    p.add_argument("--rows-per-file", type=int, default=d.rows_per_file, help="videos per Parquet file (default "
+                   "%(default)s)")
+    p.add_argument("--decode-batch", type=int, default=d.decode_batch_size, help="videos per decode task (default "
+                   "%(default)s)")
+    p.add_argument("--clip-batch", type=int, default=d.clip_batch_size, help="videos per CLIP actor call (default "
+                   "%(default)s)")
+    p.add_argument("--clap-batch", type=int, default=d.clap_batch_size, help="videos per CLAP actor call (default "
+                   "%(default)s)")
+    p.add_argument("--clip-actors", type=_pair, default=d.clip_actors, metavar="MIN,MAX",
+                   help="CLIP actor pool size (autoscaling between MIN and MAX)")
+    p.add_argument("--clap-actors", type=_pair, default=d.clap_actors, metavar="MIN,MAX",
+                   help="CLAP actor pool size (autoscaling between MIN and MAX)")
     p.add_argument("--num-gpus", type=float, default=d.num_gpus, help="per teacher actor, when GPUs exist")
     p.add_argument("--dense", action="store_true", help="also store CLIP embeddings of the 80-frame 8-fps stack")
     p.add_argument("--features", default=",".join(d.features),
@@ -781,14 +787,16 @@ def register(sub) -> None:
     p.add_argument("--vggish-pca", default="", metavar="PATH",
                    help="torchvggish PCA params: PCA + 8-bit quantisation as the reference (default: none)")
     p.add_argument("--backbone-batch", type=int, default=d.backbone_batch_size, help="videos per backbone actor call")
-    p.add_argument("--backbone-actors", type=_pair, default=d.backbone_actors, metavar="MIN,MAX")
+    p.add_argument("--backbone-actors", type=_pair, default=d.backbone_actors, metavar="MIN,MAX",
+                   help="--features backbones: actor pool size (autoscaling between MIN and MAX)")
     p.add_argument("--retry-failed", action="store_true", help="re-run videos listed in the failures table")
     p.add_argument("--mixed-teachers", action="store_true",
                    help="add to a dataset made with other teachers/media settings (default: an error)")
     p.add_argument("--endpoint", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
     p.add_argument("--access-key", default=None, help="default: AWS_ACCESS_KEY_ID")
     p.add_argument("--secret-key", default=None, help="default: AWS_SECRET_ACCESS_KEY")
-    p.add_argument("--device", default=TeacherConfig.device)
+    p.add_argument("--device", default=TeacherConfig.device, help="auto (CUDA when there is one), cpu or cuda "
+                   "(default %(default)s)")
     p.add_argument("--teacher-batch", type=int, default=TeacherConfig.batch_size,
                    help="frames (CLIP) / segments (CLAP) per forward; 0 = auto (64 on CPU, by free memory on CUDA)")
     p.set_defaults(func=_cli)

@@ -469,6 +469,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tracking-uri", default=None, metavar="URI", help="MLflow store for a run-id labeler")
     p.add_argument("--out", default=None, help="output URI (default: labels beside the features)")
     p.add_argument("--split", action="append", default=None, help="only this split (repeatable; default all)")
-    p.add_argument("--rows-per-file", type=int, default=d.rows_per_file)
+    p.add_argument("--rows-per-file", type=int, default=d.rows_per_file, help="videos per Parquet file (default "
+                   "%(default)s)")
     p.add_argument("--json", action="store_true", help="last stdout line: the summary as JSON")
     p.set_defaults(func=run)

@@ -30,21 +30,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     media = sub.add_parser("media", help="test media: write synthetic LLP-style mp4 corpora")
     msub = media.add_subparsers(dest="media_command", metavar="SUBCOMMAND")
     synth = msub.add_parser("synth", help="write N synthetic H.264+AAC videos and an LLP-format manifest")
-    synth.add_argument("out_dir")
+    synth.add_argument("out_dir", help="folder for the videos and manifest.csv")
     synth.add_argument("--videos", type=int, default=10, help="number of good videos (default 10)")
     synth.add_argument("--broken", action="store_true", help="also write one file of every broken kind")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=int, default=0, help="random seed of labels and content (default 0)")
     synth.add_argument("--duration", type=float, default=10.0, help="seconds per video (default 10)")
     synth.add_argument("--size", default="320x180", help="WIDTHxHEIGHT (default 320x180)")
-    synth.add_argument("--fps", type=float, default=25.0)
+    synth.add_argument("--fps", type=float, default=25.0, help="frames per second (default 25)")
     synth.set_defaults(func=cmd_synth)
     media.set_defaults(func=lambda args: (media.print_help(), 2)[1])
 
     teachers = sub.add_parser("teachers", help="teacher utilities")
     tsub = teachers.add_subparsers(dest="teachers_command", metavar="SUBCOMMAND")
     tiny = tsub.add_parser("tiny", help="write small random-init CLIP/CLAP teachers that load offline")
-    tiny.add_argument("out_dir")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("out_dir", help="folder for the two teachers' files")
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     tiny.add_argument("--amodel", default="HTSAT-tiny", help="laion_clap audio tower (default HTSAT-tiny)")
     tiny.add_argument("--json", action="store_true", help="only the JSON line on stdout (the notes go to stderr)")
     tiny.set_defaults(func=cmd_tiny)
@@ -52,11 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     teach = sub.add_parser("teach", help="one video's per-segment CLIP and CLAP logits")
     teach.add_argument("video", help="a video file")
-    teach.add_argument("--clip", default=None, help="CLIP spec (default: TeacherConfig.clip, ViT-L-14:openai)")
-    teach.add_argument("--clap", default=None, help="CLAP spec (default: TeacherConfig.clap, 630k-fusion-best.pt)")
+    teach.add_argument("--clip", default=None, help="CLIP teacher: tiny, a folder or ARCH:PRETRAINED (default "
+                       "ViT-L-14:openai)")
+    teach.add_argument("--clap", default=None, help="CLAP teacher: tiny, a folder or a checkpoint file "
+                       "(default 630k-fusion-best.pt)")
     teach.add_argument("--json", action="store_true", help="end with one JSON line of logits")
     teach.add_argument("--top", type=int, default=3, help="classes shown per segment (default 3)")
-    teach.add_argument("--device", default="auto")
+    teach.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu or cuda")
     teach.set_defaults(func=cmd_teach)
 
 

@@ -23,7 +23,7 @@ earlier `valor parse` output, whose files are replaced; files valor did not writ
     index.html     every video with its timeline; a cursor follows playback, a click on an event seeks to it
     failures.json  [{"video", "source", "stage", "kind", "reason"}]: the videos that could not be parsed (media error
                    kinds of valor_core.media.errors); the batch goes on
-More than RAY_THRESHOLD videos (or --ray) go through Ray Data (an actor pool, each actor loads the model once);
+More than 8 videos (or --ray) go through Ray Data (an actor pool, each actor loads the model once);
 fewer run in this process without Ray. With --json the last line is {"videos": n, "failed": m, "out": DIR}.
 """
 from __future__ import annotations

@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--features", action="append", metavar="SOURCE",
                    help="features to predict from (default: the source(s) the checkpoint was trained on; required for "
                         "an official checkpoint); repeat it for several datasets as one (as `valor train`)")
-    p.add_argument("--split", required=True, choices=SPLITS)
+    p.add_argument("--split", required=True, choices=SPLITS, help="LLP split to predict")
     p.add_argument("--out", required=True, metavar="FILE.npz", help="where to write the arrays (written whole or not "
                    "at all)")
     p.add_argument("--annotations", default=None, metavar="DIR",

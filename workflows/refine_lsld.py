@@ -213,6 +213,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--rule", choices=("code", "paper"), default=None, help="Eq. 4 as the code (default) or the paper")
     p.add_argument("--no-reweight", action="store_true", help="hard denoised visual labels (Table 2 'DeN' ablation)")
     p.add_argument("--device", default="auto", help="teacher device: auto | cpu | cuda")
-    p.add_argument("--rows-per-file", type=int, default=4096)
+    p.add_argument("--rows-per-file", type=int, default=4096, help="videos per Parquet file (default %(default)s)")
     p.add_argument("--json", action="store_true", help="last stdout line: the summary as JSON")
     p.set_defaults(func=run)

@@ -329,10 +329,10 @@ def register(sub) -> None:
         q.add_argument("--dir", default=None, help=f"state/data dir (default ${DEFAULT_DIR_ENV} or {DEFAULT_DIR})")
         q.add_argument("--json", action="store_true", help="print one JSON line")
         if name == "up":
-            q.add_argument("--bucket", default=StorageConfig.bucket)
+            q.add_argument("--bucket", default=StorageConfig.bucket, help="bucket to create (default %(default)s)")
             q.add_argument("--access-key", default=None, help="default: reuse the dir's keys or make random ones")
-            q.add_argument("--secret-key", default=None)
-            q.add_argument("--timeout", type=float, default=60.0)
+            q.add_argument("--secret-key", default=None, help="default: reuse the dir's keys or make random ones")
+            q.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for it to answer (default 60)")
             q.add_argument("--env", action="store_true",
                            help='print only `export AWS_...` lines, for eval "$(valor storage up --env)"')
         q.set_defaults(func=_cli)

@@ -166,7 +166,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--annotations", default=None, help="dir with the LLP CSVs (AVVP_val_pd.csv, AVVP_eval_*.csv; "
                    "default: $VALOR_ANNOTATIONS, else the LLP files shipped with valor)")
     p.add_argument("--logits", required=True, metavar="SOURCE", help="extraction output URI (dir or s3://) or sim[:SEED]")
-    p.add_argument("--modality", choices=("audio", "visual", "both"), default="both")
+    p.add_argument("--modality", choices=("audio", "visual", "both"), default="both",
+                   help="tune CLAP (audio), CLIP (visual) thresholds or both (default both)")
     p.add_argument("--searcher", choices=SEARCHERS, default=None, help=f"default {d.searcher}")
     p.add_argument("--objective", choices=("fidelity", "official"), default=None, help=f"default {d.objective}")
     p.add_argument("--no-filter", action="store_true", help="tune for the no-video-label-filter ablation")
@@ -175,19 +176,20 @@ def register(subparsers: Any) -> None:
     p.add_argument("--grid", type=int, default=None, help=f"unified-threshold grid points (default {d.grid_points})")
     p.add_argument("--classes-per-trial", type=int, default=None, help="coord block size (default: one block per "
                    "concurrent trial slot)")
-    p.add_argument("--max-sweeps", type=int, default=None)
+    p.add_argument("--max-sweeps", type=int, default=None, help="coord searcher: stop after this many sweeps over "
+                   "the classes (default 20)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of an in-process Ray (default: all)")
     p.add_argument("--max-concurrent", type=int, default=None, help="concurrent trials (default: Ray's CPUs)")
     p.add_argument("--ray-address", dest="address", default=None, metavar="ADDR",
                    help="Ray address (default: RAY_ADDRESS or in-process)")
     p.add_argument("--address", dest="address", help=argparse.SUPPRESS, default=argparse.SUPPRESS)  # the old name
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="searcher seed (default: the config's)")
     p.add_argument("--out", default=None, help="thresholds JSON (default runs/thresholds.json)")
     p.add_argument("--tracking-uri", dest="mlflow", default=None, metavar="URI",
                    help="MLflow tracking URI (default sqlite:///<cwd>/runs/mlflow.db)")
     p.add_argument("--mlflow", dest="mlflow", help=argparse.SUPPRESS, default=argparse.SUPPRESS)  # the old name
     p.add_argument("--experiment", default="valor-tune", help="MLflow experiment (default %(default)s)")
-    p.add_argument("--no-mlflow", action="store_true")
+    p.add_argument("--no-mlflow", action="store_true", help="do not track the search in MLflow")
     p.add_argument("--storage-dir", default=None, help="Ray Tune storage (default <tmp>/valor-tune)")
     p.add_argument("--json", action="store_true", help="last stdout line: the summary as JSON")
     p.set_defaults(func=run)
