@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -91,10 +92,12 @@ def _checkpoints(storage: str) -> tuple[Path, int]:
     return Path(storage), 0
 
 
-def _kill_after_first_checkpoint(store: dict, env: dict) -> None:
+def _kill_after_first_checkpoint(store: dict, env: dict, cmd: Optional[list[str]] = None) -> None:
+    """Run `cmd` (default: this file's `valor train`) and SIGKILL its whole session once its first checkpoint is
+    registered."""
     log = Path(store["storage"]).parent / "killed.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(_cmd(store), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd or _cmd(store), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
         deadline = time.time() + 240
