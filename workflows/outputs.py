@@ -158,14 +158,16 @@ def record_run(uri: str, run_id: str, opts: Optional[dict] = None) -> None:
                                      f"_runs/{run_id}.json"))
 
 
-def record_listing(uri: str, sub: str, opts: Optional[dict] = None) -> None:
+def record_listing(uri: str, sub: str, opts: Optional[dict] = None, written: Optional[Callable[[str], bool]] = None
+                   ) -> None:
     """A directory valor created for a library (a Ray Train run) has completed: from now on only the files it holds
-    now are valor's (a file added to it later is the user's)."""
+    now are valor's (a file added to it later is the user's); `written(path relative to sub)`: which of them the
+    library wrote (a file the user put there while it ran stays the user's), default all."""
     marker = read_marker(uri, opts)
     if marker is None:
         raise OwnershipError(f"{uri} has no valor marker: claim it before writing into it")
     sub = sub.strip("/")
-    files = [posixpath.join(sub, f) for f in _tree(objstore.join(uri, sub), opts)[0]]
+    files = [posixpath.join(sub, f) for f in _tree(objstore.join(uri, sub), opts)[0] if written is None or written(f)]
     wrote = [w for w in marker.get("wrote", []) if w != sub + "/"]
     _write_marker(uri, {**marker, "wrote": wrote + [f for f in files if f not in wrote]}, opts)
 
