@@ -138,3 +138,22 @@ def test_openai_format_file_builds_quick_gelu_and_a_mismatch_is_refused(tmp_path
     open_clip.add_model_config(str(quick_cfg))
     with pytest.raises(TeacherError, match="trained with GELU"):
         create_clip_model("tiny-quick", str(plain), load_weights=False)
+
+
+def test_datasets_of_other_frame_preprocessing_are_not_mixed(tmp_path):
+    """An extraction recording the official frame preprocessing of its res152 / r2plus1d columns and one from before
+    (none recorded) are refused together in one line naming a column; two new ones mix."""
+    from tests.test_mix import _made, _write
+    from valor_core.media.geometry import OFFICIAL
+    from workflows.features import MixError, check_mix
+
+    new = dict(_made(), preprocessing={k: OFFICIAL[k] for k in ("res152", "r2plus1d")})
+    _write(tmp_path / "old", ["a_0"], made=_made())
+    _write(tmp_path / "new", ["b_0"], made=new)
+    _write(tmp_path / "new2", ["c_0"], made=new)
+    cols = [["vggish", "res152", "r2plus1d"]] * 2
+    with pytest.raises(MixError, match=r"extracted with different r2plus1d preprocessing \(None vs 'AVVP-ECCV20 "
+                                       r"scripts/extract_frames.py \(ffmpeg -r 8\) \+ extract_3D_feat.py") as err:
+        check_mix([str(tmp_path / "old"), str(tmp_path / "new")], cols)
+    assert "\n" not in str(err.value)
+    check_mix([str(tmp_path / "new"), str(tmp_path / "new2")], cols)

@@ -44,6 +44,7 @@ from valor_core.classes import NUM_CLASSES
 from valor_core.config import MediaConfig, TeacherConfig, to_dict
 from valor_core.media import decode
 from valor_core import provenance
+from valor_core.media import geometry
 from valor_core.teachers import clap as clap_teacher
 from valor_core.teachers.clap import check_clap_files
 from valor_core.teachers.clip import check_clip_files
@@ -603,6 +604,8 @@ def run_extract(manifest: str, videos: str, clip: Optional[str], clap: Optional[
             made_with["features"]["vggish_pca"] = cfg.vggish_pca
     made_with["weights"] = weights_record(features, clip, clap, cfg)
     made_with["preprocessing"] = {k: AUDIO_PREPROCESSING[k] for k in features if k in AUDIO_PREPROCESSING}
+    if media.frame_grid == "ffmpeg" and media.frame_geometry == "official":  # each frame column's official script
+        made_with["preprocessing"].update({k: geometry.OFFICIAL[k] for k in features if k in geometry.OFFICIAL})
     marker = claim(out, "features", opts=opts, meta={"teachers": made_with})
     if "imported" in marker:
         raise OwnershipError(f"{out} holds released features imported by `valor import llp`: extract into another "

@@ -90,7 +90,7 @@ def build_backbone(name: str, weights: Optional[str] = None, device: Optional[st
 
 def compute_features(names: Sequence[str], frames_dense: Optional[np.ndarray], audio, sample_rate: int,
                      models: Optional[Mapping[str, object]] = None, device: Optional[str] = "auto",
-                     segments: int = 10) -> dict[str, np.ndarray]:
+                     segments: int = 10, frames_small: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
     """The backbone features of ONE video (or a batch), without Ray.
 
     names: backbone names (keys of BACKBONES; teacher names are not handled here).
@@ -100,6 +100,8 @@ def compute_features(names: Sequence[str], frames_dense: Optional[np.ndarray], a
         segments (DecodedVideo.audio) is taken as one video and flattened; needed by vggish / clap_maps.
     sample_rate: the audio's rate in Hz (each backbone resamples to its own).
     models: {name: built backbone} (build_backbone); a missing name is built with the default weights on `device`.
+    frames_small: R(2+1)D's own 112-px stack of the same frames (DecodedVideo.dense_small); without it r2plus1d
+        resizes frames_dense.
     Returns {column: float32 array}: (a, b) per column for one video, (n, a, b) for a batch.
     """
     names = list(names)
@@ -111,6 +113,9 @@ def compute_features(names: Sequence[str], frames_dense: Optional[np.ndarray], a
         frames_dense = np.asarray(frames_dense)
         if frames_dense.ndim == 4:
             frames_dense, single = frames_dense[None], True
+    if frames_small is not None:
+        frames_small = np.asarray(frames_small)
+        frames_small = frames_small[None] if frames_small.ndim == 4 else frames_small
     waves = None
     if audio is not None:
         if isinstance(audio, np.ndarray) and audio.ndim <= 2:
@@ -125,7 +130,7 @@ def compute_features(names: Sequence[str], frames_dense: Optional[np.ndarray], a
         if e.input == "frames":
             if frames_dense is None:
                 raise ValueError(f"compute_features: {name} needs frames_dense (the 8-fps stack)")
-            out[e.column] = bb(frames_dense)
+            out[e.column] = bb(frames_small if name == "r2plus1d" and frames_small is not None else frames_dense)
         else:
             if waves is None:
                 raise ValueError(f"compute_features: {name} needs audio")

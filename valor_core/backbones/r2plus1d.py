@@ -1,8 +1,9 @@
 """R(2+1)D-18 clip features: torchvision `video.r2plus1d_18`, the fc layer dropped, the 512-d pooled output of each
 1-s snippet -> (T, 512) (10 x 512 for a 10-s clip).
 
-A snippet is the 8 frames of one segment of the 8-fps stack (frames 8t .. 8t+7), each resized to 112 x 112 (bilinear;
-the decoder's frames are square without cropping, so no crop is taken), scaled to [0, 1] and normalised with the
+A snippet is the 8 frames of one segment of the 8-fps stack (frames 8t .. 8t+7), each a PIL Resize((112, 112)) of the
+source-size frame (AVVP-ECCV20 extract_3D_feat.py; the decoder's `dense_small`, valor_core.media.geometry; frames of
+another size are resized to 112 x 112 here, bilinear, no crop), scaled to [0, 1] and normalised with the
 Kinetics-400 mean/std of torchvision's `R2Plus1D_18_Weights.KINETICS400_V1.transforms()`; input (B, 3, 8, 112, 112).
 Weights: torchvision's Kinetics-400 `r2plus1d_18-91a641e6.pth`.
 """

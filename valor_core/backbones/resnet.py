@@ -1,9 +1,11 @@
 """ResNet-152 frame features (AVVP-ECCV20 `extract_rgb_feat.py`): torchvision `resnet152`, the fc layer dropped, the
 2048-d global-average-pooled output of every frame of the 8-fps stack (80 frames for 10 x 1 s) -> (80, 2048).
 
-Preprocessing as that script: each RGB frame resized to 224 x 224 (bilinear; valor's decoder already gives 224 x 224
-frames without cropping, so this is a no-op at the default media.frame_size), scaled to [0, 1], ImageNet mean/std --
-on the backbone's device, the uint8 stack copied up once per call (valor_core.backbones.base).
+Preprocessing as that script: the frames `ffmpeg -r 8` writes, round(linspace(0, n - 1, 80)) of them, each a PIL
+Resize(256) + CenterCrop(224) of the source-size frame (pretrainedmodels LoadTransformImage; done by the decoder,
+valor_core.media.geometry, MediaConfig.frame_geometry "official"), scaled to [0, 1], ImageNet mean/std -- on the
+backbone's device, the uint8 stack copied up once per call (valor_core.backbones.base). Frames of another size are
+resized to 224 x 224 (bilinear, antialiased) without cropping (frame_geometry "squash").
 Weights: torchvision's ImageNet `resnet152-394f9c45.pth` (IMAGENET1K_V1, what `pretrained=True` gave in 2020).
 """
 from __future__ import annotations
