@@ -75,6 +75,16 @@ def test_checkpoints_load_no_training_data_code():
     assert callable(predict.predict_split) and callable(predict.checkpoint_split)
 
 
+def test_ave_fresh_needs_ray(capsys):
+    """`valor ave train --fresh` restarts a --ray run: without --ray it is a one-line error (exit 2), nothing trained."""
+    from workflows.cli import main
+
+    capsys.readouterr()
+    assert main(["ave", "train", "--epochs", "1", "--fresh"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["valor ave train: error: --fresh needs --ray"]
+
+
 def _ave_cmd(store: dict) -> list[str]:
     return [sys.executable, "-m", "workflows.cli", "ave", "train", "--ray", "--loss", "valor", "--epochs", str(EPOCHS),
             "--train-videos", "1500", "--hidden", "32", "--lr", "5e-3", "--seed", "3", "--threads", "1",

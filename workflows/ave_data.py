@@ -68,6 +68,9 @@ def register(subparsers: Any) -> None:
                         "without --ray: track the in-process run only when given)")
     g.add_argument("--experiment", default="valor", metavar="NAME", help="MLflow experiment (default: %(default)s)")
     g.add_argument("--run-name", default=None, metavar="NAME", help="MLflow run name (default: ave-LOSS-time)")
+    g.add_argument("--fresh", action="store_true",
+                   help="start at epoch 1: without it, a --ray run of the same config and data that was interrupted "
+                        "(killed) resumes from its last checkpoint into its MLflow run")
     t.set_defaults(func=run_train)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -107,7 +110,7 @@ def _check(args: argparse.Namespace) -> Optional[str]:
         return problem
     if not args.ray:
         given = [f for f, v in (("--workers", args.workers), ("--gpu", args.use_gpu or None),
-                                ("--storage", args.storage)) if v is not None]
+                                ("--storage", args.storage), ("--fresh", args.fresh or None)) if v is not None]
         if given:
             return f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --ray"
     return None
@@ -172,7 +175,7 @@ def run_train(args: argparse.Namespace) -> int:
             o = ave_train_ray.train_ave_ray(cfg, data, data_meta=meta, workers=args.workers or 1,
                                             use_gpu=args.use_gpu, threads=threads, tracking_uri=args.tracking_uri,
                                             experiment=args.experiment, storage=args.storage,
-                                            run_name=args.run_name)
+                                            run_name=args.run_name, fresh=args.fresh)
         finally:
             shutdown()  # also stops the forwarding of worker logs, so the summary below stays the last stdout line
         print(f"run {o.run_id} ({o.tracking_uri}); checkpoint {o.checkpoint}", file=sys.stderr)

@@ -222,7 +222,6 @@ def _resume(task: EpochTask, rank: int) -> Progress:
 
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
-        task.restore_rng(None, 1)
         return Progress()
     device = next(task.core.parameters()).device
     with ckpt.as_directory() as d:
