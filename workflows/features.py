@@ -209,8 +209,10 @@ VALUE_BOUND = 1e30
 def corrupt_rows(values: np.ndarray, chunk: int = 256) -> np.ndarray:
     """(N,) bool: the rows of an (N, ...) float array holding a NaN / inf or a |value| > VALUE_BOUND (in chunks of
     rows: no full-size temporary)."""
-    flat = values.reshape(len(values), -1)
     out = np.zeros(len(values), bool)
+    if not len(values):
+        return out
+    flat = values.reshape(len(values), -1)
     for i in range(0, len(values), chunk):
         out[i:i + chunk] = ~(np.abs(flat[i:i + chunk]) <= VALUE_BOUND).all(axis=1)  # NaN compares False
     return out
