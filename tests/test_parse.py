@@ -68,7 +68,7 @@ def trained(tiny_teachers, tmp_path_factory):
     """A tiny clip_clap HAN trained in-process on 16 synth videos' teacher embeddings, with their dense GT as the
     segment targets (the `valor` loss), saved as a `valor train` checkpoint dir."""
     from valor_core.arrays import AVVPArrays
-    from valor_core.config import TeacherConfig, replace, to_dict
+    from valor_core.config import MediaConfig, TeacherConfig, replace, to_dict
     from valor_core.fit import configure_threads, fit
     from valor_core.media import decode
     from valor_core.presets import get_preset
@@ -80,11 +80,12 @@ def trained(tiny_teachers, tmp_path_factory):
     rng = np.random.default_rng(0)
     tcfg = TeacherConfig(device="cpu", batch_size=16)
     clip, clap = load_clip_teacher(tiny_teachers["clip"], tcfg), load_clap_teacher(tiny_teachers["clap"], tcfg)
+    media = MediaConfig(frame_size=clip.image_size[0])  # as `valor parse` decodes for this CLIP
     frames, audio, ga, gv = [], [], [], []
     for i in range(N_TRAIN):
         content = _content(rng, i)
         d = decode(write_video(root / f"train{i}.mp4", duration=10.0, fps=8, size=(160, 96), content=content,
-                               seed=i), f"train{i}")
+                               seed=i), f"train{i}", media)
         frames.append(d.frames)
         audio.append(d.audio)
         a, v = _dense(content, 10)
@@ -190,7 +191,9 @@ def test_png_failures_and_json_line(parsed, capsys):
     capsys.readouterr()
     assert main(parsed["argv"]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert last == {"videos": 2, "failed": 4, "out": str(out)}
+    assert {k: last[k] for k in ("videos", "failed", "out")} == {"videos": 2, "failed": 4, "out": str(out)}
+    assert set(last["video_s"]) == {"long", "short"} | {f"broken-{k}" for k in ("empty", "truncated", "not_video",
+                                                                                 "tiny")}
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +244,16 @@ def test_paper_feature_sets_need_the_backbones(monkeypatch):
         parse._paper_backbones("vggish_resnet_r2p1d", parse.NEEDS["vggish_resnet_r2p1d"][1])
 
 
+COLOUR = {"audio": (31, 119, 180), "visual": (255, 127, 14), "audio-visual": (44, 160, 44)}
+
+
+def _over_lane(event: dict) -> np.ndarray:
+    """The colour of an event's bar as drawn: its modality's colour at the opacity of its confidence over the lane's
+    #f0f0f0."""
+    a = event["confidence"]
+    return a * np.array(COLOUR[event["modality"]]) + (1 - a) * 240.0
+
+
 @contextlib.contextmanager
 def _chromium(tmp_path, height: int):
     """Debian's Chromium, headless, through playwright (a fresh profile; no background network), closed after."""
@@ -285,9 +298,9 @@ def test_page_in_a_headless_browser(parsed, tmp_path):
         box = bar.bounding_box()
         page.screenshot(path=str(shot), full_page=True)
         img = np.asarray(Image.open(shot).convert("RGB"))
-        px = tuple(int(x) for x in img[int(box["y"] + box["height"] / 2), int(box["x"] + box["width"] / 2)])
-        want = {"audio": (31, 119, 180), "visual": (255, 127, 14), "audio-visual": (44, 160, 44)}[first["modality"]]
-        assert px == want, (px, first)
+        px = img[int(box["y"] + box["height"] / 2), int(box["x"] + box["width"] - 3)].astype(int)  # clear of its number
+        want = _over_lane(first)
+        assert np.abs(np.array(px) - want).max() <= 2, (px, want, first)
         # click the last event of the long video: the player seeks to its start, and the cursor moves there
         page.wait_for_function("document.getElementById('video-0').readyState >= 1", timeout=10000)
         last = long["events"][-1]
@@ -298,9 +311,6 @@ def test_page_in_a_headless_browser(parsed, tmp_path):
                                "Number(document.querySelector('#timeline-0 rect.lane').getAttribute('x'))",
                                timeout=10000)
     assert errors == []
-    target = os.environ.get("VALOR_PARSE_SCREENSHOT")  # docs/parse.png is made this way (README)
-    if target:
-        shutil.copyfile(shot, target)
 
 
 # names that broke the page when it was filled by chained str.replace: the first injected an <img> whose onerror ran
@@ -353,16 +363,15 @@ def test_page_with_hostile_video_names_runs_no_script(hostile, tmp_path):
             assert page.locator(f"#timeline-{i} rect.lane").count() == 2 * len({e["class"] for e in r["events"]})
             page.wait_for_function(f"document.getElementById('video-{i}').readyState >= 1", timeout=10000)
         assert page.locator("section h2").all_text_contents() == names
-        assert page.locator("td").first.text_content() == HOSTILE_BROKEN
+        assert page.locator("#failures td").first.text_content() == HOSTILE_BROKEN
         assert page.locator("img").count() == 0 and page.locator("body script").count() == 2
         assert page.evaluate("window.__pwned") is None
         page.screenshot(path=str(shot), full_page=True)
         img = np.asarray(Image.open(shot).convert("RGB"))
-        want = {"audio": (31, 119, 180), "visual": (255, 127, 14), "audio-visual": (44, 160, 44)}
         for i, r in enumerate(results):
             box = page.locator(f"#timeline-{i} rect.event").first.bounding_box()
-            px = tuple(int(x) for x in img[int(box["y"] + box["height"] / 2), int(box["x"] + box["width"] / 2)])
-            assert px == want[r["events"][0]["modality"]], (i, px, r["events"][0])
+            px = img[int(box["y"] + box["height"] / 2), int(box["x"] + box["width"] - 3)].astype(int)
+            assert np.abs(px - _over_lane(r["events"][0])).max() <= 2, (i, px, r["events"][0])
     assert dialogs == [] and errors == []
 
 
@@ -376,7 +385,9 @@ def test_many_videos_through_ray_data_give_the_same_parse(parsed, tmp_path, caps
     argv = [a if a != str(parsed["out"]) else str(out) for a in parsed["argv"] if a != "--no-ray"]
     capsys.readouterr()
     assert main(argv + ["--ray", "--num-cpus", "2"]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"videos": 2, "failed": 4, "out": str(out)}
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {k: last[k] for k in ("videos", "failed", "out")} == {"videos": 2, "failed": 4, "out": str(out)}
+    assert last["model_loads"] == 1 and last["load_s"] > 0  # one actor, which loaded the models once
     assert not ray.is_initialized()  # the command stopped the Ray it started
     for vid in ("long", "short"):
         a, b = (json.loads((d / "parsed" / f"{vid}.json").read_text()) for d in (out, parsed["out"]))
@@ -440,3 +451,262 @@ def test_reserved_names_and_foreign_files_survive_a_rerun(trained, tmp_path, cap
     assert "kept 3 files valor did not write" in err and "my_holiday.mp4" in err
     assert all(path.read_bytes() == data for path, data in planted.items())
     assert read_marker(str(out))["kind"] == "parse" and (out / "index.html").read_text().startswith("<!")
+
+
+# --- issue 24 items 9-13: parse shows what it knows --------------------------------------------------------------------
+
+LONG35 = Content(visual=[(A, 3.0, 12.0), (A, 20.0, 31.0)], audio=[(A, 5.0, 9.0), (B, 14.0, 18.0), (B, 26.0, 33.0)])
+# the ground truth written for the 35-s clip (LLP format, seconds past 10 allowed): what it shows, less B's last part
+GT35 = {"audio": [(A, 5, 9), (B, 14, 18)], "visual": [(A, 3, 12), (A, 20, 31)]}
+
+
+def _blank_video(path: Path, tone_class: int) -> Path:
+    """10 s of black frames (no usable picture) with class `tone_class`'s tone throughout, made by ffmpeg."""
+    import subprocess
+
+    from valor_core.media.synth import class_tone
+
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=black:s=160x96:r=8:d=10",
+                    "-f", "lavfi", "-i", f"sine=frequency={class_tone(tone_class):.3f}:sample_rate=48000:duration=10",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path)], check=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def showcase(trained, tmp_path_factory):
+    """`valor parse --gt` (in-process) of a normal 10-s clip, one without an audio track, one of black frames, and a
+    35-s clip with LLP-format ground truth; the console and the --json line kept."""
+    from workflows.cli import main
+
+    vids = tmp_path_factory.mktemp("showcase-videos")
+    write_video(vids / "a_normal.mp4", duration=10.0, fps=8, size=(160, 96), seed=300,
+                content=Content(visual=[(A, 2.0, 8.0)], audio=[(A, 3.0, 6.0), (B, 6.0, 9.0)]))
+    write_video(vids / "b_no_audio.mp4", duration=10.0, fps=8, size=(160, 96), seed=301, audio=False,
+                content=Content(visual=[(A, 1.0, 7.0)]))
+    _blank_video(vids / "c_blank.mp4", B)
+    write_video(vids / "d_long35.mp4", duration=35.0, fps=8, size=(160, 96), seed=302, content=LONG35)
+    gt = tmp_path_factory.mktemp("showcase-gt")
+    for lane, rows in GT35.items():
+        (gt / f"{lane}.csv").write_text("filename\tonset\toffset\tevent_labels\n" + "".join(
+            f"d_long35\t{on}\t{off}\t{CLASSES[c]}\n" for c, on, off in rows))
+    out = tmp_path_factory.mktemp("showcase-out") / "run"
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with redirect_stdout(stdout), redirect_stderr(stderr):
+        rc = main(["parse", str(vids), "--checkpoint", trained["checkpoint"], "--clip", trained["clip"], "--clap",
+                   trained["clap"], "--out", str(out), "--no-ray", "--device", "cpu", "--json",
+                   "--gt", f"audio={gt / 'audio.csv'}", "--gt", f"visual={gt / 'visual.csv'}"])
+    names = ["a_normal", "b_no_audio", "c_blank", "d_long35"]
+    return {"rc": rc, "out": out, "names": names, "console": stderr.getvalue(),
+            "last": json.loads(stdout.getvalue().strip().splitlines()[-1]),
+            "json": {n: json.loads((out / "parsed" / f"{n}.json").read_text()) for n in names}}
+
+
+@pytest.mark.integration  # uses the module's trained tiny HAN (CPU minutes)
+def test_a_missing_modality_leaves_its_lane_empty_and_says_so(showcase):
+    """Item 9: a video without an audio track has no audio or audio-visual events, no audio probabilities, and says
+    "no audio track" in its JSON, the console and its PNG; black frames do the same for the visual lane."""
+    from PIL import Image
+
+    from workflows.timeline import timeline_figure
+
+    assert showcase["rc"] == 0
+    silent, blank, normal = (showcase["json"][n] for n in ("b_no_audio", "c_blank", "a_normal"))
+    assert silent["missing"] == {"audio": "no audio track"} and silent["segment_prob"]["audio"] is None
+    assert blank["missing"] == {"visual": "no usable frames"} and blank["segment_prob"]["visual"] is None
+    for r, lane in ((silent, "visual"), (blank, "audio")):  # the events are those of the lane it has, by definition
+        p, win = np.array(r["segment_prob"][lane]), np.array(r["global_prob"])[0] >= 0.5
+        on, off = (p >= 0.5) & win, np.zeros_like(p, bool)
+        want = find_events(*((off, on) if lane == "visual" else (on, off)), p, p, np.arange(11.0))
+        assert [(e["class"], e["modality"], e["start"], e["end"]) for e in r["events"]] == [
+            (e["class"], e["modality"], e["start"], e["end"]) for e in want]
+        assert {e["modality"] for e in r["events"]} <= {lane}
+    # B's tone plays throughout the black clip: heard, and only heard
+    assert [(e["class"], e["modality"], e["start"], e["end"]) for e in blank["events"]] == [
+        (CLASSES[B], "audio", 0.0, 10.0)]
+    assert normal["missing"] == {} and len(normal["segment_prob"]["audio"]) == 10
+    assert "b_no_audio: 10.0 s" in showcase["console"] and "no audio track: audio lane empty" in showcase["console"]
+    assert "no usable frames: visual lane empty" in showcase["console"]
+    fig = timeline_figure(silent)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "no audio track" in fig.axes[0].get_title() and texts.count("no audio track") == max(1, len(
+        {e["class"] for e in silent["events"]}))
+    img = np.asarray(Image.open(showcase["out"] / "parsed" / "b_no_audio.png").convert("RGB")).reshape(-1, 3)
+    assert ((img == (217, 217, 217)).all(axis=1)).sum() > 1000  # the hatched grey audio lanes
+
+
+@pytest.mark.integration  # uses the module's trained tiny HAN (CPU minutes)
+def test_a_long_video_says_how_it_was_cut(showcase):
+    """Item 10: a 35-s clip parsed as 4 windows of 10 one-second segments says so, not the uniform cut of the first
+    look at it."""
+    r = showcase["json"]["d_long35"]
+    assert (r["windows"], r["segments_per_window"], r["segments"], r["segment_seconds"]) == (4, 10, 35, 1.0)
+    assert "long_clip: 35.00 s vs 10 s nominal; parsed as 4 windows of 10 x 1 s segments, 35 kept" in r["issues"]
+    assert not any("uniform" in line for line in r["issues"]), r["issues"]
+    assert len(r["segment_prob"]["audio"]) == 35 and len(r["global_prob"]) == 4
+
+
+@pytest.mark.integration  # uses the module's trained tiny HAN (CPU minutes)
+def test_png_legend_clear_of_title_and_lanes_confidence_shown(showcase):
+    """Item 12: the legend's box overlaps neither the title nor the axes (the lanes); every bar is drawn at the
+    opacity of its confidence, and bars wide enough carry the number."""
+    from workflows.timeline import timeline_figure
+
+    for name, r in showcase["json"].items():
+        fig = timeline_figure(r)
+        fig.canvas.draw()
+        rd = fig.canvas.get_renderer()
+        ax, legend = fig.axes[0], fig.legends[0].get_window_extent(rd)
+        for part in (ax.title.get_window_extent(rd), ax.get_window_extent(rd), ax.xaxis.label.get_window_extent(rd)):
+            assert not legend.overlaps(part), (name, legend, part)
+        drawn = sorted(round(float(c.get_alpha()), 4) for c in ax.collections if c.get_alpha() is not None)
+        want = sorted(e["confidence"] for e in r["events"] for _ in range(2 if e["modality"] == "audio-visual" else 1))
+        assert drawn == pytest.approx(want, abs=1e-4), name
+        numbers = [t.get_text() for t in ax.texts if t.get_gid() == "confidence"]
+        wide = [e for e in r["events"] if e["end"] - e["start"] >= 2.0 * r["duration"] / 10]
+        assert all(f"{e['confidence']:.2f}" in numbers for e in wide), (name, numbers)
+
+
+@pytest.mark.integration  # uses the module's trained tiny HAN (CPU minutes)
+def test_models_load_once_and_a_failing_batch_never_loads_them(showcase, bare, tmp_path, capsys):
+    """Item 13: --json reports the models' load time apart from each video's time; four videos load them once; a
+    batch whose videos all fail is decoded first and never loads them (its checkpoint's weights file is garbage, so
+    a load would fail the videos as `parse` errors instead of their decode kinds)."""
+    from workflows.cli import main
+
+    last = showcase["last"]
+    assert last["model_loads"] == 1 and last["load_s"] > 0
+    assert set(last["video_s"]) == set(showcase["names"]) and all(s > 0 for s in last["video_s"].values())
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(bare["checkpoint"], ckpt)
+    for weights in ckpt.glob("*.pt"):
+        weights.write_bytes(b"not a checkpoint")
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    for kind in ("empty", "not_video", "tiny"):
+        write_broken(vids / f"{kind}.mp4", kind)
+    capsys.readouterr()
+    assert main(["parse", str(vids), "--checkpoint", str(ckpt), "--clip", bare["clip"], "--clap", bare["clap"],
+                 "--out", str(tmp_path / "out"), "--no-ray", "--device", "cpu", "--json"]) == 1
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (last["videos"], last["failed"], last["model_loads"], last["load_s"]) == (0, 3, 0, 0.0)
+    fails = json.loads((tmp_path / "out" / "failures.json").read_text())
+    assert {f["kind"] for f in fails} == {"empty", "not_video", "too_short"}
+
+
+def _gt_cells(r: dict, lane: str) -> int:
+    """The heat-map cells the ground truth covers in one lane (segments overlapping a GT span, per class)."""
+    edges = [min(j * r["segment_seconds"], r["duration"]) for j in range(r["segments"] + 1)]
+    return sum(1 for c in CLASSES for j in range(r["segments"])
+               if any(CLASSES[g] == c and g_on < edges[j + 1] and g_off > edges[j] for g, g_on, g_off in GT35[lane]))
+
+
+@pytest.fixture(scope="module")
+def twelve(trained, tmp_path_factory):
+    """`valor parse` (in-process) of 12 short videos: the page's index."""
+    from workflows.cli import main
+
+    vids = tmp_path_factory.mktemp("twelve-videos")
+    for i in range(12):
+        write_video(vids / f"clip{i:02d}.mp4", duration=10.0, fps=8, size=(160, 96), seed=400 + i,
+                    content=Content(audio=[(B, float(i % 5), float(i % 5 + 3))]))
+    out = tmp_path_factory.mktemp("twelve-out") / "run"
+    rc = main(["parse", str(vids), "--checkpoint", trained["checkpoint"], "--clip", trained["clip"], "--clap",
+               trained["clap"], "--out", str(out), "--no-ray", "--device", "cpu"])
+    return {"rc": rc, "out": out}
+
+
+@pytest.mark.integration  # uses the module's trained tiny HAN (CPU minutes)
+def test_page_shows_lanes_confidence_heat_map_table_gt_and_index(showcase, twelve, tmp_path):
+    """Item 11 in real headless Chromium: each player sits beside its timeline; lanes are labelled audio / visual
+    and a missing one is greyed and named; every bar's opacity is its confidence; the heat map has a cell per class
+    and segment of each lane the video has, shaded by the JSON's segment_prob; ticks every second (5 s on the 35-s
+    clip); the event table has a row per event and sorts by confidence; the 35-s clip's ground truth is outlined on
+    its timeline and heat map; the 12-video page opens with an index. The screenshots are the docs' (docs/parse/)."""
+    results = [showcase["json"][n] for n in showcase["names"]]
+    errors: list[str] = []
+    shots = {}
+    with _chromium(tmp_path, 1000) as browser:
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((showcase["out"] / "index.html").as_uri())
+        page.wait_for_function("document.querySelectorAll('rect.heat').length > 0", timeout=10000)
+        assert page.locator("#index tr").count() == 1 + len(results)
+        assert page.locator("#index a").all_text_contents() == showcase["names"]
+        for i, r in enumerate(results):
+            tl, pl = f"#timeline-{i}", page.locator(f"#video-{i}").bounding_box()
+            box = page.locator(tl).bounding_box()
+            assert pl["x"] + pl["width"] <= box["x"] and pl["y"] < box["y"] + box["height"], (i, pl, box)
+            classes = list(dict.fromkeys([e["class"] for e in r["events"]] + (
+                [CLASSES[c] for lane in ("audio", "visual") for c, _, _ in GT35[lane]] if i == 3 else [])))
+            classes = classes or ["(no events)"]
+            assert page.locator(f"{tl} text.class-label").all_text_contents() == classes
+            assert page.locator(f"{tl} text.lane-label").all_text_contents() == ["audio", "visual"] * len(classes)
+            missing = r["missing"]
+            assert page.locator(f"{tl} rect.missing").count() == len(missing) * len(classes)
+            assert page.locator(f"{tl} text.missing-label").all_text_contents() == [
+                why for _ in classes for lane, why in missing.items()]
+            opacity = page.eval_on_selector_all(f"{tl} rect.event", "es => es.map(e => +e.getAttribute("
+                                                                   "'fill-opacity'))")
+            assert sorted(opacity) == pytest.approx(sorted(
+                e["confidence"] for e in r["events"] for _ in range(2 if e["modality"] == "audio-visual" else 1)))
+            ticks = page.locator(f"{tl} text.tick-label").all_text_contents()
+            step = 5 if r["duration"] > 30 else 1
+            assert ticks == [f"{t}s" for t in range(0, int(r["duration"]) + 1, step)], (i, ticks)
+            assert page.locator(f"#heat-{i} text.missing-label").all_text_contents() == list(missing.values())
+            heat = np.array(page.eval_on_selector_all(f"#heat-{i} rect.heat", "es => es.map(e => +e.dataset.p)"))
+            want = np.concatenate([np.array(r["segment_prob"][lane]).T.ravel() for lane in ("audio", "visual")
+                                   if lane not in missing])
+            assert heat.shape == (25 * r["segments"] * (2 - len(missing)),) and np.allclose(heat, want), i
+            rows = page.locator(f"#events-{i} tbody tr")
+            assert rows.count() == len(r["events"])
+            page.locator(f"#events-{i} th[data-key=confidence]").click()
+            shown = [float(t) for t in page.locator(f"#events-{i} tbody tr td:nth-child(5)").all_text_contents()]
+            assert shown == sorted((round(e["confidence"], 3) for e in r["events"]), reverse=True)
+        # the 35-s clip's ground truth: one dashed outline per GT span on the timeline, outlined heat-map cells
+        assert page.locator("#timeline-3 rect.gt").count() == sum(len(v) for v in GT35.values())
+        assert page.locator("#heat-3 rect.gt-cell").count() == _gt_cells(results[3], "audio") + _gt_cells(
+            results[3], "visual")
+        assert page.locator("#timeline-0 rect.gt").count() == 0
+        for i, name in enumerate(("normal", "no-audio", "blank-frames", "long-35s-gt")):
+            shots[name] = tmp_path / f"{name}.png"
+            page.locator(f"#v{i}").screenshot(path=str(shots[name]))
+        page.goto((twelve["out"] / "index.html").as_uri())
+        page.wait_for_function("document.querySelectorAll('rect.heat').length > 0", timeout=10000)
+        assert twelve["rc"] == 0 and page.locator("#index tr").count() == 13
+        assert page.locator("#index a").all_text_contents() == [f"clip{i:02d}" for i in range(12)]
+        assert page.locator("#index a").nth(11).get_attribute("href") == "#v11"
+        shots["index-12"] = tmp_path / "index-12.png"
+        page.screenshot(path=str(shots["index-12"]))
+    assert errors == []
+    target = os.environ.get("VALOR_PARSE_DOCS")  # docs/parse/*.png are made this way (README)
+    if target:
+        for name, shot in shots.items():
+            shutil.copyfile(shot, Path(target) / f"{name}.png")
+
+
+def test_gt_files_are_checked_before_any_video_is_read(bare, tmp_path, capsys):
+    """--gt: the shipped LLP labels are found for an LLP id; a class outside the 25, a bad time, or labels for none of
+    the videos exit 2 with one line naming the file (and line), and nothing is written."""
+    from workflows.cli import main
+    from workflows.parse_gt import load_gt
+
+    llp = load_gt(["llp"], ["KSRjje7GH44_60_70", "mine"])
+    assert set(llp) == {"KSRjje7GH44_60_70"} and ["Speech", 0.0, 8.0] in llp["KSRjje7GH44_60_70"]["audio"]
+    video = tmp_path / "clip.mp4"
+    write_broken(video, "tiny")
+    ok = ["parse", str(video), "--checkpoint", bare["checkpoint"], "--clip", bare["clip"], "--clap", bare["clap"],
+          "--out", str(tmp_path / "o")]
+    for rows, message in ((["clip\t0\t4\tUnicorn"], ":2: 'Unicorn' is not one of the 25 LLP classes"),
+                          (["clip\t0\t4\tSpeech", "clip\tsoon\t4\tSpeech"], ":3: onset 'soon' is not a number"),
+                          (["other\t0\t4\tSpeech"], "no rows for any of the 1 video(s) (clip)")):
+        gt = tmp_path / "audio.csv"
+        gt.write_text("filename\tonset\toffset\tevent_labels\n" + "\n".join(rows) + "\n")
+        capsys.readouterr()
+        assert main(ok + ["--gt", f"audio={gt}"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()

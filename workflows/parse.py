@@ -1,7 +1,7 @@
 """`valor parse`: what happens in your own videos, when, and whether it is heard or seen.
 
     valor parse VIDEO... --checkpoint SPEC --out DIR [--clip SPEC] [--clap SPEC] [--weights NAME=PATH ...]
-                [--precision auto|fp32|bf16|fp16] [--ray | --no-ray] [--json]
+                [--precision auto|fp32|bf16|fp16] [--gt SPEC ...] [--ray | --no-ray] [--json]
 
 VIDEO: files, directories (their video files, not recursive) or s3:// URIs (an object, or a prefix). SPEC: anything
 `valor predict` takes (workflows/checkpoints.py): a checkpoint dir or file, a Ray Train run dir, an s3:// prefix, an
@@ -13,18 +13,23 @@ vggish_resnet_r2p1d and clip_clap_maps = the paper backbones of valor_core.backb
 recorded unless --weights names others, else the torch hub cache, in the precision its extraction ran in unless
 --precision is given, else auto), run the HAN, apply the official
 rule (valor_core.fit.decide) per window and turn the segments into events (valor_core.events: windows of T segments
-for videos longer than T x segment_seconds, merged across borders). Written into DIR (a new or empty dir, or an
+for videos longer than T x segment_seconds, merged across borders). Each video is decoded and checked before the models
+load (once per process, on the first video that decodes), so a batch whose videos all fail never loads them. A
+modality the video lacks (no/undecodable/all-zero audio; frames all one flat colour) is named in "missing" and its
+lane stays empty: no events of it or audio-visual ones, its segment_prob null. Written into DIR (a new or empty dir, or an
 earlier `valor parse` output, whose files are replaced; files valor did not write there are kept and reported):
     parsed/<id>.json  (per-video files in parsed/: no video id can collide with valor's own names)
-                   {"video", "source", "duration", "segments", "segment_seconds", "windows", "checkpoint", "features",
-                    "issues", "events": [{"class", "modality", "start", "end", "confidence"}],
-                    "segment_prob": {"audio": n x 25, "visual": n x 25}, "global_prob": windows x 25}
+                   {"video", "source", "duration", "segments", "segment_seconds", "windows", "segments_per_window",
+                    "checkpoint", "features", "missing": {lane: why}, "issues" (how it was cut, as parsed),
+                    "events": [{"class", "modality", "start", "end", "confidence"}],
+                    "segment_prob": {"audio": n x 25 | None, "visual": n x 25 | None}, "global_prob": windows x 25}
     parsed/<id>.png   the timeline (workflows.timeline)
-    index.html     every video with its timeline; a cursor follows playback, a click on an event seeks to it
+    index.html     every video with its timeline, event table and heat map (workflows.parse_page; --gt drawn over them)
     failures.json  [{"video", "source", "stage", "kind", "reason"}]: the videos that could not be parsed (media error
                    kinds of valor_core.media.errors); the batch goes on
 More than 8 videos (or --ray) go through Ray Data (an actor pool, each actor loads the model once);
-fewer run in this process without Ray. With --json the last line is {"videos": n, "failed": m, "out": DIR}.
+fewer run in this process without Ray. With --json the last line is {"videos": n, "failed": m, "out": DIR,
+"load_s": models' load time, "model_loads": k, "video_s": {id: its time after loading}}.
 """
 from __future__ import annotations
 
@@ -48,19 +53,21 @@ from valor_core.media import decode
 from valor_core.media.errors import MediaError
 from valor_core.teachers import TeacherError, load_clap_teacher, load_clip_teacher
 from valor_core.teachers.clap import check_clap_files
-from valor_core.teachers.clip import check_clip_files
+from valor_core.teachers.clip import check_clip_files, parse_clip_spec
 from valor_core.teachers.precision import PRECISIONS
 from workflows import objstore
 from workflows.checkpoints import (CheckpointError, config_from_dict, load_checkpoint_model, parse_official,
                                    resolve_checkpoint)
 from workflows.features import recorded_precision
 from workflows.outputs import LockedError, OwnershipError, claim, clear_owned, lock, read_marker, reserve, write_file
+from workflows.parse_gt import GTError, load_gt
 from workflows.parse_page import render_page
 from workflows.timeline import timeline_png
 
 VIDEO_EXT = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".ts", ".3gp")
 RAY_THRESHOLD = 8
 PARSED = "parsed"  # the per-video files' folder
+FLAT_FRAME = 8  # a frame whose pixel values spread over at most this many levels shows nothing (black, one colour)
 # TrainConfig.features -> (teachers, paper backbones) it is computed from, and the HAN input each column feeds
 NEEDS = {"clip_clap": (("clip", "clap"), ()),
          "vggish_resnet_r2p1d": ((), ("vggish", "res152", "r2plus1d")),
@@ -127,6 +134,7 @@ class ParserSpec:
     device: str = "auto"
     precision: str = "auto"  # teachers' and backbones' precision (default: what the features dataset's extraction used)
     media: Optional[dict] = None  # MediaConfig fields (default: the features dataset's, else MediaConfig())
+    features: str = "clip_clap"  # the checkpoint's TrainConfig.features
 
 
 def _paper_backbones(kind: str, names: tuple) -> Any:
@@ -210,20 +218,46 @@ def make_spec(checkpoint: str, *, clip: Optional[str] = None, clap: Optional[str
             raise ParseError(str(err)) from None
     precision = precision or recorded_source_precision(data.get("features")) or "auto"
     return ParserSpec(checkpoint=checkpoint, resolved=resolved, clip=clip, clap=clap, weights=dict(weights or {}),
-                      device=device, precision=precision, media=made.get("media"))
+                      device=device, precision=precision, media=made.get("media"), features=kind)
+
+
+def clip_input_size(spec: str, default: int) -> int:
+    """The image size a CLIP teacher spec's model takes, read from its model config (no weights loaded): a tiny
+    teacher's JSON, or open_clip's config of that model name; `default` when neither says."""
+    name, _, config_json = parse_clip_spec(spec)
+    if config_json is not None:
+        with open(config_json) as f:
+            vision = json.load(f).get("vision_cfg", {})
+    else:
+        import open_clip
+
+        vision = (open_clip.get_model_config(name) or {}).get("vision_cfg", {})
+    size = vision.get("image_size", default)
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
 class Parser:
-    """The model, its feature extractors and media settings, loaded once; `parse(source, id)` -> result dict."""
+    """The model, its feature extractors and media settings; `parse(source, id)` -> result dict. The models load on
+    the first video that decodes (`load`, once per Parser), so a batch whose videos all fail never loads them;
+    `load_seconds` is the time that took."""
 
     def __init__(self, spec: ParserSpec):
-        self.spec = spec
-        self.model, self.cfg, _ = load_checkpoint_model(spec.resolved)
-        self.kind = self.cfg.features
-        teachers, backbones = NEEDS[self.kind]
+        self.spec, self.kind = spec, spec.features
         self.media = build(MediaConfig, dict(spec.media)) if spec.media else MediaConfig()
-        if backbones:
+        if not spec.media and "clip" in NEEDS[self.kind][0]:  # frames at the CLIP teacher's input size
+            self.media = dataclasses.replace(self.media, frame_size=clip_input_size(spec.clip, self.media.frame_size))
+        if NEEDS[self.kind][1]:
             self.media = dataclasses.replace(self.media, frame_size=self.media.frame_size or 224)
+        self.loaded, self.load_seconds = False, 0.0
+
+    def load(self) -> None:
+        """Load the HAN and its feature extractors (once); ParseError when their widths do not fit."""
+        if self.loaded:
+            return
+        t0 = time.perf_counter()
+        spec = self.spec
+        self.model, self.cfg, _ = load_checkpoint_model(spec.resolved)
+        teachers, backbones = NEEDS[self.kind]
         tcfg = TeacherConfig(device=spec.device, precision=spec.precision)
         self.clip = load_clip_teacher(spec.clip, tcfg) if "clip" in teachers else None
         self.clap = load_clap_teacher(spec.clap, tcfg) if "clap" in teachers else None
@@ -234,7 +268,11 @@ class Parser:
                                                    spec.device, segments=self.media.segments,
                                                    precision=spec.precision) for n in backbones}
             self._compute = bb.compute_features
-        m = self.model.cfg
+        self._check_widths()
+        self.loaded, self.load_seconds = True, time.perf_counter() - t0
+
+    def _check_widths(self) -> None:
+        spec, m = self.spec, self.model.cfg
         maps = self.backbones.get("clap_maps")
         for role, dim, src, width in (("audio", m.audio_dim, self.clap, self.clap and self.clap.dim),
                                       ("audio", m.audio_dim, maps and f"CLAP {spec.clap} (maps)", maps and maps.width),
@@ -248,7 +286,7 @@ class Parser:
     def _decode(self, data, vid: str):
         """(decoded video, WindowPlan, frames (W, T, S, S, 3), dense (W, 8T, ...) or None, audio (W, T, L) or None)."""
         m, T = self.media, self.media.segments
-        dense_needed = bool(self.backbones)
+        dense_needed = bool(NEEDS[self.kind][1])
         d = decode(data, vid, dataclasses.replace(m, dense_frames=dense_needed))
         plan = plan_windows(d.duration, T, m.segment_seconds, m.length_policy)
         if not plan.windowed:
@@ -281,19 +319,19 @@ class Parser:
         return cols
 
     def parse(self, source: str, vid: str, opts: Optional[dict] = None) -> dict:
-        """The result dict (module doc) of one video; MediaError when it cannot be decoded."""
+        """The result dict (module doc) of one video; MediaError when it cannot be decoded (before any model loads)."""
         from valor_core.arrays import AVVPArrays
         from valor_core.fit import decide, predict_probs
 
         data = objstore.read_bytes(source, opts) if objstore.is_s3(source) else source
         d, plan, frames, dense, audio = self._decode(data, vid)
-        issues = [f"{e.kind}: {e.reason}" for e in d.issues]
+        missing = missing_lanes(d, frames)
+        self.load()
         T = self.media.segments
-        if audio is None:  # no (decodable) audio track: the audio streams see silence, and the JSON says so
+        if audio is None:  # no (decodable) audio track: the audio streams see silence; its lane stays empty
             seg = int(round(self.media.sample_rate * (plan.edges[1] - plan.edges[0] if not plan.windowed
                                                        else self.media.segment_seconds)))
             audio = np.zeros((plan.windows, T, max(seg, 1)), np.float32)
-            issues.append("audio missing: parsed as silence")
         cols = self._features(frames, dense, audio)
         W = plan.windows
         roles = {role: cols[col] for role, col in ROLES[self.kind].items()
@@ -304,15 +342,45 @@ class Parser:
         on_a, on_v = decide(segment_prob, global_prob)
         n = plan.kept
         pa, pv = stitch(segment_prob[:, :, 0], n), stitch(segment_prob[:, :, 1], n)
-        events = find_events(stitch(on_a, n), stitch(on_v, n), pa, pv, plan.edges)
+        on_a, on_v = (np.zeros((n, len(CLASSES)), bool) if lane in missing else stitch(on, n)
+                      for lane, on in (("audio", on_a), ("visual", on_v)))
+        events = find_events(on_a, on_v, pa, pv, plan.edges)
         for e in events:
             e.pop("segments")
         seg_s = float(plan.edges[1] - plan.edges[0])
+        prob = {lane: None if lane in missing else np.round(p, 5).tolist() for lane, p in (("audio", pa),
+                                                                                             ("visual", pv))}
         return {"video": vid, "source": source, "duration": round(float(d.duration), 3), "segments": int(n),
-                "segment_seconds": round(seg_s, 4), "windows": int(W), "checkpoint": self.spec.checkpoint,
-                "features": self.kind, "issues": issues, "events": events,
-                "segment_prob": {"audio": np.round(pa, 5).tolist(), "visual": np.round(pv, 5).tolist()},
+                "segment_seconds": round(seg_s, 4), "windows": int(W), "segments_per_window": int(T),
+                "checkpoint": self.spec.checkpoint, "features": self.kind, "missing": missing,
+                "issues": issue_lines(d, plan, self.media), "events": events, "segment_prob": prob,
                 "global_prob": np.round(global_prob, 5).tolist()}
+
+
+def missing_lanes(d, frames: np.ndarray) -> dict[str, str]:
+    """{"audio" | "visual": why} for the modality a video does not have: no audio track, an undecodable or all-zero
+    one; frames that are all one flat colour (FLAT_FRAME: the spread of a frame's pixel values). Its lane stays empty:
+    no audio (or visual) and no audio-visual events, no probabilities."""
+    out = {}
+    if d.audio_missing:
+        out["audio"] = "no audio track" if d.audio_reason == "no audio stream" else "audio undecodable"
+    elif "silent_audio" in d.issue_kinds():
+        out["audio"] = "silent audio track"
+    flat = frames.reshape(-1, int(np.prod(frames.shape[-3:]))).astype(np.float32)
+    levels = 255.0 if np.issubdtype(frames.dtype, np.floating) else 1.0  # float frames are in [0, 1]
+    if float((flat.max(axis=1) - flat.min(axis=1)).max()) * levels <= FLAT_FRAME:
+        out["visual"] = "no usable frames"
+    return out
+
+
+def issue_lines(d, plan, media: MediaConfig) -> list[str]:
+    """The decode issues as "kind: reason", saying how the video was actually cut: a long one as its windows."""
+    lines = [f"{e.kind}: {e.reason}" for e in d.issues if not (plan.windowed and e.kind == "long_clip")]
+    if plan.windowed:
+        lines.append(f"long_clip: {d.duration:.2f} s vs {plan.segments * media.segment_seconds:g} s nominal; parsed as "
+                     f"{plan.windows} windows of {plan.segments} x {media.segment_seconds:g} s segments, "
+                     f"{plan.kept} kept")
+    return lines
 
 
 def failure(vid: str, source: str, err: BaseException) -> dict:
@@ -324,12 +392,20 @@ def failure(vid: str, source: str, err: BaseException) -> dict:
 
 
 def parse_one(parser: Parser, vid: str, source: str, opts: Optional[dict] = None) -> dict:
-    """{"video", "source", "result" | None, "png" | None, "failure" | None}: never raises for a bad video."""
+    """{"video", "source", "result" | None, "png" | None, "failure" | None, "load_s", "video_s"}: never raises for a
+    bad video (a ParseError, the checkpoint's, goes up). load_s: the models' loading this video caused (0 after the
+    first); video_s: the rest of its time (decode, features, HAN, PNG)."""
+    t0, loaded = time.perf_counter(), parser.load_seconds
     try:
         result = parser.parse(source, vid, opts)
-        return {"video": vid, "source": source, "result": result, "png": timeline_png(result), "failure": None}
+        out = {"result": result, "png": timeline_png(result), "failure": None}
+    except ParseError:
+        raise
     except Exception as err:  # noqa: BLE001 - one bad video never stops the batch
-        return {"video": vid, "source": source, "result": None, "png": None, "failure": failure(vid, source, err)}
+        out = {"result": None, "png": None, "failure": failure(vid, source, err)}
+    load = parser.load_seconds - loaded
+    return {"video": vid, "source": source, **out, "load_s": round(load, 3),
+            "video_s": round(time.perf_counter() - t0 - load, 3)}
 
 
 # --- Ray Data: many videos -------------------------------------------------------------------------------------------
@@ -347,8 +423,8 @@ class ParseActor:
     def __call__(self, batch: dict) -> dict:
         outs = [parse_one(self.parser, str(v), str(s), self.opts) for v, s in zip(batch["video_id"], batch["source"])]
         return {"video_id": np.array([o["video"] for o in outs], dtype=object),
-                "record": np.array([json.dumps({k: o[k] for k in ("result", "failure")}) for o in outs],
-                                   dtype=object),
+                "record": np.array([json.dumps({k: o[k] for k in ("result", "failure", "load_s", "video_s")})
+                                    for o in outs], dtype=object),
                 "png": np.array([o["png"] or b"" for o in outs], dtype=object)}
 
 
@@ -373,8 +449,7 @@ def parse_with_ray(spec: ParserSpec, videos: list[tuple[str, str]], opts: Option
         sources = dict(videos)
         for row in ds.iter_rows():
             rec = json.loads(row["record"])
-            yield {"video": row["video_id"], "source": sources[row["video_id"]], "result": rec["result"],
-                   "png": row["png"] or None, "failure": rec["failure"]}
+            yield {"video": row["video_id"], "source": sources[row["video_id"]], "png": row["png"] or None, **rec}
     finally:
         shutdown()
 
@@ -403,14 +478,18 @@ def run_parse(inputs: list[str], checkpoint: str, out: str, *, clip: Optional[st
               precision: Optional[str] = None,
               use_ray: Optional[bool] = None, actors: int = 1, address: Optional[str] = None,
               num_cpus: Optional[int] = None, copy_videos: bool = False, tracking_uri: Optional[str] = None,
-              opts: Optional[dict] = None, log: Callable[[str], None] = print) -> dict:
-    """Parse every video of `inputs` into `out`; returns {"videos", "failed", "out", "seconds", "ray"}.
-    ParseError / OwnershipError / LockedError for bad input, before any model is built."""
+              gt: Optional[list[str]] = None, opts: Optional[dict] = None,
+              log: Callable[[str], None] = print) -> dict:
+    """Parse every video of `inputs` into `out`; returns {"videos", "failed", "out", "seconds", "ray", "load_s",
+    "model_loads", "video_s": {id: s}} (load_s: loading the models, summed over the processes that loaded them;
+    video_s: each video's own time after that). ParseError / GTError / OwnershipError / LockedError for bad input,
+    before any model is built."""
     t0 = time.time()
     if objstore.is_s3(out):
         raise ParseError(f"--out {out}: the page and pictures are written to a local directory; give a local --out")
     out = os.path.abspath(out)
     videos = list_videos(inputs, opts)
+    truth = load_gt(gt, [v for v, _ in videos]) if gt else {}
     spec = make_spec(checkpoint, clip=clip, clap=clap, weights=weights, device=device, tracking_uri=tracking_uri,
                      precision=precision)
     claim(out, "parse")
@@ -424,8 +503,11 @@ def run_parse(inputs: list[str], checkpoint: str, out: str, *, clip: Optional[st
         else:
             parser = Parser(spec)
             stream = (parse_one(parser, v, s, opts) for v, s in videos)
-        results, srcs, failures = [], [], []
+        results, srcs, failures, timing = [], [], [], {"load_s": 0.0, "model_loads": 0, "video_s": {}}
         for o in stream:
+            timing["load_s"] += o["load_s"]
+            timing["model_loads"] += o["load_s"] > 0
+            timing["video_s"][o["video"]] = o["video_s"]
             if o["failure"] is not None:
                 failures.append(o["failure"])
                 log(f"parse: {o['video']}: failed ({o['failure']['kind']}: {o['failure']['reason']})")
@@ -435,15 +517,17 @@ def run_parse(inputs: list[str], checkpoint: str, out: str, *, clip: Optional[st
             write_file(os.path.join(out, PARSED, f"{r['video']}.png"), o["png"])
             results.append(r)
             srcs.append(_page_src(out, r["video"], o["source"], copy_videos, opts))
-            log(f"parse: {r['video']}: {r['duration']:.1f} s, {len(r['events'])} event(s)")
+            lacks = "".join(f"; {why}: {lane} lane empty" for lane, why in r["missing"].items())
+            log(f"parse: {r['video']}: {r['duration']:.1f} s, {len(r['events'])} event(s){lacks}")
         order = {v: i for i, (v, _) in enumerate(videos)}
         keep = sorted(range(len(results)), key=lambda i: order[results[i]["video"]])
         results, srcs = [results[i] for i in keep], [srcs[i] for i in keep]
         failures.sort(key=lambda f: order[f["video"]])
         write_file(os.path.join(out, "failures.json"), json.dumps(failures, indent=1).encode())
-        write_file(os.path.join(out, "index.html"), render_page(results, srcs, failures, checkpoint).encode())
+        write_file(os.path.join(out, "index.html"), render_page(results, srcs, failures, checkpoint, truth).encode())
+    timing["load_s"] = round(timing["load_s"], 3)
     return {"videos": len(results), "failed": len(failures), "out": out, "seconds": round(time.time() - t0, 2),
-            "ray": ray_used}
+            "ray": ray_used, **timing}
 
 
 # --- CLI -------------------------------------------------------------------------------------------------------------
@@ -486,7 +570,12 @@ def register(sub: Any) -> None:
     p.add_argument("--copy-videos", action="store_true", help="copy local videos next to index.html "
                    "(s3:// videos always are)")
     p.add_argument("--tracking-uri", metavar="URI", help="with --checkpoint RUN: the MLflow store")
-    p.add_argument("--json", action="store_true", help='last line: {"videos": n, "failed": m, "out": DIR}')
+    p.add_argument("--gt", action="append", metavar="SPEC",
+                   help="ground truth drawn over the page's timelines and heat maps: `llp` (the shipped LLP "
+                        "annotations, for videos named by their LLP id), a directory of LLP dense files "
+                        "(AVVP_eval_audio.csv, AVVP_eval_visual.csv), or audio=FILE / visual=FILE; repeatable")
+    p.add_argument("--json", action="store_true", help='last line: {"videos": n, "failed": m, "out": DIR, '
+                   '"load_s": model loading, "model_loads": k, "video_s": {id: seconds after loading}}')
     p.set_defaults(func=_cli)
 
 
@@ -499,11 +588,14 @@ def _cli(args) -> int:
                       weights=_weights(args.weights), device=args.device, precision=args.precision,
                       use_ray=args.ray, actors=args.actors,
                       address=args.address, num_cpus=args.num_cpus, copy_videos=args.copy_videos,
-                      tracking_uri=args.tracking_uri, opts=objstore.s3_options(), log=log)
-    except (ParseError, OwnershipError, LockedError, objstore.StorageError) as err:
+                      tracking_uri=args.tracking_uri, gt=args.gt, opts=objstore.s3_options(), log=log)
+    except (ParseError, GTError, OwnershipError, LockedError, objstore.StorageError) as err:
         print(f"valor parse: error: {err}", file=sys.stderr)
         return 2
-    log(f"parse: {s['videos']} parsed, {s['failed']} failed in {s['seconds']:.1f} s -> {s['out']}/index.html")
+    per = s["video_s"].values()
+    log(f"parse: {s['videos']} parsed, {s['failed']} failed in {s['seconds']:.1f} s (models loaded in "
+        f"{s['load_s']:.1f} s, {sum(per) / max(1, len(per)):.1f} s a video after that) -> {s['out']}/index.html")
     if args.json:
-        print(json.dumps({"videos": s["videos"], "failed": s["failed"], "out": s["out"]}), flush=True)
+        print(json.dumps({k: s[k] for k in ("videos", "failed", "out", "load_s", "model_loads", "video_s")}),
+              flush=True)
     return 1 if s["videos"] == 0 and s["failed"] > 0 else 0
