@@ -16,6 +16,7 @@ import os
 import posixpath
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -151,6 +152,7 @@ def test_chaos_kill_restart_overlaps_keep_user_files_and_resume(tmp_path):
         finally:
             stopped_late = s3server.down(sdir)  # only when `valor storage down` itself failed
         assert not stopped_late and not s3server.status(sdir)["running"], f"SeaweedFS (pid {info.pid}) was running"
+        shutil.rmtree(sdir, ignore_errors=True)
 
 
 def _chaos(tmp: Path, sdir: str, info, mlflow, pads) -> None:
