@@ -56,14 +56,14 @@ def r2plus1d_frames(frames: np.ndarray, size: int = 112) -> np.ndarray:
 
 
 def clip_pixels(frames, size: int = 224):
-    """(N, H, W, 3) uint8 source frames (NumPy or a torch tensor, on any device) -> (N, size, size, 3) float32 in
-    [0, 1], same kind and device: ToTensor then Resize((size, size)) on the tensor, bilinear without antialias (VALOR
+    """(N, H, W, 3) uint8 source frames (NumPy or a torch tensor, on any device; float frames are taken as already in
+    [0, 1]) -> (N, size, size, 3) float32 in [0, 1], same kind and device: ToTensor then Resize((size, size)) on the tensor, bilinear without antialias (VALOR
     clip_preprocess.py under torchvision 0.13, whose tensor Resize did not antialias)."""
     import torch
     import torchvision.transforms.functional as TF
 
     x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
-    x = x.permute(0, 3, 1, 2).float().div(255.0)
+    x = x.permute(0, 3, 1, 2).float() if x.is_floating_point() else x.permute(0, 3, 1, 2).float().div(255.0)
     if tuple(x.shape[-2:]) != (size, size):
         x = TF.resize(x, [size, size], interpolation=TF.InterpolationMode.BILINEAR, antialias=False)
     x = x.permute(0, 2, 3, 1).contiguous()

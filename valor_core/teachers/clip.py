@@ -183,20 +183,13 @@ class CLIPTeacher(Teacher):
 
     def preprocess(self, frames) -> "torch.Tensor":  # noqa: F821
         """(B, H, W, 3) frames (host array or device tensor) -> normalised fp32 (B, 3, S, S) on the teacher's device:
-        uint8 frames of any size get VALOR's resize (valor_core.media.geometry.clip_pixels); float32 frames in [0, 1]
-        (the decoder's frame_geometry "official") already had it."""
-        import torch
-
+        VALOR's resize (valor_core.media.geometry.clip_pixels) of uint8 frames of any size, or of float32 frames in
+        [0, 1] (the decoder's frame_geometry "official", already at media.frame_size: a no-op for 224-px models)."""
         if getattr(frames, "ndim", 0) != 4 or frames.shape[-1] != 3:
             raise ValueError(f"frames must be (B, H, W, 3) uint8, got {tuple(getattr(frames, 'shape', ()))}")
         x = prec.upload(frames, self.device) if not hasattr(frames, "device") or frames.device != self.device \
             else frames
-        if x.dtype == torch.uint8:  # source-size (or squashed) frames: VALOR's ToTensor + Resize
-            x = geometry.clip_pixels(x, self.image_size[0])
-        x = x.permute(0, 3, 1, 2).float()
-        if tuple(x.shape[-2:]) != self.image_size:
-            raise ValueError(f"float frames must already be {self.image_size} (media.frame_size), got "
-                             f"{tuple(x.shape[-2:])}")
+        x = geometry.clip_pixels(x, self.image_size[0]).permute(0, 3, 1, 2)  # VALOR's ToTensor + Resize
         return (x - self.mean) / self.std
 
     def _embed(self, frames):
