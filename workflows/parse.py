@@ -16,8 +16,8 @@ rule (valor_core.fit.decide) per window and turn the segments into events (valor
 for videos longer than T x segment_seconds, merged across borders). Each video is decoded and checked before the models
 load (once per process, on the first video that decodes), so a batch whose videos all fail never loads them. A
 modality the video lacks (no/undecodable/all-zero audio; frames all one flat colour) is named in "missing" and its
-lane stays empty: no events of it or audio-visual ones, its segment_prob null. Written into DIR (a new or empty dir, or an
-earlier `valor parse` output, whose files are replaced; files valor did not write there are kept and reported):
+lane stays empty: no events of it or audio-visual ones, its segment_prob null. Written into DIR (a new or empty dir,
+or an earlier `valor parse` output, whose files are replaced; files valor did not write there are kept and reported):
     parsed/<id>.json  (per-video files in parsed/: no video id can collide with valor's own names)
                    {"video", "source", "duration", "segments", "segment_seconds", "windows", "segments_per_window",
                     "checkpoint", "features", "missing": {lane: why}, "issues" (how it was cut, as parsed),
