@@ -73,7 +73,8 @@ def feed_loop(config: dict) -> None:
     import ray.train
     import torch
 
-    from workflows.train_ray import _batches, shard_indices
+    from workflows.ray_train_harness import rank_batches
+    from workflows.train_ray import shard_indices
 
     torch.set_num_threads(int(config["threads"]))
     ctx = ray.train.get_context()
@@ -88,7 +89,7 @@ def feed_loop(config: dict) -> None:
         t0 = time.perf_counter()
         rows = 0
         if config["mode"] == "arrays":
-            batches = _batches(tensors, shard_indices(n, world, rank, 0, epoch), config["batch"])
+            batches = rank_batches(tensors, shard_indices(n, world, rank, 0, epoch), config["batch"])
         else:
             batches = shard.iter_torch_batches(batch_size=config["batch"],
                                                local_shuffle_buffer_size=config["batch"] * 8, drop_last=True)

@@ -331,7 +331,9 @@ def test_cli_naive_matches_reference(split, capsys):
     naive = np.repeat(weak[:, None, :], 10, axis=1)
     ref, _ = ref_evaluate(naive, naive, ga, gv)
     assert out["split"] == split and out["videos"] == len(ids)
-    assert set(out) == {"split", "videos", "segment", "event", "fidelity"}
+    assert set(out) == {"split", "videos", "videos_scored", "videos_in_split", "official_comparable", "segment",
+                        "event", "fidelity"}
+    assert out["videos_scored"] == out["videos_in_split"] == len(ids) and out["official_comparable"] is True
     for level in ("segment", "event"):
         assert list(out[level]) == list(M.SCORE_KEYS)
         for k in M.SCORE_KEYS:

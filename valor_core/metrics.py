@@ -286,11 +286,17 @@ def label_fidelity(pred: np.ndarray, gt: np.ndarray) -> float:
     return micro_f(tp, fp, fn)
 
 
-def score_split(split, audio: np.ndarray, visual: np.ndarray) -> dict:
+def score_split(split, audio: np.ndarray, visual: np.ndarray, videos_in_split: Optional[int] = None) -> dict:
     """`valor evaluate --json`'s object for 0/1 predictions aligned to an LLPSplit with dense GT: split, videos, the ten
-    official numbers (segment and event level) and the label fidelity, in percent with 2 decimals."""
+    official numbers (segment and event level) and the label fidelity, in percent with 2 decimals.
+
+    `videos_in_split` (default: all of `split`) is how many videos the whole split has: scores on fewer videos say so
+    (`videos_scored` < `videos_in_split`) and are not comparable with the official numbers (`official_comparable`)."""
     s = evaluate(audio, visual, split.audio_gt, split.visual_gt)
-    out: dict = {"split": split.name, "videos": int(len(split))}
+    scored = int(len(split))
+    total = scored if videos_in_split is None else int(videos_in_split)
+    out: dict = {"split": split.name, "videos": scored, "videos_scored": scored, "videos_in_split": total,
+                 "official_comparable": scored == total}
     out.update(s.as_dict(decimals=2))
     out["fidelity"] = {
         "audio": round(label_fidelity(audio, split.audio_gt), 2),

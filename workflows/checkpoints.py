@@ -113,6 +113,14 @@ def read_state(path: str) -> dict:
         return json.load(f)
 
 
+def read_meta(path: str) -> dict:
+    """A resolved checkpoint's config.json ({"train", "data", ...}); {} for an official spec, which records none."""
+    if parse_official(path) is not None:
+        return {}
+    with open(os.path.join(path, "config.json")) as f:
+        return json.load(f)
+
+
 def read_best_weights(path: str) -> dict:
     """Checkpoint dir `path`'s best-val weights (best_model.pt, on the CPU)."""
     return load_weights(os.path.join(path, "best_model.pt"), error=CheckpointError)

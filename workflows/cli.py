@@ -18,7 +18,7 @@ from workflows import refine_ma
 from workflows import parse as parse_cmd
 from workflows import ave_data
 from workflows.pipeline import cli as pipeline_cli
-from workflows.runtime import QUIET_ENV
+from workflows.runtime import DEBUG_ENV, QUIET_ENV
 
 COMMANDS = (
     evaluate,  # valor evaluate
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.debug:
+        os.environ[DEBUG_ENV] = "1"  # every line Ray's workers print reaches the terminal (workflows.runtime)
         return int(args.func(args) or 0)
     try:
         return int(args.func(args) or 0)

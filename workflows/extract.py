@@ -57,6 +57,7 @@ from workflows.features import (RUNS, SCHEMA_VERSION, STAGING, VALUE_BOUND, clea
 from workflows.manifest import Entry, ManifestError, read_manifest
 from workflows.outputs import LockedError, OwnershipError, claim, lock, record_run
 from workflows.runtime import code_version, start_ray
+from workflows.trainset import annotations_record
 
 # --- stages (run inside Ray tasks/actors) ----------------------------------------------------------------------------
 
@@ -606,7 +607,7 @@ def run_extract(manifest: str, videos: str, clip: Optional[str], clap: Optional[
     made_with["preprocessing"] = {k: AUDIO_PREPROCESSING[k] for k in features if k in AUDIO_PREPROCESSING}
     if media.frame_grid == "ffmpeg" and media.frame_geometry == "official":  # each frame column's official script
         made_with["preprocessing"].update({k: geometry.OFFICIAL[k] for k in features if k in geometry.OFFICIAL})
-    marker = claim(out, "features", opts=opts, meta={"teachers": made_with})
+    marker = claim(out, "features", opts=opts, meta={"teachers": made_with, **annotations_record(manifest)})
     if "imported" in marker:
         raise OwnershipError(f"{out} holds released features imported by `valor import llp`: extract into another "
                              "--out")

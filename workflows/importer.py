@@ -47,6 +47,7 @@ from workflows.features import (RELEASED_LABELS, RUNS, SCHEMA_VERSION, STAGING, 
                                 failures_uri, fixed_list)
 from workflows.manifest import Entry
 from workflows.outputs import LockedError, OwnershipError, claim, lock, record_run
+from workflows.trainset import annotations_record
 from workflows.released import (ImportInputError, ImportProblem, load_released, npy_name, released_folders,
                                 released_uri)
 from workflows.runtime import code_version, start_ray
@@ -193,7 +194,7 @@ def run_import(feats: Optional[str], out: str, *, clip: Optional[str] = None, cl
         objstore.check_reachable(uri, opts)
     folders = released_folders(roots, opts)
     entries = llp_entries(annotations, log)
-    marker = claim(out, "features", opts=opts, meta={"imported": folders})
+    marker = claim(out, "features", opts=opts, meta={"imported": folders, **annotations_record(out, annotations)})
     if "imported" not in marker:
         raise OwnershipError(f"{out} is a features dataset of `valor extract`, not of `valor import`: choose another "
                              "--out")

@@ -11,6 +11,10 @@ Ray is imported) and never serves a dashboard unless asked (then on 127.0.0.1 to
 under ~/.cache/valor/ray (pid + start time): a driver killed with SIGKILL cannot stop them, so the next start_ray stops
 the ones whose driver is gone (by pid and start time, never by name).
 
+What Ray's workers print (placement-group and health-check warnings, NumPy warnings, Ray Train's set-up lines, Gloo)
+reaches the user's terminal only with `valor --debug` ($VALOR_DEBUG=1, set by the CLI); otherwise only the lines valor
+itself prints in a worker (they start with "[valor") are shown (`_valor_lines_only`).
+
 The environment a worker needs (offline HF caches of the tiny teachers, quiet-library switches, Ray Train's health-check
 interval) travels in the driver's runtime_env `env_vars`: the variables whose names start with FORWARD_ENV_PREFIXES,
 plus the caller's `env`. Credentials never do (`workflows.config.is_secret_env`): on a local Ray the workers inherit the
@@ -41,6 +45,8 @@ QUIET_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 LOOPBACK = "127.0.0.1"
+DEBUG_ENV = "VALOR_DEBUG"  # "1" (`valor --debug`): every line Ray's workers print reaches the terminal
+VALOR_LINE = "[valor"  # how the lines valor prints in a worker start (e.g. "[valor train] rank 0: resumed ...")
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray binds its processes to 127.0.0.1 (read at import)
 
 
@@ -148,6 +154,29 @@ def _loopback_only() -> None:
         constants.ENABLE_RAY_CLUSTER = False
 
 
+def _valor_lines_only(handler: Callable[[dict], None]) -> Callable[[dict], None]:
+    """Ray's worker-log printer, given only the lines valor printed in a worker."""
+    def handle(batch: dict) -> None:
+        lines = [ln for ln in batch.get("lines") or () if ln.lstrip().startswith(VALOR_LINE)]
+        if lines:
+            handler({**batch, "lines": lines})
+
+    return handle
+
+
+def _quiet_worker_logs() -> None:
+    """Unless $VALOR_DEBUG=1: wrap the handler through which Ray prints its workers' output on this driver (Ray's
+    `ray_print_logs` handler of the worker-stream dispatcher; left as it is if Ray's internals differ)."""
+    if os.environ.get(DEBUG_ENV) == "1":
+        return
+    with contextlib.suppress(ImportError, AttributeError):
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+        with dispatcher._lock:
+            dispatcher.handlers = [(name, _valor_lines_only(h) if name == "ray_print_logs" else h)
+                                   for name, h in dispatcher.handlers]
+
+
 def start_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None, num_gpus: Optional[int] = None,
               namespace: Optional[str] = None, object_store_memory: Optional[int] = None,
               include_dashboard: bool = False, env: Optional[dict] = None, log_to_driver: bool = True,
@@ -175,6 +204,7 @@ def start_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None, 
         if include_dashboard:
             kwargs["dashboard_host"] = LOOPBACK
     ctx = ray.init(**{k: v for k, v in kwargs.items() if v is not None})
+    _quiet_worker_logs()
     url = getattr(ctx, "dashboard_url", None)
     if url and log is not None:
         log(f"Ray dashboard: {url if '://' in url else 'http://' + url}")

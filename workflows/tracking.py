@@ -186,6 +186,19 @@ def set_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
     client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
+def subset_tags(results: Mapping[str, Mapping[str, Any]], prefix: str = "final") -> dict[str, str]:
+    """The tags that say on how much of each split a run was scored: `valor.<prefix>.<split>.videos_scored`,
+    `...videos_in_split`, and `valor.<prefix>.official_comparable` (false when any split was scored on a subset)."""
+    tags = {}
+    for split, scores in results.items():
+        tags[f"valor.{prefix}.{split}.videos_scored"] = str(scores.get("videos_scored", scores.get("videos")))
+        tags[f"valor.{prefix}.{split}.videos_in_split"] = str(scores.get("videos_in_split", scores.get("videos")))
+    if results:
+        comparable = all(s.get("official_comparable", True) for s in results.values())
+        tags[f"valor.{prefix}.official_comparable"] = str(comparable).lower()
+    return tags
+
+
 def scores_flat(scores: Mapping[str, Mapping[str, float]], prefix: str) -> dict[str, float]:
     """{"segment": {...}, "event": {...}} -> {"<prefix>.segment.audio": ..., ...} (the ten numbers)."""
     return {f"{prefix}.{lvl}.{k}": float(scores[lvl][k]) for lvl in LEVELS for k in KEYS}

@@ -25,7 +25,8 @@ from valor_core.configio import ConfigError, apply_overrides, build
 from valor_core.presets import PRESETS, get_preset
 from workflows.outputs import OwnershipError, claim
 from workflows.runtime import start_ray
-from workflows.trainset import DataError, load_training_data
+from workflows.evaluate import subset_note
+from workflows.trainset import DataError, follow_data, load_training_data
 
 
 def register(subparsers) -> None:
@@ -48,7 +49,9 @@ def register(subparsers) -> None:
                    help="a `valor harvest` output URI (default: the harvest beside the features, else harvested on "
                         "the fly with the run's thresholds)")
     g.add_argument("--annotations", default=None, metavar="DIR",
-                   help="LLP annotation CSVs (default: $VALOR_ANNOTATIONS, else the LLP files shipped with valor)")
+                   help="LLP annotation CSVs with the dense val/test GT (default: the ones the features dataset "
+                        "records, e.g. the demo corpus's; else $VALOR_ANNOTATIONS, else the LLP files shipped with "
+                        "valor)")
     g.add_argument("--workers", type=int, default=2, metavar="N", help="Ray Train DDP workers (default %(default)s)")
     g.add_argument("--epochs", type=int, default=None, metavar="E", help="epochs (default: the preset's; same as "
                    "--set optim.epochs=E)")
@@ -175,9 +178,18 @@ def main(args) -> int:
     return run(args, cfg)
 
 
+def sets_features(args) -> bool:
+    """Whether the user chose the feature kind (`--set features=...`): then the data's kind does not replace it."""
+    return any(o.partition("=")[0].strip() == "features" for o in getattr(args, "overrides", None) or [])
+
+
 def run(args, cfg: TrainConfig) -> int:
     """Train `cfg` as the parsed `args` say; prints the summary (or with --json one JSON line, last)."""
     try:
+        if not sets_features(args):  # the preset's kind, unless the dataset holds only the CLIP/CLAP embeddings
+            cfg, note = follow_data(cfg, args.features)
+            if note:
+                print(f"valor train: {note}", file=sys.stderr)
         data, cfg, meta = load_training_data(args.features, cfg, labels=args.labels,
                                              annotations=args.annotations, max_train=args.max_train_videos)
     except (DataError, FileNotFoundError, ValueError) as err:
@@ -206,6 +218,7 @@ def run(args, cfg: TrainConfig) -> int:
         for split in ("val", "test"):
             s = getattr(outcome, split)
             if s:
+                print(f"  {split:4s} {subset_note(s) or str(s['videos']) + ' videos'}")
                 print(f"  {split:4s} segment " + " ".join(f"{k}={v:.2f}" for k, v in s["segment"].items()))
                 print(f"  {split:4s} event   " + " ".join(f"{k}={v:.2f}" for k, v in s["event"].items()))
     return 0

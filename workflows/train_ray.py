@@ -248,9 +248,11 @@ def _run_tags(cfg, data_meta: dict) -> dict:
 
 def finish(ckpt_dir: str, data: dict, cfg, *, tracking_uri: Optional[str], run_id: Optional[str],
            make_figures: bool = True) -> TrainOutcome:
-    """Best-val weights -> final val/test scores; with a run: final metrics, checkpoint, labels, figures."""
+    """Best-val weights -> final val/test scores (on a subset of a split: said in the scores and the run's tags);
+    with a run: final metrics, subset tags, checkpoint, labels, figures."""
     model, cfg_loaded, meta = load_checkpoint_model(ckpt_dir)
     state = read_state(ckpt_dir)
+    in_split = meta.get("data", {}).get("videos_in_split", {})  # the whole split's size (trainset.split_sizes)
     results: dict[str, Any] = {}
     preds: dict[str, tuple] = {}
     for split in ("val", "test"):
@@ -260,7 +262,8 @@ def finish(ckpt_dir: str, data: dict, cfg, *, tracking_uri: Optional[str], run_i
         pa, pv = predict(model, arrays)
         preds[split] = (pa, pv)
         results[split] = score_split(LLPSplit(name=split, video_ids=arrays.video_ids, weak=arrays.weak,
-                                        audio_gt=arrays.audio_gt, visual_gt=arrays.visual_gt), pa, pv)
+                                        audio_gt=arrays.audio_gt, visual_gt=arrays.visual_gt), pa, pv,
+                                     videos_in_split=in_split.get(split))
     outcome = TrainOutcome(run_id=run_id, tracking_uri=tracking_uri, val=results.get("val"), test=results.get("test"),
                            epochs=int(state["epoch"]), best_epoch=int(state["best_epoch"]), checkpoint=ckpt_dir,
                            storage="", history=state.get("history", []))
@@ -270,6 +273,7 @@ def finish(ckpt_dir: str, data: dict, cfg, *, tracking_uri: Optional[str], run_i
             metrics.update(tracking.scores_flat(scores, f"final.{split}"))
             metrics.update({f"final.{split}.fidelity.{k}": v for k, v in scores.get("fidelity", {}).items()})
         tracking.log_metrics(tracking_uri, run_id, metrics, step=int(state["epoch"]))
+        tracking.set_tags(tracking_uri, run_id, tracking.subset_tags(results))
         tracking.log_dir(tracking_uri, run_id, ckpt_dir, "checkpoint")
         data_meta = meta.get("data", {})
         tracking.log_json(tracking_uri, run_id, {"labels": data_meta.get("labels"),

@@ -50,11 +50,14 @@ from valor_core.arrays import AVVPArrays
 from valor_core.classes import NUM_SEGMENTS
 from valor_core.config import replace
 from valor_core.labels import harvest_labels, modality_agnostic, thresholds_for
-from valor_core.llp import default_annotations, load_split
+from valor_core.llp import (DEFAULT_ANNOTATIONS, EVAL_AUDIO, EVAL_VISUAL, SPLIT_FILES, default_annotations,
+                            load_split)
+from valor_core.presets import PRESETS
 from valor_core.sim import SimConfig, parse_sim_source, simulate
 from valor_core.tuning_objective import LogitsError
 from workflows.features import (RELEASED, MixError, check_mix, check_values, column_array, features_dataset,
                                 labels_complete, labels_uri, read_labels)
+from workflows.outputs import read_marker
 
 SPLITS = ("train", "val", "test")
 EMBEDDINGS = "clip_clap"  # the extraction embeddings: the one feature kind whose sizes follow the data
@@ -98,6 +101,83 @@ def parse_source(source: str) -> tuple[str, Any, dict]:
     except ValueError as err:
         raise DataError(str(err)) from None
     return ("sim", sim[0], sim[1]) if sim is not None else ("uri", str(source), {})
+
+
+# --- defaults that follow the data: its annotations and its feature kind -----------------------------------------------
+
+
+def annotations_record(manifest: str, annotations: Optional[str] = None) -> dict:
+    """What a features dataset's marker records of its annotations ({"annotations": DIR} or {}): `annotations` when
+    given and not the LLP files shipped with valor, else the local folder of `manifest` when it holds the LLP
+    annotation files of its videos (the dense val/test GT beside the manifest, as the demo corpus has it)."""
+    if annotations:
+        here = os.path.abspath(annotations) if "://" not in annotations else annotations
+        return {} if here == DEFAULT_ANNOTATIONS else {"annotations": here}
+    folder = os.path.dirname(os.path.abspath(manifest)) if "://" not in str(manifest) else None
+    files = (SPLIT_FILES["val"], SPLIT_FILES["test"], EVAL_AUDIO, EVAL_VISUAL)
+    if folder and all(os.path.isfile(os.path.join(folder, f)) for f in files):
+        return {"annotations": folder}
+    return {}
+
+
+def recorded_annotations(source: str) -> Optional[str]:
+    """The annotations dir a features dataset records in its marker (`valor extract` of a corpus whose manifest sits
+    beside its LLP annotation files, e.g. the demo corpus; `valor import llp --annotations DIR`), else None."""
+    if parse_source(source)[0] == "sim":
+        return None
+    marker = read_marker(str(source).rstrip("/")) or {}
+    return marker.get("annotations") or None
+
+
+def annotations_for(features: Union[str, Sequence[str]], given: Optional[str] = None) -> str:
+    """The annotations a run uses: `given` (--annotations), else the one the features dataset(s) record (all the
+    same), else $VALOR_ANNOTATIONS or the LLP files shipped with valor."""
+    if given:
+        return given
+    recorded = {recorded_annotations(s) for s in source_list(features)}
+    return recorded.pop() if len(recorded) == 1 and None not in recorded else default_annotations()
+
+
+def data_kinds(names: Sequence[str]) -> list[str]:
+    """The feature kinds (INPUTS) whose every column a dataset with columns `names` holds."""
+    def has(col: str) -> bool:
+        return col in names or ALIASES.get(col) in names
+
+    return [kind for kind, cols in INPUTS.items() if all(has(c) for c in cols.values())]
+
+
+def _kind_fix(names: Sequence[str], what: str = "") -> str:
+    """"; it holds <what> features: <the fix>" -- what a user types to train on what the dataset holds: `--set
+    features=clip_clap` for the embeddings (the one kind whose sizes follow the data), else a preset of the dataset's
+    kind; "" when it holds no kind."""
+    kinds = data_kinds(names)
+    if EMBEDDINGS in kinds:
+        return f"; it holds {what or 'CLIP/CLAP'} features: train on them with --set features={EMBEDDINGS}"
+    for kind in kinds:
+        presets = [name for name, p in PRESETS.items() if p.features == kind]
+        if presets:
+            return f"; it holds {what or kind} features: use --preset {' or --preset '.join(presets[:2])}"
+    return ""
+
+
+def follow_data(cfg, features: Union[str, Sequence[str]]) -> tuple[Any, Optional[str]]:
+    """(cfg, note): a preset whose feature kind the dataset(s) lack trains on the CLIP/CLAP embeddings they hold (the
+    one kind whose sizes follow the data); the note says so. Anything else is left to the checks that name the fix."""
+    sources = source_list(features)
+    if any(parse_source(s)[0] == "sim" for s in sources):
+        return cfg, None
+    kinds = [set(data_kinds(features_dataset(s).schema.names)) for s in sources]
+    common = set.intersection(*kinds) if kinds else set()
+    if cfg.features in common or EMBEDDINGS not in common:
+        return cfg, None
+    note = (f"preset {cfg.preset} reads {cfg.features}; {', '.join(sources)} holds CLIP/CLAP embeddings: training "
+            f"{cfg.preset} on them (features={EMBEDDINGS}; --set features={cfg.features} insists on the preset's)")
+    return replace(cfg, features=EMBEDDINGS), note
+
+
+def split_sizes(annotations: str, splits) -> dict[str, int]:
+    """{split: videos of the whole val/test split in the annotations}: what a score on fewer videos is a subset of."""
+    return {s: int(len(load_split(annotations, s))) for s in splits if s in ("val", "test")}
 
 
 # --- model input sizes follow the data --------------------------------------------------------------------------------
@@ -222,8 +302,7 @@ def _input_columns(uri: str, cfg, names: list[str]) -> dict[str, str]:
         cols = dict(INPUTS[EMBEDDINGS])
         missing = [c for c in ("video_id", "weak", *cols.values()) if c not in names]
         if missing:
-            hint = ("; it holds imported features: train it with features=vggish_resnet_r2p1d or clip_clap_maps"
-                    if any(c in names for c in RELEASED) else "")
+            hint = _kind_fix(names, "imported" if any(c in names for c in RELEASED) else "")
             raise DataError(f"features {uri}: column(s) {', '.join(missing)} missing (has {', '.join(names)}){hint}")
         return cols
     shapes = preset_shapes(cfg)
@@ -232,7 +311,7 @@ def _input_columns(uri: str, cfg, names: list[str]) -> dict[str, str]:
     for role, col in cols.items():
         if col not in names:
             raise DataError(f"preset {cfg.preset} needs column {col} {shapes[role]}; the dataset has none ({uri}: "
-                            f"{', '.join(names)})")
+                            f"{', '.join(names)}){_kind_fix(names)}")
     if "weak" not in names or "video_id" not in names:
         raise DataError(f"features {uri}: columns video_id and weak needed (has {', '.join(names)})")
     return cols
@@ -306,7 +385,8 @@ def _load_uri(uri: str, annotations: str, splits, cfg) -> tuple[dict, dict]:
             where = gt.index()
             keep = np.array([where.get(v, -1) for v in a.video_ids.tolist()])
             if (keep < 0).all():
-                raise DataError(f"features {uri}: none of its {split} videos is in the LLP {split} annotations")
+                raise DataError(f"features {uri}: none of its {len(keep)} {split} videos is in the {split} "
+                                f"annotations of {annotations}: pass --annotations DIR (the dense GT of these videos)")
             a = a.take(np.flatnonzero(keep >= 0))
             keep = keep[keep >= 0]
             a.audio_gt, a.visual_gt = gt.audio_gt[keep], gt.visual_gt[keep]
@@ -417,9 +497,10 @@ def load_training_data(features: Union[str, Sequence[str]], cfg, *, labels: Opti
                        annotations: Optional[str] = None, splits=SPLITS, max_train: Optional[int] = None,
                        max_eval: Optional[int] = None):
     """({split: AVVPArrays}, cfg with input sizes adapted to the data, meta for MLflow). `features`: one source, or
-    several features datasets trained on as one (module doc)."""
-    annotations = annotations or default_annotations()
+    several features datasets trained on as one (module doc). Annotations: `annotations`, else the ones the
+    dataset records (annotations_for)."""
     sources = source_list(features)
+    annotations = annotations_for(sources, annotations)
     kind, value, overrides = parse_source(sources[0])
     if cfg.loss == "ma-refined" and not labels:  # MA stage 3: modality-aware labels only, never VALOR's
         raise DataError(f"preset {cfg.preset} (loss ma-refined) needs --labels: a `valor refine ma` output")
@@ -448,16 +529,17 @@ def load_training_data(features: Union[str, Sequence[str]], cfg, *, labels: Opti
     meta = {"features": sources[0] if len(sources) == 1 else sources, "labels": labels_used,
             "annotations": os.path.abspath(annotations) if "://" not in annotations else annotations,
             "videos": {k: int(len(v)) for k, v in data.items()}, "thresholds": thresholds, "teachers": teachers,
-            "adapted": {k: list(v) for k, v in changed.items()}, "max_train": max_train}
+            "adapted": {k: list(v) for k, v in changed.items()}, "max_train": max_train,
+            "videos_in_split": split_sizes(annotations, data)}
     return data, cfg, meta
 
 
 def load_eval_split(features: Union[str, Sequence[str]], split: str, cfg,
                     annotations: Optional[str] = None) -> AVVPArrays:
     """One val/test split's features (with GT) for scoring a checkpoint trained with `cfg` (`features`: one source or
-    several datasets, as load_training_data)."""
-    annotations = annotations or default_annotations()
+    several datasets, as load_training_data; annotations: as load_training_data)."""
     sources = source_list(features)
+    annotations = annotations_for(sources, annotations)
     kind, value, overrides = parse_source(sources[0])
     if len(sources) > 1:
         data, _, _, _ = _load_mixed(sources, annotations, (split,), cfg, None, with_labels=False)
