@@ -204,6 +204,17 @@ class MediaConfig:
     # "official" = decode at source size, then each official script's resize/crop (valor_core.media.geometry);
     # "squash" = decoder resize to frame_size x frame_size without crop (valor before issue 22)
     frame_geometry: Literal["official", "squash"] = "official"
+    # "decode" = the decoded frames themselves (no JPEG: the lossless side of the official path, faster);
+    # "ffmpeg-jpeg" = the JPEG files `ffmpeg -i V -r 8 %06d.jpg` writes (ffmpeg's default MJPEG quality), read with PIL
+    # as the official scripts read them (valor_core.media.ffmpeg_jpeg; needs the ffmpeg program)
+    frame_source: Literal["decode", "ffmpeg-jpeg"] = "decode"
+
+    def __post_init__(self) -> None:
+        if self.frame_source == "ffmpeg-jpeg" and (self.frame_grid, self.frame_geometry, self.frame_sampling) != (
+                "ffmpeg", "official", "linspace8fps"):
+            raise ValueError("media.frame_source ffmpeg-jpeg reads the JPEGs of `ffmpeg -r 8` as the official scripts "
+                             "do: it needs media.frame_grid ffmpeg, frame_geometry official and frame_sampling "
+                             f"linspace8fps (got {self.frame_grid}, {self.frame_geometry}, {self.frame_sampling})")
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------

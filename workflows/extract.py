@@ -44,7 +44,7 @@ from valor_core.classes import NUM_CLASSES
 from valor_core.config import MediaConfig, TeacherConfig, to_dict
 from valor_core.media import decode
 from valor_core import provenance
-from valor_core.media import geometry
+from valor_core.media import ffmpeg_jpeg, geometry
 from valor_core.teachers import clap as clap_teacher
 from valor_core.teachers.clap import check_clap_files
 from valor_core.teachers.clip import check_clip_files
@@ -605,8 +605,7 @@ def run_extract(manifest: str, videos: str, clip: Optional[str], clap: Optional[
             made_with["features"]["vggish_pca"] = cfg.vggish_pca
     made_with["weights"] = weights_record(features, clip, clap, cfg)
     made_with["preprocessing"] = {k: AUDIO_PREPROCESSING[k] for k in features if k in AUDIO_PREPROCESSING}
-    if media.frame_grid == "ffmpeg" and media.frame_geometry == "official":  # each frame column's official script
-        made_with["preprocessing"].update({k: geometry.OFFICIAL[k] for k in features if k in geometry.OFFICIAL})
+    made_with["preprocessing"].update({k: v for k, v in geometry.frame_preprocessing(media).items() if k in features})
     marker = claim(out, "features", opts=opts, meta={"teachers": made_with, **annotations_record(manifest)})
     if "imported" in marker:
         raise OwnershipError(f"{out} holds released features imported by `valor import llp`: extract into another "
@@ -646,6 +645,8 @@ def check_features(cfg: ExtractConfig, clip: Optional[str], clap: Optional[str],
         raise backbone_lib.MissingWeights(
             f"vggish PCA params {cfg.vggish_pca!r} not found: download {vggish.PCA_URL} on a machine with network "
             "access and copy it here (or leave --vggish-pca empty: no postprocessing)")
+    if media.frame_source == "ffmpeg-jpeg":
+        ffmpeg_jpeg.ffmpeg_binary()  # FfmpegFailed naming the program, before any video is decoded
     if any(backbone_lib.BACKBONES[k].input == "frames" for k in features if k in backbone_lib.BACKBONES):
         media = dataclasses.replace(media, dense_frames=True)
     return features, media

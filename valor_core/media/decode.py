@@ -28,6 +28,7 @@ import io
 import math
 import os
 import struct
+import subprocess
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -36,7 +37,7 @@ import numpy as np
 from valor_core.config import MediaConfig
 from valor_core.media import audio as official_audio
 from valor_core.media import errors as E
-from valor_core.media import frame_sync, geometry
+from valor_core.media import ffmpeg_jpeg, frame_sync, geometry
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
@@ -396,15 +397,11 @@ def _decode_video(reader_src, probe: _Probe, video_id: str, cfg: MediaConfig, is
                 issues.append(E.VariableFrameRate(
                     video_id, f"frame durations {d.min() * 1e3:.1f}-{d.max() * 1e3:.1f} ms (median {med * 1e3:.1f})"))
                 notes.append("variable frame rate: frames picked by presentation time")
-        idx, didx = _pick_frames(reader_src, starts, duration, fps, cfg)
-        unique = np.unique(idx if didx is None else np.concatenate([idx, didx]))
-        try:
-            batch = vr.get_batch(unique.tolist()).asnumpy()
-        except Exception as err:  # noqa: BLE001
-            raise E.DecodeFailed(video_id, f"decoding frames failed: {str(err).splitlines()[0][:300]}") from None
-        pos = {int(i): j for j, i in enumerate(unique)}
-        frames = batch[[pos[int(i)] for i in idx]]
-        dense = batch[[pos[int(i)] for i in didx]] if didx is not None else None
+        if cfg.frame_source == "ffmpeg-jpeg":
+            frames, dense, idx, didx = _jpeg_frames(reader_src, starts, fps, cfg, video_id, notes)
+        else:
+            idx, didx = _pick_frames(reader_src, starts, duration, fps, cfg)
+            frames, dense = _decoded_frames(vr, idx, didx, video_id)
     finally:
         del vr
     small = None
@@ -429,6 +426,50 @@ def _decode_video(reader_src, probe: _Probe, video_id: str, cfg: MediaConfig, is
                       size=(src_w, src_h), dense_small=small)
 
 
+def _decoded_frames(vr, idx: np.ndarray, didx: Optional[np.ndarray], video_id: str):
+    """The source frames `idx` (and the stack `didx`) decoded by decord, each decoded once."""
+    unique = np.unique(idx if didx is None else np.concatenate([idx, didx]))
+    try:
+        batch = vr.get_batch(unique.tolist()).asnumpy()
+    except Exception as err:  # noqa: BLE001
+        raise E.DecodeFailed(video_id, f"decoding frames failed: {str(err).splitlines()[0][:300]}") from None
+    pos = {int(i): j for j, i in enumerate(unique)}
+    return batch[[pos[int(i)] for i in idx]], batch[[pos[int(i)] for i in didx]] if didx is not None else None
+
+
+def _jpeg_frames(reader_src, starts: np.ndarray, avg_fps: float, cfg: MediaConfig, video_id: str, notes: list):
+    """frame_source "ffmpeg-jpeg": the JPEGs `ffmpeg -r grid_fps` writes (valor_core.media.ffmpeg_jpeg), picked at the
+    same positions as the decoded path and read with PIL -> (frames, stack, their source frame indices from the
+    replayed grid)."""
+    src = reader_src()
+    try:
+        files = ffmpeg_jpeg.jpeg_files(src.getvalue() if hasattr(src, "getvalue") else src, cfg.grid_fps)
+    except (ffmpeg_jpeg.FfmpegFailed, OSError, subprocess.SubprocessError) as err:
+        raise E.DecodeFailed(video_id, str(err)[:500]) from None
+    grid = _ffmpeg_grid(reader_src, starts, cfg.grid_fps, avg_fps)
+    if len(grid) != len(files):
+        notes.append(f"ffmpeg wrote {len(files)} JPEGs where {len(grid)} were expected: frame indices approximate")
+        grid = grid[np.minimum(np.arange(len(files)), len(grid) - 1)]
+    pos, dpos = grid_positions(len(files), cfg)
+    unique = np.unique(pos if dpos is None else np.concatenate([pos, dpos]))
+    pixels = ffmpeg_jpeg.decode_jpegs([files[i] for i in unique])
+    at = np.searchsorted(unique, pos)
+    dense = pixels[np.searchsorted(unique, dpos)] if dpos is not None else None
+    return pixels[at], dense, grid[pos], grid[dpos] if dpos is not None else None
+
+
+def grid_positions(n_written: int, cfg: MediaConfig) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Which of the n frames `ffmpeg -r grid_fps` writes the official scripts read: round(linspace(0, N - 1, T)) for
+    the T frames and round(linspace(0, N - 1, 8T)) for the stack (cfg.dense_frames, else None); N = n (uniform) or
+    the grid frames of the first T x segment_seconds (pad_trim: the last frame repeated past the end)."""
+    T = int(cfg.segments)
+    n = n_written if cfg.length_policy == "uniform" else grid_count(T * cfg.segment_seconds, cfg.grid_fps)
+    per = int(round(cfg.grid_fps * cfg.segment_seconds))
+    pos = np.minimum(linspace_positions(n, T), n_written - 1)
+    dpos = np.minimum(linspace_positions(n, per * T), n_written - 1) if cfg.dense_frames else None
+    return pos, dpos
+
+
 def _pick_frames(reader_src, starts: np.ndarray, duration: float, avg_fps: float, cfg: MediaConfig
                  ) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """Source frame indices of the T frames and (cfg.dense_frames) of the 8T-frame stack.
@@ -440,11 +481,8 @@ def _pick_frames(reader_src, starts: np.ndarray, duration: float, avg_fps: float
     T = int(cfg.segments)
     if cfg.frame_grid == "ffmpeg" and cfg.frame_sampling == "linspace8fps":
         grid = _ffmpeg_grid(reader_src, starts, cfg.grid_fps, avg_fps)
-        n = len(grid) if cfg.length_policy == "uniform" else grid_count(T * cfg.segment_seconds, cfg.grid_fps)
-        per = int(round(cfg.grid_fps * cfg.segment_seconds))
-        idx = grid[np.minimum(linspace_positions(n, T), len(grid) - 1)]
-        didx = grid[np.minimum(linspace_positions(n, per * T), len(grid) - 1)] if cfg.dense_frames else None
-        return idx, didx
+        pos, dpos = grid_positions(len(grid), cfg)
+        return grid[pos], grid[dpos] if dpos is not None else None
     times = sample_grid(duration, T, cfg.grid_fps, cfg.frame_sampling, cfg.length_policy, cfg.segment_seconds)
     didx = None
     if cfg.dense_frames:

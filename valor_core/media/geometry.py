@@ -12,7 +12,8 @@ same library calls to the decoded source-size frames (valor_core.media.decode, `
 
 The uint8 results are exactly what those scripts hand to ToTensor; the CLIP result is exactly the tensor VALOR
 normalises (kept channels-last, (N, S, S, 3), like the frames). `OFFICIAL` names the script and version each
-feature column records in the dataset provenance.
+feature column records in the dataset provenance; `frame_preprocessing` is that record for a media config (with
+`frame_source: ffmpeg-jpeg` it names the JPEG round trip, so decoded and JPEG datasets are never mixed silently).
 """
 from __future__ import annotations
 
@@ -28,6 +29,17 @@ OFFICIAL = {
     "clip": "VALOR utils/extract_frames.py (ffmpeg -r 8) + utils/clip_preprocess.py (ToTensor, Resize((224, 224)) "
             "bilinear without antialias, torchvision 0.13); valor frames v2",
 }
+
+JPEG_ROUND_TRIP = "; frames read from ffmpeg's default-quality MJPEG files with PIL (media.frame_source ffmpeg-jpeg)"
+
+
+def frame_preprocessing(media) -> dict:
+    """{frame column: the official preprocessing it follows} under `media` (a MediaConfig); {} where the frame choice
+    or geometry is not the official one (frame_grid "pts" / frame_geometry "squash": valor's before issue 22)."""
+    if media.frame_grid != "ffmpeg" or media.frame_geometry != "official":
+        return {}
+    suffix = JPEG_ROUND_TRIP if media.frame_source == "ffmpeg-jpeg" else ""
+    return {k: v + suffix for k, v in OFFICIAL.items()}
 
 
 def _pil_each(frames: np.ndarray, transform) -> np.ndarray:
