@@ -53,7 +53,7 @@ from valor_core.media import decode
 from valor_core.media.errors import MediaError
 from valor_core.teachers import TeacherError, load_clap_teacher, load_clip_teacher
 from valor_core.teachers.clap import check_clap_files
-from valor_core.teachers.clip import check_clip_files, parse_clip_spec
+from valor_core.teachers.clip import check_clip_files
 from valor_core.teachers.precision import PRECISIONS
 from workflows import objstore
 from workflows.checkpoints import (CheckpointError, config_from_dict, load_checkpoint_model, parse_official,
@@ -221,19 +221,17 @@ def make_spec(checkpoint: str, *, clip: Optional[str] = None, clap: Optional[str
                       device=device, precision=precision, media=made.get("media"), features=kind)
 
 
-def clip_input_size(spec: str, default: int) -> int:
-    """The image size a CLIP teacher spec's model takes, read from its model config (no weights loaded): a tiny
-    teacher's JSON, or open_clip's config of that model name; `default` when neither says."""
-    name, _, config_json = parse_clip_spec(spec)
-    if config_json is not None:
-        with open(config_json) as f:
-            vision = json.load(f).get("vision_cfg", {})
-    else:
-        import open_clip
+# what a media record made before a MediaConfig field existed was decoded with (valor before issue 22's frames)
+MEDIA_BEFORE = {"frame_grid": "pts", "frame_geometry": "squash"}
 
-        vision = (open_clip.get_model_config(name) or {}).get("vision_cfg", {})
-    size = vision.get("image_size", default)
-    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+def recorded_media(record: Optional[dict]) -> MediaConfig:
+    """The media settings `valor extract` decoded the checkpoint's features with: the features dataset's record
+    (a field it lacks: MEDIA_BEFORE's value, what that extraction used), else `valor extract`'s default MediaConfig()
+    (frames at its frame_size, 224: the CLIP teacher resizes them to its own input size, as in extraction)."""
+    if not record:
+        return MediaConfig()
+    return build(MediaConfig, {**MEDIA_BEFORE, **dict(record)})
 
 
 class Parser:
@@ -243,9 +241,7 @@ class Parser:
 
     def __init__(self, spec: ParserSpec):
         self.spec, self.kind = spec, spec.features
-        self.media = build(MediaConfig, dict(spec.media)) if spec.media else MediaConfig()
-        if not spec.media and "clip" in NEEDS[self.kind][0]:  # frames at the CLIP teacher's input size
-            self.media = dataclasses.replace(self.media, frame_size=clip_input_size(spec.clip, self.media.frame_size))
+        self.media = recorded_media(spec.media)
         if NEEDS[self.kind][1]:
             self.media = dataclasses.replace(self.media, frame_size=self.media.frame_size or 224)
         self.loaded, self.load_seconds = False, 0.0
@@ -303,7 +299,9 @@ class Parser:
         dw.duration = d.duration
         return dw, plan, frames, dense, audio
 
-    def _features(self, frames, dense, audio) -> dict[str, np.ndarray]:
+    def _features(self, frames, dense, audio, whole=None) -> dict[str, np.ndarray]:
+        """The feature columns of W windows; `whole` (the decoded clip, when it is one window) gives the audio
+        backbones the clip's own wave at its own rate and R(2+1)D its own frame stack, exactly as `valor extract`."""
         W = frames.shape[0]
         cols: dict[str, np.ndarray] = {}
         if self.clip is not None:
@@ -311,9 +309,13 @@ class Parser:
         if self.clap is not None:
             cols["clap"] = self.clap.segment_logits(list(audio))[1]
         if self.backbones:
-            waves = [a.reshape(-1) for a in audio]
-            out = self._compute(list(self.backbones), dense, waves, self.media.sample_rate, self.backbones,
-                                self.spec.device, segments=self.media.segments)
+            waves, rate, small = [a.reshape(-1) for a in audio], self.media.sample_rate, None
+            if whole is not None and getattr(whole, "wave", None) is not None:
+                waves, rate = [whole.wave], whole.wave_rate
+            if whole is not None and getattr(whole, "dense_small", None) is not None:
+                small = whole.dense_small[None]
+            out = self._compute(list(self.backbones), dense, waves, rate, self.backbones,
+                                self.spec.device, segments=self.media.segments, frames_small=small)
             cols.update({name: np.asarray(out[name]).reshape((W,) + np.asarray(out[name]).shape[-2:])
                          for name in self.backbones})
         return cols
@@ -332,7 +334,7 @@ class Parser:
             seg = int(round(self.media.sample_rate * (plan.edges[1] - plan.edges[0] if not plan.windowed
                                                        else self.media.segment_seconds)))
             audio = np.zeros((plan.windows, T, max(seg, 1)), np.float32)
-        cols = self._features(frames, dense, audio)
+        cols = self._features(frames, dense, audio, whole=None if plan.windowed else d)
         W = plan.windows
         roles = {role: cols[col] for role, col in ROLES[self.kind].items()
                  if role == "audio" or getattr(self.model.cfg, {"frames": "frame_dim", "clips": "clip_dim"}[role])}
