@@ -5,7 +5,9 @@ Sampling (METHOD-NOTES, "VALOR teachers, as run for the paper"):
   presentation timestamps, so variable frame rates sample correctly); the T frames are grid frames
   round(linspace(0, N8 - 1, T)) (`frame_sampling="linspace8fps"`, the paper's) or one per segment at its middle
   (`"per_segment"`). Resized by the decoder to frame_size x frame_size *without cropping*. Optional dense stack:
-  8 grid frames per segment (80 for T = 10).
+  8 grid frames per segment (80 for T = 10). `frame_source` "ffmpeg-jpeg": the same picks, but the pixels are the JPEG
+  files the installed ffmpeg writes for `-r 8`, read with PIL as the official scripts read them
+  (valor_core.media.ffmpeg_jpeg); "decode" (default): the decoded frames.
 - Audio: as VALOR's clap_preprocess.py reads it with librosa.load(sr=48000): the whole stream at its own rate
   (FFmpeg's int16 samples, channel mean), soxr HQ to 48 kHz, T segments of len // T samples starting at
   round(linspace(0, len, T + 1)) (valor_core.media.audio). `wave` keeps the native-rate clip for the audio backbones.
