@@ -165,7 +165,7 @@ def test_read_only_commands_create_nothing(tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout) == [] and list(tmp_path.iterdir()) == []
     r = _valor("evaluate", "--split", "val", "--checkpoint", "0123abcd", "--tracking-uri",
                f"sqlite:///{tmp_path}/none.db", cwd=tmp_path)
-    assert r.returncode == 1 and "no MLflow store" in r.stderr and list(tmp_path.iterdir()) == []
+    assert r.returncode == 1 and "neither a checkpoint path nor a run id" in r.stderr and list(tmp_path.iterdir()) == []
     r = _valor("run", "--config", REPO / "configs" / "local.yaml", f"paths.videos={tmp_path / 'v'}",
                f"paths.annotations={tmp_path / 'v'}", f"paths.output={tmp_path / 'o'}", f"paths.work={tmp_path / 'w'}",
                "--plan", cwd=tmp_path, timeout=120)
