@@ -712,3 +712,27 @@ def test_gt_files_are_checked_before_any_video_is_read(bare, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()
+
+
+def test_gt_llp_means_the_annotations_the_run_trained_with(bare, tmp_path):
+    """Issue 24 item 2 for parse: `--gt llp` reads the LLP annotations the checkpoint's run recorded (a demo corpus's
+    GT), else the ones shipped with valor."""
+    from workflows.checkpoints import read_best_weights, read_meta, save_checkpoint_dir
+    from workflows.parse import make_spec
+    from workflows.parse_gt import load_gt
+
+    ann = tmp_path / "corpus"
+    ann.mkdir()
+    (ann / "AVVP_eval_audio.csv").write_text("filename\tonset\toffset\tevent_labels\nmine_0_10\t1\t4\tDog\n")
+    (ann / "AVVP_eval_visual.csv").write_text("filename\tonset\toffset\tevent_labels\nmine_0_10\t2\t5\tCat\n")
+    meta = read_meta(bare["checkpoint"])
+    state = read_best_weights(bare["checkpoint"])
+    ckpt = save_checkpoint_dir(str(tmp_path / "ckpt"), model_state=state, best_state=state, optimizer_state=None,
+                               state={}, config={"train": meta["train"], "data": {"annotations": str(ann)}})
+    spec = make_spec(ckpt, clip=bare["clip"], clap=bare["clap"])
+    assert spec.annotations == str(ann)
+    assert load_gt(["llp"], ["mine_0_10"], llp=spec.annotations) == {
+        "mine_0_10": {"audio": [["Dog", 1.0, 4.0]], "visual": [["Cat", 2.0, 5.0]]}}
+    shipped = make_spec(bare["checkpoint"], clip=bare["clip"], clap=bare["clap"])
+    assert shipped.annotations is None  # the shipped LLP files: an LLP id finds its labels there
+    assert load_gt(["llp"], ["4YdbENYcIyE_23_33"], llp=shipped.annotations)["4YdbENYcIyE_23_33"]["audio"]

@@ -62,6 +62,7 @@ from workflows.features import recorded_precision
 from workflows.outputs import LockedError, OwnershipError, claim, clear_owned, lock, read_marker, reserve, write_file
 from workflows.parse_gt import GTError, load_gt
 from workflows.parse_page import render_page
+from workflows.trainset import annotations_for
 from workflows.timeline import timeline_png
 
 VIDEO_EXT = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".ts", ".3gp")
@@ -135,6 +136,7 @@ class ParserSpec:
     precision: str = "auto"  # teachers' and backbones' precision (default: what the features dataset's extraction used)
     media: Optional[dict] = None  # MediaConfig fields (default: the features dataset's, else MediaConfig())
     features: str = "clip_clap"  # the checkpoint's TrainConfig.features
+    annotations: Optional[str] = None  # the LLP annotations its run trained with (`--gt llp`), else the shipped ones
 
 
 def _paper_backbones(kind: str, names: tuple) -> Any:
@@ -217,8 +219,10 @@ def make_spec(checkpoint: str, *, clip: Optional[str] = None, clap: Optional[str
         except Exception as err:  # noqa: BLE001 - BackboneError / MissingWeights: one line naming the file
             raise ParseError(str(err)) from None
     precision = precision or recorded_source_precision(data.get("features")) or "auto"
+    annotations = data.get("annotations") or (annotations_for(data["features"]) if data.get("features") else None)
     return ParserSpec(checkpoint=checkpoint, resolved=resolved, clip=clip, clap=clap, weights=dict(weights or {}),
-                      device=device, precision=precision, media=made.get("media"), features=kind)
+                      device=device, precision=precision, media=made.get("media"), features=kind,
+                      annotations=annotations)
 
 
 # what a media record made before a MediaConfig field existed was decoded with (valor before issue 22's frames)
@@ -491,9 +495,9 @@ def run_parse(inputs: list[str], checkpoint: str, out: str, *, clip: Optional[st
         raise ParseError(f"--out {out}: the page and pictures are written to a local directory; give a local --out")
     out = os.path.abspath(out)
     videos = list_videos(inputs, opts)
-    truth = load_gt(gt, [v for v, _ in videos]) if gt else {}
     spec = make_spec(checkpoint, clip=clip, clap=clap, weights=weights, device=device, tracking_uri=tracking_uri,
                      precision=precision)
+    truth = load_gt(gt, [v for v, _ in videos], llp=spec.annotations) if gt else {}
     claim(out, "parse")
     with lock(out, f"valor parse -> {out}"):
         clear_owned(out, log=log)
@@ -573,8 +577,9 @@ def register(sub: Any) -> None:
                    "(s3:// videos always are)")
     p.add_argument("--tracking-uri", metavar="URI", help="with --checkpoint RUN: the MLflow store")
     p.add_argument("--gt", action="append", metavar="SPEC",
-                   help="ground truth drawn over the page's timelines and heat maps: `llp` (the shipped LLP "
-                        "annotations, for videos named by their LLP id), a directory of LLP dense files "
+                   help="ground truth drawn over the page's timelines and heat maps: `llp` (the LLP annotations "
+                        "the checkpoint's run trained with, else the shipped ones, for videos named by their LLP id), "
+                        "a directory of LLP dense files "
                         "(AVVP_eval_audio.csv, AVVP_eval_visual.csv), or audio=FILE / visual=FILE; repeatable")
     p.add_argument("--json", action="store_true", help='last line: {"videos": n, "failed": m, "out": DIR, '
                    '"load_s": model loading, "model_loads": k, "video_s": {id: seconds after loading}}')

@@ -2,14 +2,16 @@
 
 A file holds tab-separated rows `filename  onset  offset  event_labels` (a header line first), as the LLP dense files
 AVVP_eval_audio.csv and AVVP_eval_visual.csv: class `event_labels` is active from `onset` to `offset` seconds (any
-length: a 35-s video's labels may reach 35) in the video whose id is `filename`. --gt takes `llp` (the LLP annotations
-shipped with valor: an LLP id such as `4YdbENYcIyE_23_33.mp4` finds its labels), a directory holding the two LLP dense
-files, or `audio=FILE` / `visual=FILE` (repeatable).
+length: a 35-s video's labels may reach 35) in the video whose id is `filename`. --gt takes `llp` (the LLP
+annotations the checkpoint's run trained with -- a demo corpus's GT, say -- else those shipped with valor: an LLP id
+such as `4YdbENYcIyE_23_33.mp4` finds its labels), a directory holding the two LLP dense files, or `audio=FILE` /
+`visual=FILE` (repeatable).
 """
 from __future__ import annotations
 
 import csv
 import os
+from typing import Optional
 
 from valor_core.classes import CLASSES
 from valor_core.llp import default_annotations
@@ -22,15 +24,16 @@ class GTError(ValueError):
     """Bad --gt input (exit 2); the message names the file and line."""
 
 
-def gt_files(specs: list[str]) -> dict[str, str]:
-    """{"audio" | "visual": file} of the --gt values."""
+def gt_files(specs: list[str], llp: Optional[str] = None) -> dict[str, str]:
+    """{"audio" | "visual": file} of the --gt values; `llp` means the folder `llp` (the annotations the checkpoint's
+    run trained with), else the LLP annotations shipped with valor."""
     files: dict[str, str] = {}
     for spec in specs:
         lane, sep, path = spec.partition("=")
         if sep and lane in LLP_FILES:
             files[lane] = path
             continue
-        folder = default_annotations() if spec == "llp" else spec
+        folder = (llp or default_annotations()) if spec == "llp" else spec
         if not os.path.isdir(folder):
             raise GTError(f"--gt {spec}: not `llp`, a directory of {' and '.join(LLP_FILES.values())}, "
                           "audio=FILE or visual=FILE")
@@ -73,10 +76,10 @@ def read_gt(path: str) -> dict[str, list[list]]:
     return out
 
 
-def load_gt(specs: list[str], video_ids: list[str]) -> dict[str, dict[str, list]]:
+def load_gt(specs: list[str], video_ids: list[str], llp: Optional[str] = None) -> dict[str, dict[str, list]]:
     """{video id: {"audio": [[class, on, off]], "visual": [...]}} for the videos the --gt files label (None: no file
-    for that lane); GTError when they label none of them."""
-    files = gt_files(specs)
+    for that lane); GTError when they label none of them. `llp`: see gt_files."""
+    files = gt_files(specs, llp)
     rows = {lane: read_gt(path) for lane, path in files.items()}
     out = {v: {lane: rows[lane].get(v, []) if lane in rows else None for lane in LLP_FILES} for v in video_ids
            if any(v in r for r in rows.values())}
