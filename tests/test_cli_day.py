@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -298,3 +299,15 @@ def test_every_option_has_help_and_no_help_names_internals():
             assert action.help, f"{where}: {(action.option_strings or [action.dest])[0]} has no help text"
         text = parser.format_help()
         assert not [w for w in INTERNALS if w in text], f"{where} --help names internals"
+
+
+def test_run_overrides_after_an_option_are_overrides(tmp_path):
+    """`valor run --config X a=b --print-config c=d` (as the docs write `--stage s` between overrides): both overrides
+    apply; an unknown option after them is still argparse's one-line error."""
+    out = valor("run", "--config", str(ROOT / "configs" / "local.yaml"), f"paths.output={tmp_path / 'o'}",
+                "--print-config", "train.optim.epochs=3", cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    printed = yaml.safe_load(out.stdout)
+    assert printed["train"]["optim"]["epochs"] == 3 and printed["paths"]["output"] == str(tmp_path / "o")
+    bad = valor("run", "--config", str(ROOT / "configs" / "local.yaml"), "a.b=1", "--bogus", cwd=tmp_path, timeout=120)
+    assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr

@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `valor run --config X a=b --stage s c=d`: overrides after an option are overrides too
+        if getattr(args, "overrides", None) is None or any("=" not in e or e.startswith("-") for e in extra):
+            parser.parse_args(argv)  # argparse's own one-line error, exit 2
+        args.overrides = [*args.overrides, *extra]
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
