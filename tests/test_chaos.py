@@ -218,7 +218,9 @@ def _chaos(tmp: Path, sdir: str, info, mlflow, pads) -> None:
 
     # 4. the same `valor run` again: it completes, the train stage resumes the killed run from its checkpoint
     restarted_at = time.time()
-    rc, out, err = _finish(_valor(args, env, tmp / "resume"), tmp / "resume")
+    # --debug only lets Ray Train's own worker lines through (valor hides them otherwise): its "Reporting training
+    # result" lines are the evidence of which epochs ran; what resumes does not depend on it
+    rc, out, err = _finish(_valor(["--debug", *args], env, tmp / "resume"), tmp / "resume")
     assert rc == 0, out[-3000:] + err[-3000:]
     s = _last_json(out)
     assert s["ran"] == ["train", "evaluate"], s  # extract, tune and harvest had completed before the kill
