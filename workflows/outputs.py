@@ -288,9 +288,9 @@ def check_removable(uri: str, opts: Optional[dict] = None) -> None:
             raise OwnershipError(f"{uri} exists and valor did not write it: move it away (valor never overwrites "
                                  "or deletes a file it did not write)")
         return
-    if read_marker(uri, opts) is None and _tree(uri, opts)[0]:
+    files = _tree(uri, opts)[0] if read_marker(uri, opts) is None else []
+    if files:
         owner = _owner_of(uri, opts)
-        files = _tree(uri, opts)[0]
         if owner is None or not all(owns(owner[1], posixpath.join(owner[2], f)) for f in files):
             raise OwnershipError(f"{uri} holds files valor did not write ({_shown(files)}) and has no valor marker: "
                                  "move them away")
@@ -308,14 +308,13 @@ def remove_owned(uri: str, opts: Optional[dict] = None, log: Optional[Callable[[
     if info.type == pafs.FileType.File:
         fs.delete_file(path)
         return []
-    marker = read_marker(uri, opts)
-    if marker is None:  # a folder of files recorded in the manifest above (e.g. demo/)
-        owner = _owner_of(uri, opts)
-        marker = {"wrote": [f for f in _tree(uri, opts)[0]]} if owner is not None else {"wrote": []}
+    own = read_marker(uri, opts)
+    # without a marker: a folder whose files the manifest above records (e.g. demo/; check_removable made sure)
+    marker = own if own is not None else {"wrote": _tree(uri, opts)[0]}
     kept = _delete_owned(uri, marker, opts)
     if kept:
-        if read_marker(uri, opts) is not None:
-            _write_marker(uri, {**read_marker(uri, opts), "wrote": [], "patterns": []}, opts)
+        if own is not None:
+            _write_marker(uri, {**own, "wrote": [], "patterns": []}, opts)
         _report(uri, kept, log)
         return kept
     fs.delete_dir_contents(path, missing_dir_ok=True)  # only the marker and lock are left
